@@ -1,0 +1,3 @@
+from maculad.cli import main
+
+raise SystemExit(main())

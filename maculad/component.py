@@ -1,0 +1,25 @@
+"""The shape every part the daemon composes takes.
+
+A component is built with keyword-only dependencies, started once, asked for
+its status by the control API, and stopped once during staged shutdown. Its
+long-lived loops are spawned on the daemon's `TaskOwner`, never on their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from maculad.tasks import TaskOwner
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self, owner: TaskOwner) -> None:
+        """Bind sockets / open clients and spawn loops on `owner`. Raise to abort start-up."""
+
+    async def stop(self) -> None:
+        """Release everything start took; must be safe to call after a failed start."""
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for `maculactl status`."""

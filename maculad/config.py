@@ -1,0 +1,623 @@
+"""TOML configuration → frozen, validated settings.
+
+`load_config(path)` reads the file with tomllib and builds a tree of frozen
+dataclasses. Each section is read through a `_Section` that knows its dotted
+key path, so every `ConfigError` names the file, the key and the reason
+(`maculad.toml: proxy.pool: '127.0.10.0/33' is not an IPv4 network`). Unknown
+keys are errors too: a typo must not be ignored silently. Relative paths are
+resolved against the config file's directory, `~` against the user's home.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from maculad.routes.model import Backend
+from maculad.routes.table import qualify
+
+RestartPolicyName = Literal["always", "on-failure", "unless-stopped", "no"]
+LogFormat = Literal["auto", "json", "console"]
+
+
+class ConfigError(Exception):
+    """A configuration mistake: which file, which key, and why."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class DNSConfig:
+    listen: tuple[Backend, ...] = (Backend("127.0.0.153", 53),)
+    ttl: int = 5
+    forwarders: tuple[Backend, ...] = ()
+    forward_timeout: float = 2.0
+    max_tcp_clients: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    pool: ipaddress.IPv4Network = ipaddress.IPv4Network("127.0.10.0/24")
+    http_port: int = 80
+    https_port: int = 443
+    allow_non_loopback: bool = False
+    connect_timeout: float = 5.0
+    drain_grace: float = 10.0
+    udp_idle_timeout: float = 60.0
+    udp_max_sessions: int = 1024
+    bind_retry_max: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: Backend | None = Backend("127.0.0.1", 9469)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    socket: Path = Path("/run/maculad/maculad.sock")
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffConfig:
+    initial: float = 0.1
+    factor: float = 2.0
+    cap: float = 60.0
+    reset_after: float = 10.0
+    start_limit: int = 10
+    start_limit_window: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Per-service overrides for a container of the Docker tier."""
+
+    restart: RestartPolicyName | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    ip: str | None = None
+    http: Backend | None = None
+    https: Backend | None = None
+    tcp: tuple[tuple[int, Backend], ...] = ()
+    udp: tuple[tuple[int, Backend], ...] = ()
+    service: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DockerConfig:
+    enabled: bool = False
+    host: str | None = None
+    compose_files: tuple[Path, ...] = ()
+    compose_project: str = "macula"
+    compose_command: tuple[str, ...] = ()
+    default_restart: RestartPolicyName = "unless-stopped"
+    backoff: BackoffConfig = BackoffConfig()
+    services: Mapping[str, ServiceConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    enabled: bool = False
+    kubeconfig: Path = Path("~/.kube/config").expanduser()
+    context: str | None = "kind-macula-dev"
+    ingress_http: Backend | None = Backend("127.0.0.1", 8080)
+    ingress_https: Backend | None = Backend("127.0.0.1", 8443)
+    ingress_udp: tuple[tuple[int, Backend], ...] = ((4433, Backend("127.0.0.1", 4433)),)
+    ingress_class: str | None = None
+    stale_after: float = 300.0
+    watch_timeout: int = 240
+
+
+@dataclass(frozen=True, slots=True)
+class KindConfig:
+    manage: bool = False
+    binary: str = "kind"
+    cluster: str = "macula-dev"
+    config: Path | None = None
+    kubeconfig: Path | None = None
+    dry_run: bool = False
+    ingress_manifest: str = (
+        "https://raw.githubusercontent.com/kubernetes/ingress-nginx/main/deploy/static/provider/kind/deploy.yaml"
+    )
+    registry_container: str | None = "macula-registry"
+    registry_host: str = "registry.macula.local:5001"
+    registry_endpoint: str = "http://macula-registry:5000"
+    recreate: bool = True
+    check_interval: float = 15.0
+    ready_timeout: float = 300.0
+    backoff: BackoffConfig = BackoffConfig(initial=5.0, cap=300.0, reset_after=120.0, start_limit=5,
+                                           start_limit_window=3600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    domain: str = "macula.local"
+    state_dir: Path = Path("/var/lib/maculad")
+    dns: DNSConfig = DNSConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    control: ControlConfig = ControlConfig()
+    routes: tuple[RouteConfig, ...] = ()
+    docker: DockerConfig = DockerConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    kind: KindConfig = KindConfig()
+    log: LogConfig = LogConfig()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Section:
+    """A TOML table with its dotted key path; every accessor validates and records the key."""
+
+    def __init__(self, file: str, prefix: str, data: Mapping[str, Any], base: Path) -> None:
+        self.file = file
+        self.prefix = prefix
+        self.data = data
+        self.base = base
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), reason)
+
+    def get(self, name: str) -> Any:
+        self.seen.add(name)
+        return self.data.get(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def sub(self, name: str) -> _Section:
+        v = self.get(name)
+        if v is None:
+            v = {}
+        if not isinstance(v, dict):
+            raise self.error(name, f"must be a table, not {_kind(v)}")
+        return _Section(self.file, self.key(name), v, self.base)
+
+    def str_(self, name: str, default: str) -> str:
+        v = self.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise self.error(name, f"must be a string, not {_kind(v)}")
+        return v
+
+    def opt_str(self, name: str, default: str | None) -> str | None:
+        v = self.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise self.error(name, f"must be a string, not {_kind(v)}")
+        return v or None
+
+    def bool_(self, name: str, default: bool) -> bool:
+        v = self.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self.error(name, f"must be true or false, not {_kind(v)}")
+        return v
+
+    def int_(self, name: str, default: int, lo: int, hi: int) -> int:
+        v = self.get(name)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.error(name, f"must be an integer, not {_kind(v)}")
+        if not lo <= v <= hi:
+            raise self.error(name, f"{v} is out of range {lo}..{hi}")
+        return v
+
+    def float_(self, name: str, default: float, lo: float, hi: float) -> float:
+        v = self.get(name)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.error(name, f"must be a number, not {_kind(v)}")
+        if not lo <= float(v) <= hi:
+            raise self.error(name, f"{v} is out of range {lo}..{hi}")
+        return float(v)
+
+    def literal(self, name: str, default: Any, options: tuple[str, ...]) -> Any:
+        v = self.str_(name, default)
+        if v not in options:
+            raise self.error(name, f"{v!r} is not one of {', '.join(options)}")
+        return v
+
+    def path(self, name: str, default: Path) -> Path:
+        p = self.opt_path(name, default)
+        assert p is not None
+        return p
+
+    def opt_path(self, name: str, default: Path | None) -> Path | None:
+        v = self.opt_str(name, None)
+        if v is None:
+            return default
+        p = Path(os.path.expanduser(v))
+        return p if p.is_absolute() else (self.base / p)
+
+    def addr(self, name: str, default: Backend | None, *, what: str = "address") -> Backend | None:
+        v = self.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise self.error(name, f"must be a \"host:port\" string, not {_kind(v)}")
+        if v == "":
+            return None
+        return _parse_hostport(v, lambda r: self.error(name, r), what=what)
+
+    def addrs(self, name: str, default: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        v = self.get(name)
+        if v is None:
+            return default
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list):
+            raise self.error(name, f"must be a list of \"host:port\" strings, not {_kind(v)}")
+        out: list[Backend] = []
+        for i, item in enumerate(v):
+            if not isinstance(item, str):
+                raise self.error(f"{name}[{i}]", f"must be a \"host:port\" string, not {_kind(item)}")
+            out.append(_parse_hostport(item, lambda r, i=i: self.error(f"{name}[{i}]", r)))
+        return tuple(out)
+
+    def port_map(self, name: str, default: tuple[tuple[int, Backend], ...]) -> tuple[tuple[int, Backend], ...]:
+        v = self.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, dict):
+            raise self.error(name, f"must be a table of port = \"host:port\", not {_kind(v)}")
+        out: list[tuple[int, Backend]] = []
+        for k, item in v.items():
+            sub = f"{name}.{k}"
+            try:
+                port = int(k)
+            except ValueError:
+                raise self.error(sub, f"{k!r} is not a port number") from None
+            if not 1 <= port <= 65535:
+                raise self.error(sub, f"port {port} is out of range 1..65535")
+            if not isinstance(item, str):
+                raise self.error(sub, f"must be a \"host:port\" string, not {_kind(item)}")
+            out.append((port, _parse_hostport(item, lambda r, sub=sub: self.error(sub, r))))
+        return tuple(sorted(out))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _kind(v: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def _parse_hostport(text: str, err: Any, *, what: str = "address") -> Backend:
+    s = text.strip()
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise err(f"{text!r} is not a valid [IPv6]:port {what}")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = s.rpartition(":")
+        if not sep or not host:
+            raise err(f"{text!r} is not a host:port {what} (a port is required)")
+        if ":" in host:
+            raise err(f"{text!r}: write IPv6 addresses as [addr]:port")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise err(f"{text!r}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise err(f"{text!r}: port {port} is out of range 0..65535")
+    return Backend(host, port)
+
+
+def _ip_literal(addr: Backend, err: Any) -> None:
+    try:
+        ipaddress.ip_address(addr.host)
+    except ValueError:
+        raise err(f"{addr.host!r} is not an IP address (listen addresses must be literal IPs)") from None
+
+
+def _backoff(sec: _Section, default: BackoffConfig) -> BackoffConfig:
+    b = BackoffConfig(
+        initial=sec.float_("initial", default.initial, 0.001, 3600),
+        factor=sec.float_("factor", default.factor, 1.0, 100),
+        cap=sec.float_("cap", default.cap, 0.001, 86400),
+        reset_after=sec.float_("reset_after", default.reset_after, 0, 86400),
+        start_limit=sec.int_("start_limit", default.start_limit, 0, 1_000_000),
+        start_limit_window=sec.float_("start_limit_window", default.start_limit_window, 0, 10 * 86400),
+    )
+    sec.done()
+    if b.cap < b.initial:
+        raise sec.error("cap", f"{b.cap} is smaller than initial ({b.initial})")
+    return b
+
+
+_RESTART = get_args(RestartPolicyName)
+
+
+def parse_restart(text: str) -> tuple[RestartPolicyName, int | None]:
+    """`on-failure:3` → ("on-failure", 3). Raises ValueError with the reason."""
+    name, _, count = text.strip().partition(":")
+    if name not in _RESTART:
+        raise ValueError(f"{text!r} is not a restart policy ({', '.join(_RESTART)}, on-failure:N)")
+    if count:
+        if name != "on-failure":
+            raise ValueError(f"{text!r}: only on-failure takes a retry count")
+        if not count.isdigit():
+            raise ValueError(f"{text!r}: the retry count must be a whole number")
+        return "on-failure", int(count)
+    return name, None  # type: ignore[return-value]
+
+
+def parse_config(data: Mapping[str, Any], *, file: str, base: Path) -> Config:
+    top = _Section(file, "", data, base)
+    domain = top.str_("domain", "macula.local").strip().lower().rstrip(".")
+    if not domain or any(not lbl for lbl in domain.split(".")):
+        raise top.error("domain", f"{domain!r} is not a domain name")
+    state_dir = top.path("state_dir", Path("/var/lib/maculad"))
+
+    s = top.sub("dns")
+    dns = DNSConfig(
+        listen=s.addrs("listen", DNSConfig().listen),
+        ttl=s.int_("ttl", 5, 0, 86400),
+        forwarders=s.addrs("forwarders", ()),
+        forward_timeout=s.float_("forward_timeout", 2.0, 0.05, 60),
+        max_tcp_clients=s.int_("max_tcp_clients", 256, 1, 100_000),
+    )
+    for i, a in enumerate(dns.listen):
+        _ip_literal(a, lambda r, i=i: s.error(f"listen[{i}]", r))
+    for i, a in enumerate(dns.forwarders):
+        _ip_literal(a, lambda r, i=i: s.error(f"forwarders[{i}]", r))
+    if not dns.listen:
+        raise s.error("listen", "at least one address is needed")
+    s.done()
+
+    s = top.sub("proxy")
+    pool_s = s.str_("pool", "127.0.10.0/24")
+    try:
+        pool = ipaddress.IPv4Network(pool_s, strict=False)
+    except ValueError as exc:
+        raise s.error("pool", f"{pool_s!r} is not an IPv4 network ({exc})") from None
+    allow_nl = s.bool_("allow_non_loopback", False)
+    if not pool.is_loopback and not allow_nl:
+        raise s.error("pool", f"{pool} is not inside 127.0.0.0/8 (set proxy.allow_non_loopback = true to allow)")
+    proxy = ProxyConfig(
+        pool=pool,
+        http_port=s.int_("http_port", 80, 1, 65535),
+        https_port=s.int_("https_port", 443, 1, 65535),
+        allow_non_loopback=allow_nl,
+        connect_timeout=s.float_("connect_timeout", 5.0, 0.01, 600),
+        drain_grace=s.float_("drain_grace", 10.0, 0, 3600),
+        udp_idle_timeout=s.float_("udp_idle_timeout", 60.0, 0.01, 86400),
+        udp_max_sessions=s.int_("udp_max_sessions", 1024, 1, 1_000_000),
+        bind_retry_max=s.float_("bind_retry_max", 30.0, 0.01, 3600),
+    )
+    if proxy.http_port == proxy.https_port:
+        raise s.error("https_port", f"equals http_port ({proxy.http_port})")
+    s.done()
+
+    s = top.sub("metrics")
+    metrics = MetricsConfig(listen=s.addr("listen", MetricsConfig().listen))
+    if metrics.listen is not None:
+        _ip_literal(metrics.listen, lambda r: s.error("listen", r))
+    s.done()
+
+    s = top.sub("control")
+    control = ControlConfig(
+        socket=s.path("socket", ControlConfig().socket),
+        group=s.opt_str("group", None),
+    )
+    s.done()
+
+    routes = _routes(top, domain, proxy)
+
+    s = top.sub("docker")
+    bo = _backoff(s.sub("backoff"), BackoffConfig())
+    services_sec = s.sub("services")
+    services: dict[str, ServiceConfig] = {}
+    for svc_name in list(services_sec.data):
+        ss = services_sec.sub(svc_name)
+        restart_s = ss.opt_str("restart", None)
+        policy: RestartPolicyName | None = None
+        retries: int | None = None
+        if restart_s is not None:
+            try:
+                policy, retries = parse_restart(restart_s)
+            except ValueError as exc:
+                raise ss.error("restart", str(exc)) from None
+        ss.done()
+        services[svc_name] = ServiceConfig(restart=policy, max_retries=retries)
+    compose_cmd = s.get("compose_command")
+    if compose_cmd is None:
+        compose_cmd = []
+    if isinstance(compose_cmd, str):
+        compose_cmd = compose_cmd.split()
+    if not isinstance(compose_cmd, list) or not all(isinstance(x, str) and x for x in compose_cmd):
+        raise s.error("compose_command", "must be a list of strings, e.g. [\"docker\", \"compose\"]")
+    files = s.get("compose_files") or []
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not all(isinstance(x, str) for x in files):
+        raise s.error("compose_files", "must be a list of paths")
+    project = s.str_("compose_project", "macula")
+    if not project or not all(c.isalnum() or c in "-_" for c in project) or project != project.lower():
+        raise s.error("compose_project", f"{project!r}: use lower-case letters, digits, '-' and '_'")
+    docker = DockerConfig(
+        enabled=s.bool_("enabled", False),
+        host=s.opt_str("host", None),
+        compose_files=tuple(
+            p if p.is_absolute() else base / p for p in (Path(os.path.expanduser(f)) for f in files)
+        ),
+        compose_project=project,
+        compose_command=tuple(compose_cmd),
+        default_restart=s.literal("default_restart", "unless-stopped", _RESTART),
+        backoff=bo,
+        services=services,
+    )
+    s.done()
+
+    s = top.sub("kubernetes")
+    kd = KubernetesConfig()
+    kube = KubernetesConfig(
+        enabled=s.bool_("enabled", False),
+        kubeconfig=s.path("kubeconfig", kd.kubeconfig),
+        context=s.opt_str("context", kd.context),
+        ingress_http=s.addr("ingress_http", kd.ingress_http),
+        ingress_https=s.addr("ingress_https", kd.ingress_https),
+        ingress_udp=s.port_map("ingress_udp", kd.ingress_udp),
+        ingress_class=s.opt_str("ingress_class", None),
+        stale_after=s.float_("stale_after", kd.stale_after, 1, 86400),
+        watch_timeout=s.int_("watch_timeout", kd.watch_timeout, 1, 86400),
+    )
+    s.done()
+
+    s = top.sub("kind")
+    kdd = KindConfig()
+    kind = KindConfig(
+        manage=s.bool_("manage", False),
+        binary=s.str_("binary", kdd.binary),
+        cluster=s.str_("cluster", kdd.cluster),
+        config=s.opt_path("config", None),
+        kubeconfig=s.opt_path("kubeconfig", None),
+        dry_run=s.bool_("dry_run", False),
+        ingress_manifest=s.str_("ingress_manifest", kdd.ingress_manifest),
+        registry_container=s.opt_str("registry_container", kdd.registry_container),
+        registry_host=s.str_("registry_host", kdd.registry_host),
+        registry_endpoint=s.str_("registry_endpoint", kdd.registry_endpoint),
+        recreate=s.bool_("recreate", True),
+        check_interval=s.float_("check_interval", kdd.check_interval, 0.05, 86400),
+        ready_timeout=s.float_("ready_timeout", kdd.ready_timeout, 0.1, 86400),
+        backoff=_backoff(s.sub("backoff"), kdd.backoff),
+    )
+    if not kind.cluster or not all(c.isalnum() or c in "-." for c in kind.cluster):
+        raise s.error("cluster", f"{kind.cluster!r} is not a valid kind cluster name")
+    s.done()
+
+    s = top.sub("log")
+    logc = LogConfig(
+        level=s.literal("level", "info", ("debug", "info", "warning", "error")),
+        format=s.literal("format", "auto", get_args(LogFormat)),
+    )
+    s.done()
+
+    top.seen.add("route")
+    top.done()
+    return Config(
+        path=Path(file), domain=domain, state_dir=state_dir, dns=dns, proxy=proxy, metrics=metrics,
+        control=control, routes=routes, docker=docker, kubernetes=kube, kind=kind, log=logc,
+    )
+
+
+def _routes(top: _Section, domain: str, proxy: ProxyConfig) -> tuple[RouteConfig, ...]:
+    raw = top.get("route")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise top.error("route", "must be an array of tables ([[route]])")
+    out: list[RouteConfig] = []
+    names: dict[str, int] = {}
+    ips: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise top.error(f"route[{i}]", f"must be a table, not {_kind(item)}")
+        s = _Section(top.file, f"route[{i}]", item, top.base)
+        name_s = s.get("name")
+        if not isinstance(name_s, str) or not name_s.strip():
+            raise s.error("name", "is required (a name like \"grafana\" or \"grafana.macula.local\")")
+        try:
+            name = qualify(name_s, domain)
+        except ValueError as exc:
+            raise s.error("name", str(exc)) from None
+        ip = s.opt_str("ip", None)
+        if ip is not None:
+            try:
+                addr = ipaddress.IPv4Address(ip)
+            except ValueError:
+                raise s.error("ip", f"{ip!r} is not an IPv4 address") from None
+            if not addr.is_loopback and not proxy.allow_non_loopback:
+                raise s.error("ip", f"{ip} is not a loopback address (set proxy.allow_non_loopback = true)")
+        rc = RouteConfig(
+            name=name,
+            ip=ip,
+            http=s.addr("http", None, what="backend"),
+            https=s.addr("https", None, what="backend"),
+            tcp=s.port_map("tcp", ()),
+            udp=s.port_map("udp", ()),
+            service=s.opt_str("service", None),
+        )
+        for field_name in ("http", "https"):
+            b = getattr(rc, field_name)
+            if b is not None and b.port == 0:
+                raise s.error(field_name, "backend port 0 is not a port")
+        if rc.http is None and rc.https is None and not rc.tcp and not rc.udp:
+            raise s.error("name", f"route {name} has no backend (give http, https, tcp or udp)")
+        for port, _ in rc.tcp:
+            if port in (proxy.http_port, proxy.https_port):
+                raise s.error(f"tcp.{port}", f"port {port} is the http/https port; use http/https instead")
+        s.done()
+        if name in names:
+            raise ConfigError(top.file, f"route[{i}].name",
+                              f"{name} is also the name of route[{names[name]}]")
+        names[name] = i
+        if ip is not None:
+            if ip in ips:
+                raise ConfigError(top.file, f"route[{i}].ip",
+                                  f"{ip} is also pinned by route[{ips[ip]}] ({out[ips[ip]].name})")
+            ips[ip] = i
+        out.append(rc)
+    unpinned = sum(1 for r in out if r.ip is None)
+    free = sum(1 for _ in proxy.pool.hosts()) if proxy.pool.num_addresses > 2 else proxy.pool.num_addresses
+    free -= sum(1 for ip in ips if ipaddress.IPv4Address(ip) in proxy.pool)
+    if unpinned > free:
+        raise ConfigError(top.file, "proxy.pool",
+                          f"the pool {proxy.pool} has {free} free addresses but {unpinned} routes need one")
+    return tuple(out)
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    file = str(p)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, "", "no such file") from None
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "", f"is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"is not valid TOML: {exc}") from None
+    return parse_config(data, file=file, base=p.resolve().parent)

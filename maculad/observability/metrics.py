@@ -1,0 +1,175 @@
+"""Every metric maculad exports, defined in one place.
+
+A `Metrics` instance owns its own `CollectorRegistry`, so several daemons can
+run in one test process. Parts receive the instance by injection and touch only
+the attributes defined here; nothing else creates a metric.
+
+Hot paths (a DNS query, a relayed chunk) must stay cheap: the DNS server keeps
+plain integer counters in `DNSCounters` and they are turned into samples only
+when `/metrics` is scraped.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import defaultdict
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from maculad import __version__
+
+PREFIX = "maculad"
+
+_LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+_CONNECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class DNSCounters(Collector):
+    """Per-(qtype, rcode) query counts as plain ints, exported at scrape time."""
+
+    def __init__(self) -> None:
+        self.queries: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.malformed = 0
+        self.fastpath_hits = 0
+        self.truncated = 0
+
+    def collect(self) -> Iterable[Metric]:
+        q = CounterMetricFamily(
+            f"{PREFIX}_dns_queries", "DNS queries answered, by question type and response code",
+            labels=["qtype", "rcode"],
+        )
+        for (qtype, rcode), n in sorted(self.queries.items()):
+            q.add_metric([qtype, rcode], n)
+        yield q
+        yield CounterMetricFamily(
+            f"{PREFIX}_dns_malformed_packets", "DNS packets that could not be parsed", value=self.malformed
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_dns_fastpath_hits", "DNS queries answered from pre-encoded answers",
+            value=self.fastpath_hits,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_dns_truncated_responses", "UDP answers sent with TC set", value=self.truncated
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = PREFIX
+
+        self.build_info = Info(f"{p}_build", "maculad version and runtime", registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.up = Gauge(f"{p}_up", "1 once DNS and the relay serve", registry=r)
+        self.task_restarts = Counter(
+            f"{p}_task_restarts_total", "Long-lived tasks restarted after dying", ["task"], registry=r
+        )
+        self.reloads = Counter(f"{p}_reloads_total", "Configuration reloads", ["result"], registry=r)
+
+        # route table
+        self.routes = Gauge(f"{p}_routes", "Routes in the table, by source", ["source"], registry=r)
+        self.route_conflicts = Gauge(
+            f"{p}_route_conflicts", "Route specs that lost their name, pin or pool IP", registry=r
+        )
+        self.route_table_updates = Counter(
+            f"{p}_route_table_updates_total", "Route tables built and published", registry=r
+        )
+
+        # DNS
+        self.dns = DNSCounters()
+        r.register(self.dns)
+        self.dns_latency = Histogram(
+            f"{p}_dns_query_duration_seconds", "Time to answer a DNS query (sampled on the fast path)",
+            ["transport"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.dns_forwarded = Counter(
+            f"{p}_dns_forwarded_total", "Queries outside the domain sent to forwarders", ["result"], registry=r
+        )
+        self.dns_listeners = Gauge(
+            f"{p}_dns_listeners", "DNS sockets serving", ["transport"], registry=r
+        )
+
+        # relay
+        self.proxy_connections = Counter(
+            f"{p}_proxy_connections_total", "Connections (TCP) or sessions (UDP) accepted",
+            ["route", "port"], registry=r,
+        )
+        self.proxy_active = Gauge(
+            f"{p}_proxy_active_connections", "Relayed TCP connections open now", ["route", "port"], registry=r
+        )
+        self.proxy_bytes = Counter(
+            f"{p}_proxy_bytes_total", "Bytes relayed; in = client to backend, out = backend to client",
+            ["route", "port", "direction"], registry=r,
+        )
+        self.proxy_upstream_errors = Counter(
+            f"{p}_proxy_upstream_errors_total", "Backend connections that failed, by reason",
+            ["route", "port", "reason"], registry=r,
+        )
+        self.proxy_connect_latency = Histogram(
+            f"{p}_proxy_connect_duration_seconds", "Time to connect to the backend",
+            ["route"], buckets=_CONNECT_BUCKETS, registry=r,
+        )
+        self.proxy_udp_sessions = Gauge(
+            f"{p}_proxy_udp_sessions", "UDP relay sessions open now", ["route", "port"], registry=r
+        )
+        self.proxy_listeners = Gauge(
+            f"{p}_proxy_listeners", "Relay listeners, by state (serving, failed)", ["state"], registry=r
+        )
+        self.proxy_listener_errors = Counter(
+            f"{p}_proxy_listener_errors_total", "Failed attempts to bind a relay listener",
+            ["address", "reason"], registry=r,
+        )
+
+        # services (Docker tier) and cluster
+        self.service_up = Gauge(
+            f"{p}_service_up", "1 when the service's container runs (and is healthy, if it has a check)",
+            ["service", "tier"], registry=r,
+        )
+        self.service_restarts = Counter(
+            f"{p}_service_restarts_total", "Restarts maculad made, by reason", ["service", "reason"], registry=r
+        )
+        self.service_state = Gauge(
+            f"{p}_service_state", "1 for the service's current supervision state", ["service", "state"], registry=r
+        )
+        self.service_backoff = Gauge(
+            f"{p}_service_backoff_seconds", "Current restart delay of the service", ["service"], registry=r
+        )
+        self.docker_connected = Gauge(f"{p}_docker_connected", "1 while the Docker engine answers", registry=r)
+        self.docker_events = Counter(
+            f"{p}_docker_events_total", "Docker events received", ["type"], registry=r
+        )
+        self.docker_reconnects = Counter(
+            f"{p}_docker_reconnects_total", "Times the Docker event stream was re-established", registry=r
+        )
+        self.cluster_ready = Gauge(f"{p}_cluster_ready", "1 when the kind cluster is ready", ["cluster"], registry=r)
+        self.cluster_state = Gauge(
+            f"{p}_cluster_state", "1 for the cluster's current state", ["cluster", "state"], registry=r
+        )
+        self.cluster_recreations = Counter(
+            f"{p}_cluster_recreations_total", "Times maculad deleted and created the cluster", ["cluster"], registry=r
+        )
+        self.cluster_actions = Counter(
+            f"{p}_cluster_actions_total", "Repair actions taken on the cluster", ["cluster", "action"], registry=r
+        )
+
+        # Kubernetes Ingress watch
+        self.k8s_watch_events = Counter(
+            f"{p}_kubernetes_watch_events_total", "Ingress watch events, by type", ["type"], registry=r
+        )
+        self.k8s_relists = Counter(f"{p}_kubernetes_relists_total", "Full Ingress relists", registry=r)
+        self.k8s_reconnects = Counter(
+            f"{p}_kubernetes_reconnects_total", "Ingress watch reconnects after an error", registry=r
+        )
+        self.k8s_since_last_event = Gauge(
+            f"{p}_kubernetes_seconds_since_last_event", "Seconds since the last watch event or bookmark",
+            registry=r,
+        )
+        self.k8s_connected = Gauge(f"{p}_kubernetes_connected", "1 while the Ingress watch streams", registry=r)
+
+        # control
+        self.control_requests = Counter(
+            f"{p}_control_requests_total", "Control socket requests", ["endpoint", "status"], registry=r
+        )

@@ -1,0 +1,106 @@
+"""The route vocabulary shared by providers, the table, DNS and the relay.
+
+Providers emit `RouteSpec`s (what a source wants: a name, an optional pinned IP,
+backends per port). The table resolves them into `Route`s (a name with the
+loopback IP it really got). Everything here is a frozen value object so a table
+snapshot can be shared between DNS, proxy and status without copying or locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Source = Literal["config", "docker", "kubernetes"]
+Proto = Literal["tcp", "udp"]
+
+#: When two providers claim one name, the lower number wins.
+SOURCE_PRIORITY: dict[Source, int] = {"config": 0, "docker": 1, "kubernetes": 2}
+SOURCES: tuple[Source, ...] = ("config", "docker", "kubernetes")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Backend:
+    """Where a listener relays to: a host (IP or name) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortMap:
+    """One front port of a route's IP and the backend behind it."""
+
+    proto: Proto
+    port: int
+    backend: Backend
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """What one provider wants for one name.
+
+    `name` is a fully qualified, lower-case name under the domain; a leading
+    `*.` makes it a wildcard covering every name below it. `origin` says where
+    the spec came from ("config:grafana", "docker:infra-grafana-1",
+    "kubernetes:apps/console") so conflicts can name both sides. `service` names
+    the supervised service that owns the backends, if any (the relay answers
+    503 instead of 502 while it restarts).
+    """
+
+    name: str
+    source: Source
+    origin: str
+    ports: tuple[PortMap, ...] = ()
+    ip: str | None = None
+    service: str | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.name.startswith("*.")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A resolved route: a spec that won its name and got its loopback IP."""
+
+    name: str
+    ip: str
+    source: Source
+    origin: str
+    ports: tuple[PortMap, ...]
+    service: str | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.name.startswith("*.")
+
+    def backend_for(self, proto: Proto, port: int) -> Backend | None:
+        for pm in self.ports:
+            if pm.proto == proto and pm.port == port:
+                return pm.backend
+        return None
+
+
+ConflictKind = Literal["name", "ip", "pool"]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A spec that lost: to another spec (name or pinned IP), or to an empty pool.
+
+    The loser is never dropped silently: conflicts are logged, counted and shown
+    in status. `same_backends` marks the harmless case of two sources describing
+    the same service identically (a labelled container also listed in config).
+    """
+
+    kind: ConflictKind
+    name: str
+    loser: str
+    winner: str
+    reason: str
+    same_backends: bool = False
+

@@ -1,0 +1,160 @@
+"""Restart policy as an explicit, pure state machine (supervisord, moby restartmanager).
+
+A `RestartTracker` holds one supervised thing's state — starting, running,
+backoff, failed, stopped — and is driven by events with the time passed in
+(`on_exit(now, ...)`), so it is tested without clocks or Docker. Each event
+returns a `Decision`: do nothing, restart after `delay` seconds, or give up.
+
+Backoff is exponential (initial × factor^n, capped) and resets once the thing
+has run `reset_after` seconds; more than `start_limit` restarts inside
+`start_limit_window` ends in `failed` with the reason kept for status. The
+Docker tier and the kind cluster share this machine.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from maculad.config import BackoffConfig, RestartPolicyName
+
+State = Literal["starting", "running", "backoff", "failed", "stopped"]
+STATES: tuple[State, ...] = ("starting", "running", "backoff", "failed", "stopped")
+Action = Literal["none", "restart", "give_up"]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    name: RestartPolicyName = "unless-stopped"
+    max_retries: int | None = None
+    backoff: BackoffConfig = BackoffConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    delay: float = 0.0
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class RestartTracker:
+    policy: RestartPolicy
+    state: State = "stopped"
+    reason: str = ""
+    delay: float = 0.0
+    failures: int = 0
+    """Consecutive failed runs (for on-failure:N); reset by a stable run."""
+    stopped_by_user: bool = False
+    running_since: float | None = None
+    _next_delay: float = field(default=0.0, repr=False)
+    _restarts: deque[float] = field(default_factory=deque, repr=False)
+
+    def __post_init__(self) -> None:
+        self._next_delay = self.policy.backoff.initial
+
+    # ------------------------------------------------------------------ events
+
+    def on_start_requested(self, now: float) -> None:
+        """A person (or bring-up) asked for a start: clears give-up and manual stop."""
+        self.stopped_by_user = False
+        self.failures = 0
+        self._restarts.clear()
+        self._next_delay = self.policy.backoff.initial
+        self.delay = 0.0
+        self._set("starting", "start requested")
+
+    def on_starting(self, now: float) -> None:
+        """A restart this tracker decided on is being carried out."""
+        self._set("starting", self.reason)
+
+    def on_running(self, now: float) -> None:
+        """The thing runs (and is healthy, where it has a health check)."""
+        if self.state != "running":
+            self.running_since = now
+        self._set("running", "")
+        self.delay = 0.0
+
+    def tick(self, now: float) -> None:
+        """Called now and then: a run that has lasted `reset_after` resets the backoff."""
+        if self.state == "running" and self.running_since is not None:
+            if now - self.running_since >= self.policy.backoff.reset_after:
+                self._next_delay = self.policy.backoff.initial
+                self.failures = 0
+
+    def on_stopped_by_user(self, now: float) -> None:
+        """`docker stop` or `maculactl stop`: not restarted unless the policy is `always`."""
+        self.stopped_by_user = True
+        self.running_since = None
+        self._set("stopped", "stopped by user")
+
+    def on_exit(self, now: float, *, exit_code: int | None, by_user: bool = False) -> Decision:
+        """The thing stopped running. `by_user` marks a `docker stop`."""
+        self.tick(now)
+        self.running_since = None
+        if by_user:
+            self.stopped_by_user = True
+        what = "exited" if exit_code is None else f"exited with code {exit_code}"
+        failed = exit_code != 0
+        p = self.policy.name
+        if self.stopped_by_user and p != "always":
+            self._set("stopped", f"stopped by user ({what})")
+            return Decision("none", reason=self.reason)
+        if p == "no":
+            self._set("failed" if failed else "stopped", f"{what}; restart policy is no")
+            return Decision("none", reason=self.reason)
+        if p == "on-failure" and not failed:
+            self._set("stopped", f"{what}; on-failure does not restart a clean exit")
+            return Decision("none", reason=self.reason)
+        return self._restart(now, what)
+
+    def on_unhealthy(self, now: float) -> Decision:
+        """The health check says unhealthy: restart under every policy but `no`."""
+        self.tick(now)
+        self.running_since = None
+        if self.policy.name == "no":
+            self._set("failed", "unhealthy; restart policy is no")
+            return Decision("none", reason=self.reason)
+        return self._restart(now, "unhealthy")
+
+    def on_dependency_failed(self, now: float, dependency: str) -> None:
+        self._set("backoff", f"waiting for dependency {dependency}")
+
+    # ------------------------------------------------------------------ logic
+
+    def _restart(self, now: float, why: str) -> Decision:
+        b = self.policy.backoff
+        self.failures += 1
+        if self.policy.name == "on-failure" and self.policy.max_retries is not None:
+            if self.failures > self.policy.max_retries:
+                self._set("failed", f"gave up after {self.policy.max_retries} retries (on-failure:"
+                          f"{self.policy.max_retries}); last: {why}")
+                return Decision("give_up", reason=self.reason)
+        window_start = now - b.start_limit_window
+        while self._restarts and self._restarts[0] < window_start:
+            self._restarts.popleft()
+        if b.start_limit and len(self._restarts) >= b.start_limit:
+            self._set("failed", f"gave up: {len(self._restarts)} restarts within {b.start_limit_window:g}s "
+                      f"(start limit); last: {why}")
+            return Decision("give_up", reason=self.reason)
+        self._restarts.append(now)
+        self.delay = self._next_delay
+        self._next_delay = min(self._next_delay * b.factor, b.cap)
+        self._set("backoff", f"{why}; restarting in {self.delay:g}s")
+        return Decision("restart", delay=self.delay, reason=why)
+
+    def _set(self, state: State, reason: str) -> None:
+        self.state = state
+        self.reason = reason
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "backoff_seconds": self.delay if self.state == "backoff" else 0.0,
+            "failures": self.failures,
+            "restarts_in_window": len(self._restarts),
+            "policy": self.policy.name if self.policy.max_retries is None
+            else f"{self.policy.name}:{self.policy.max_retries}",
+        }
