@@ -28,7 +28,7 @@ Action = Literal["none", "restart", "give_up"]
 class RestartPolicy:
     name: RestartPolicyName = "unless-stopped"
     max_retries: int | None = None
-    backoff: BackoffConfig = BackoffConfig()
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,8 @@ class RestartTracker:
     failures: int = 0
     """Consecutive failed runs (for on-failure:N); reset by a stable run."""
     stopped_by_user: bool = False
+    held: bool = False
+    """Stopped on request (`maculactl stop`): nothing restarts it until a start is requested."""
     running_since: float | None = None
     _next_delay: float = field(default=0.0, repr=False)
     _restarts: deque[float] = field(default_factory=deque, repr=False)
@@ -59,6 +61,7 @@ class RestartTracker:
     def on_start_requested(self, now: float) -> None:
         """A person (or bring-up) asked for a start: clears give-up and manual stop."""
         self.stopped_by_user = False
+        self.held = False
         self.failures = 0
         self._restarts.clear()
         self._next_delay = self.policy.backoff.initial
@@ -73,15 +76,19 @@ class RestartTracker:
         """The thing runs (and is healthy, where it has a health check)."""
         if self.state != "running":
             self.running_since = now
+        # A container that runs again (started by a person, or by us) is no
+        # longer "stopped by user": its next exit is judged by the policy.
+        self.stopped_by_user = False
+        self.held = False
         self._set("running", "")
         self.delay = 0.0
 
     def tick(self, now: float) -> None:
         """Called now and then: a run that has lasted `reset_after` resets the backoff."""
-        if self.state == "running" and self.running_since is not None:
-            if now - self.running_since >= self.policy.backoff.reset_after:
-                self._next_delay = self.policy.backoff.initial
-                self.failures = 0
+        if (self.state == "running" and self.running_since is not None
+                and now - self.running_since >= self.policy.backoff.reset_after):
+            self._next_delay = self.policy.backoff.initial
+            self.failures = 0
 
     def on_stopped_by_user(self, now: float) -> None:
         """`docker stop` or `maculactl stop`: not restarted unless the policy is `always`."""
@@ -89,13 +96,24 @@ class RestartTracker:
         self.running_since = None
         self._set("stopped", "stopped by user")
 
+    def on_stop_requested(self, now: float) -> None:
+        """`maculactl stop`: stopped and held under every policy until a start is requested."""
+        self.held = True
+        self.stopped_by_user = True
+        self.running_since = None
+        self.delay = 0.0
+        self._set("stopped", "stopped on request")
+
     def on_exit(self, now: float, *, exit_code: int | None, by_user: bool = False) -> Decision:
-        """The thing stopped running. `by_user` marks a `docker stop`."""
+        """The thing stopped running. `by_user` marks a `docker stop` / `docker kill`."""
         self.tick(now)
         self.running_since = None
+        what = "exited" if exit_code is None else f"exited with code {exit_code}"
+        if self.held:
+            self._set("stopped", f"stopped on request ({what})")
+            return Decision("none", reason=self.reason)
         if by_user:
             self.stopped_by_user = True
-        what = "exited" if exit_code is None else f"exited with code {exit_code}"
         failed = exit_code != 0
         p = self.policy.name
         if self.stopped_by_user and p != "always":
@@ -113,6 +131,8 @@ class RestartTracker:
         """The health check says unhealthy: restart under every policy but `no`."""
         self.tick(now)
         self.running_since = None
+        if self.held:
+            return Decision("none", reason=self.reason)
         if self.policy.name == "no":
             self._set("failed", "unhealthy; restart policy is no")
             return Decision("none", reason=self.reason)
@@ -126,11 +146,10 @@ class RestartTracker:
     def _restart(self, now: float, why: str) -> Decision:
         b = self.policy.backoff
         self.failures += 1
-        if self.policy.name == "on-failure" and self.policy.max_retries is not None:
-            if self.failures > self.policy.max_retries:
-                self._set("failed", f"gave up after {self.policy.max_retries} retries (on-failure:"
-                          f"{self.policy.max_retries}); last: {why}")
-                return Decision("give_up", reason=self.reason)
+        retries = self.policy.max_retries
+        if self.policy.name == "on-failure" and retries is not None and self.failures > retries:
+            self._set("failed", f"gave up after {retries} retries (on-failure:{retries}); last: {why}")
+            return Decision("give_up", reason=self.reason)
         window_start = now - b.start_limit_window
         while self._restarts and self._restarts[0] < window_start:
             self._restarts.popleft()
@@ -154,6 +173,7 @@ class RestartTracker:
             "reason": self.reason,
             "backoff_seconds": self.delay if self.state == "backoff" else 0.0,
             "failures": self.failures,
+            "held": self.held,
             "restarts_in_window": len(self._restarts),
             "policy": self.policy.name if self.policy.max_retries is None
             else f"{self.policy.name}:{self.policy.max_retries}",
