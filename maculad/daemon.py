@@ -1,0 +1,467 @@
+"""The composition root: builds every part, owns every long-lived task.
+
+`Daemon.run()` builds the route table and the components from the config,
+starts them in dependency order (metrics, DNS, relay, sources and
+supervisors, control), tells systemd READY=1 once DNS and the relay serve, and
+waits. Signal handlers only set events: TERM/INT request a stop (a second INT
+forces exit), HUP requests a reload. A reload re-reads the config and applies
+the difference component by component; an invalid config is refused and
+everything goes on unchanged.
+
+Shutdown is staged, each stage with a timeout: STOPPING=1 → close the DNS and
+relay listeners (the relay drains open connections up to `drain_grace`) →
+stop sources and supervisors → stop the control and metrics endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+from maculad import __version__
+from maculad.component import Component
+from maculad.config import Config, ConfigError, load_config
+from maculad.control.api import ControlError, ServiceAction
+from maculad.control.server import ControlServer
+from maculad.dns.server import DNSServer
+from maculad.docker.tier import DockerTier, docker_components
+from maculad.events import EventBus
+from maculad.observability import sdnotify
+from maculad.observability.http import MetricsServer
+from maculad.observability.logging import configure_logging
+from maculad.observability.metrics import Metrics
+from maculad.providers.kubernetes import KubernetesProvider
+from maculad.providers.static import config_routes
+from maculad.proxy.relay import Relay
+from maculad.routes.manager import RouteTableManager
+from maculad.routes.model import Route
+from maculad.routes.store import AllocationStore
+from maculad.routes.table import RouteTable, qualify
+from maculad.supervise.cluster import ClusterSupervisor
+from maculad.tasks import TaskOwner
+
+log = structlog.get_logger("maculad")
+
+STOP_TIMEOUT = 5.0
+
+
+def route_json(route: Route) -> dict[str, Any]:
+    return {
+        "name": route.name,
+        "ip": route.ip,
+        "source": route.source,
+        "origin": route.origin,
+        "service": route.service,
+        "ports": [
+            {"proto": p.proto, "port": p.port, "backend": str(p.backend)} for p in route.ports
+        ],
+    }
+
+
+class Daemon:
+    """Implements `maculad.control.api.ControlTarget` for the control socket."""
+
+    def __init__(self, *, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.events = EventBus()
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._interrupts = 0
+        self._fatal: str | None = None
+        self.owner = TaskOwner(metrics=self.metrics, on_fatal=self._task_fatal)
+        self.table = RouteTableManager(
+            domain=config.domain,
+            pool=config.proxy.pool,
+            store=AllocationStore(state_dir=config.state_dir),
+            metrics=self.metrics,
+            allow_non_loopback=config.proxy.allow_non_loopback,
+        )
+        self.table.add_listener(self._on_table)
+        self.dns: DNSServer | None = None
+        self.relay: Relay | None = None
+        self.docker: DockerTier | None = None
+        self.kubernetes: KubernetesProvider | None = None
+        self.cluster: ClusterSupervisor | None = None
+        self.control: ControlServer | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._ready = False
+        self._last_reload: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            await self.start()
+        except BaseException as exc:
+            log.error("startup_failed", error=str(exc))
+            await self.shutdown()
+            if isinstance(exc, OSError | ConfigError | ValueError):
+                return 1
+            raise
+        reloader = asyncio.create_task(self._reload_loop(), name="maculad:reload-signal")
+        await self._stop.wait()
+        reloader.cancel()
+        await self.shutdown()
+        if self._fatal:
+            log.error("stopped_after_fatal_error", task=self._fatal)
+            return 1
+        return 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        log.info("starting", version=__version__, config=str(cfg.path), domain=cfg.domain,
+                 pid=os.getpid())
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.metrics.listen is not None:
+            self.metrics_server = MetricsServer(listen=cfg.metrics.listen, metrics=self.metrics,
+                                                not_ready=self.not_ready)
+            await self.metrics_server.start(self.owner)
+        self.table.update("config", config_routes(cfg))
+
+        self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics)
+        await self.dns.start(self.owner)
+        self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics,
+                           service_restarting=self._service_restarting)
+        await self.relay.start(self.owner)
+        await self._start_sources(cfg)
+        self.control = ControlServer(config=cfg.control, target=self, metrics=self.metrics)
+        await self.control.start(self.owner)
+
+        await self.relay.wait_reconciled()
+        self._ready = True
+        self.metrics.up.set(1)
+        sdnotify.ready()
+        sdnotify.status(self._summary())
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            self.owner.spawn("watchdog", lambda: self._watchdog(interval), stage="meta")
+        self.owner.spawn("status-line", self._status_loop, stage="meta")
+        log.info("ready", routes=len(self.table.current.routes), dns=[str(a) for a in cfg.dns.listen],
+                 metrics=str(cfg.metrics.listen) if cfg.metrics.listen else None,
+                 control=str(cfg.control.socket))
+        self.events.publish("ready", routes=len(self.table.current.routes))
+
+    async def _start_sources(self, cfg: Config) -> None:
+        if cfg.docker.enabled:
+            self.docker = docker_components(config=cfg, routes=self.table, metrics=self.metrics,
+                                            events=self.events)
+            await self.docker.start(self.owner)
+        if cfg.kubernetes.enabled:
+            self.kubernetes = KubernetesProvider(config=cfg, routes=self.table, metrics=self.metrics,
+                                                 events=self.events)
+            await self.kubernetes.start(self.owner)
+        if cfg.kind.manage:
+            self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events)
+            await self.cluster.start(self.owner)
+
+    async def _stop_sources(self) -> None:
+        for attr in ("cluster", "kubernetes", "docker"):
+            comp: Component | None = getattr(self, attr)
+            if comp is not None:
+                await _bounded(comp.stop(), what=attr)
+                setattr(self, attr, None)
+
+    async def shutdown(self) -> None:
+        """Staged: STOPPING → listeners closed and drained → sources stopped → endpoints closed."""
+        sdnotify.stopping()
+        self.metrics.up.set(0)
+        self._ready = False
+        log.info("stopping")
+        await self.owner.stop_stage("meta", timeout=STOP_TIMEOUT)
+        if self.dns is not None:
+            await _bounded(self.dns.stop(), what="dns")
+        if self.relay is not None:
+            grace = self.config.proxy.drain_grace
+            await _bounded(self.relay.stop(), what="proxy", timeout=grace + STOP_TIMEOUT)
+        await self._stop_sources()
+        for stage in ("sources", "supervisors", "proxy", "dns"):
+            await self.owner.stop_stage(stage, timeout=STOP_TIMEOUT)
+        if self.control is not None:
+            await _bounded(self.control.stop(), what="control")
+        await self.owner.stop_stage("control", timeout=STOP_TIMEOUT)
+        if self.metrics_server is not None:
+            await _bounded(self.metrics_server.stop(), what="metrics")
+        for stage in {t["stage"] for t in self.owner.status()}:
+            await self.owner.stop_stage(str(stage), timeout=STOP_TIMEOUT)
+        log.info("stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_sigint(self) -> None:
+        self._interrupts += 1
+        if self._interrupts > 1:
+            log.warning("forced_exit", reason="second SIGINT")
+            os._exit(130)
+        self._stop.set()
+
+    def _task_fatal(self, name: str, error: BaseException | None) -> None:
+        self._fatal = name
+        self._stop.set()
+
+    # ------------------------------------------------------------------ background
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            line = self._summary()
+            if line != last:
+                sdnotify.status(line)
+                last = line
+            await asyncio.sleep(5)
+
+    def _summary(self) -> str:
+        table = self.table.current
+        parts = [f"{len(table.routes)} routes"]
+        if table.conflicts:
+            parts.append(f"{len(table.conflicts)} conflicts")
+        if self.docker is not None:
+            svcs = self.docker.services()
+            up = sum(1 for s in svcs if s.get("state") == "running")
+            parts.append(f"{up}/{len(svcs)} services running")
+        if self.cluster is not None:
+            parts.append(f"cluster {self.cluster.status().get('state', '?')}")
+        return ", ".join(parts)
+
+    def _on_table(self, table: RouteTable) -> None:
+        self.events.publish("routes", version=table.version, routes=len(table.routes),
+                            conflicts=len(table.conflicts))
+
+    def _service_restarting(self, service: str) -> bool:
+        return self.docker is not None and self.docker.supervisor.is_restarting(service)
+
+    def not_ready(self) -> list[str]:
+        reasons: list[str] = []
+        if self.dns is None:
+            reasons.append("dns: not started")
+        if self.relay is None:
+            reasons.append("proxy: not started")
+        if not self._ready and not reasons:
+            reasons.append("starting")
+        return reasons
+
+    # ------------------------------------------------------------------ reload
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            try:
+                await self.reload()
+            except ControlError as exc:
+                log.error("reload_refused", error=exc.message)
+
+    async def reload(self) -> dict[str, Any]:
+        sdnotify.reloading()
+        try:
+            return await self._apply_reload()
+        finally:
+            sdnotify.ready()
+            sdnotify.status(self._summary())
+
+    async def _apply_reload(self) -> dict[str, Any]:
+        old = self.config
+        try:
+            new = load_config(old.path)
+        except ConfigError as exc:
+            self.metrics.reloads.labels(result="invalid").inc()
+            self._last_reload = {"time": time.time(), "ok": False, "error": str(exc)}
+            self.events.publish("reload", ok=False, error=str(exc))
+            raise ControlError(400, f"config refused, nothing changed: {exc}") from None
+        fixed = [k for k in ("domain", "state_dir") if getattr(old, k) != getattr(new, k)]
+        if old.control.socket != new.control.socket:
+            fixed.append("control.socket")
+        if fixed:
+            self.metrics.reloads.labels(result="refused").inc()
+            msg = f"changing {', '.join(fixed)} needs a restart; nothing changed"
+            self._last_reload = {"time": time.time(), "ok": False, "error": msg}
+            raise ControlError(400, msg)
+        changed: list[str] = []
+        configure_logging(new.log)
+        self.config = new
+        if (old.proxy.pool, old.proxy.allow_non_loopback) != (new.proxy.pool, new.proxy.allow_non_loopback):
+            self.table.set_pool(new.proxy.pool, allow_non_loopback=new.proxy.allow_non_loopback)
+            changed.append("proxy.pool")
+        if self.table.update("config", config_routes(new)):
+            changed.append("routes")
+        if old.dns != new.dns and self.dns is not None:
+            if old.dns.listen != new.dns.listen:
+                await self.dns.stop()
+                self.dns = DNSServer(config=new.dns, domain=new.domain, routes=self.table,
+                                     metrics=self.metrics)
+                await self.dns.start(self.owner)
+            else:
+                self.dns.reconfigure(new.dns)
+            changed.append("dns")
+        if old.proxy != new.proxy and self.relay is not None:
+            self.relay.reconfigure(new.proxy)
+            changed.append("proxy")
+        if old.metrics != new.metrics:
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+                self.metrics_server = None
+            if new.metrics.listen is not None:
+                self.metrics_server = MetricsServer(listen=new.metrics.listen, metrics=self.metrics,
+                                                    not_ready=self.not_ready)
+                await self.metrics_server.start(self.owner)
+            changed.append("metrics")
+        ports_changed = (old.proxy.http_port, old.proxy.https_port) != (new.proxy.http_port, new.proxy.https_port)
+        for section, attr in (("docker", "docker"), ("kubernetes", "kubernetes"), ("kind", "cluster")):
+            if getattr(old, section) == getattr(new, section) and not (ports_changed and section != "kind"):
+                continue
+            comp: Component | None = getattr(self, attr)
+            if comp is not None:
+                await _bounded(comp.stop(), what=attr)
+                setattr(self, attr, None)
+            changed.append(section)
+        if any(s in changed for s in ("docker", "kubernetes", "kind")):
+            await self._start_missing_sources(new)
+        if self.relay is not None:
+            await self.relay.wait_reconciled()
+        self.metrics.reloads.labels(result="applied").inc()
+        self._last_reload = {"time": time.time(), "ok": True, "changed": changed}
+        self.events.publish("reload", ok=True, changed=changed)
+        log.info("reloaded", changed=changed)
+        return {"ok": True, "changed": changed}
+
+    async def _start_missing_sources(self, cfg: Config) -> None:
+        if cfg.docker.enabled and self.docker is None:
+            self.docker = docker_components(config=cfg, routes=self.table, metrics=self.metrics,
+                                            events=self.events)
+            await self.docker.start(self.owner)
+        if not cfg.docker.enabled:
+            self.table.update("docker", [])
+        if cfg.kubernetes.enabled and self.kubernetes is None:
+            self.kubernetes = KubernetesProvider(config=cfg, routes=self.table, metrics=self.metrics,
+                                                 events=self.events)
+            await self.kubernetes.start(self.owner)
+        if not cfg.kubernetes.enabled:
+            self.table.update("kubernetes", [])
+        if cfg.kind.manage and self.cluster is None:
+            self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events)
+            await self.cluster.start(self.owner)
+
+    # ------------------------------------------------------------------ ControlTarget
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        comps: dict[str, Any] = {}
+        for attr in ("metrics_server", "dns", "relay", "docker", "kubernetes", "cluster", "control"):
+            comp = getattr(self, attr)
+            if comp is not None:
+                try:
+                    comps[comp.name] = comp.status()
+                except Exception as exc:  # a status bug must not break `maculactl status`
+                    comps[comp.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        table = self.table.current
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "ready": self._ready,
+            "config": str(cfg.path),
+            "domain": cfg.domain,
+            "dns_listen": [str(a) for a in cfg.dns.listen],
+            "http_port": cfg.proxy.http_port,
+            "https_port": cfg.proxy.https_port,
+            "summary": self._summary(),
+            "routes": {"count": len(table.routes), "by_source": table.by_source(),
+                       "conflicts": len(table.conflicts), "version": table.version},
+            "components": comps,
+            "tasks": self.owner.status(),
+            "last_reload": self._last_reload,
+        }
+
+    def routes(self) -> dict[str, Any]:
+        table = self.table.current
+        return {
+            "version": table.version,
+            "domain": table.domain,
+            "routes": [route_json(r) for r in table.routes],
+            "conflicts": [dataclasses.asdict(c) for c in table.conflicts],
+        }
+
+    def services(self) -> list[dict[str, Any]]:
+        return self.docker.services() if self.docker is not None else []
+
+    async def service_action(self, service: str, action: ServiceAction) -> dict[str, Any]:
+        if self.docker is None:
+            raise ControlError(409, "the Docker tier is not enabled ([docker] enabled = false)")
+        sup = self.docker.supervisor
+        try:
+            if action == "start":
+                await sup.start_service(service)
+            elif action == "stop":
+                await sup.stop_service(service)
+            else:
+                await sup.restart_service(service)
+        except KeyError:
+            raise ControlError(404, f"no supervised service named {service!r}") from None
+        except ValueError as exc:
+            raise ControlError(409, str(exc)) from None
+        self.events.publish("service_action", service=service, action=action)
+        return {"ok": True, "service": service, "action": action}
+
+    def cluster_status(self) -> dict[str, Any]:
+        if self.cluster is None:
+            raise ControlError(409, "kind cluster management is off ([kind] manage = false)")
+        return self.cluster.status()
+
+    async def cluster_recreate(self) -> dict[str, Any]:
+        if self.cluster is None:
+            raise ControlError(409, "kind cluster management is off ([kind] manage = false)")
+        await self.cluster.recreate("requested with maculactl cluster recreate")
+        return {"ok": True, "cluster": self.config.kind.cluster}
+
+    def dns_lookup(self, name: str) -> dict[str, Any]:
+        table = self.table.current
+        n = name.strip().lower().rstrip(".")
+        domain = self.config.domain
+        if n != domain and not n.endswith("." + domain):
+            try:
+                n = qualify(n, domain)
+            except ValueError as exc:
+                raise ControlError(400, f"{name!r}: {exc}") from None
+        route = table.lookup(n)
+        if route is None:
+            return {"name": n, "rcode": "NXDOMAIN", "answer": None, "route": None,
+                    "conflicts": [dataclasses.asdict(c) for c in table.conflicts if c.name == n]}
+        return {
+            "name": n,
+            "rcode": "NOERROR",
+            "answer": route.ip,
+            "ttl": self.config.dns.ttl,
+            "route": route_json(route),
+            "conflicts": [dataclasses.asdict(c) for c in table.conflicts if c.name == route.name],
+        }
+
+    async def follow_events(self, *, replay: int) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.events.follow(replay=replay):
+            yield event
+
+
+async def _bounded(coro: Any, *, what: str, timeout: float = STOP_TIMEOUT) -> None:
+    try:
+        await asyncio.wait_for(coro, timeout)
+    except TimeoutError:
+        log.error("stop_timeout", component=what, timeout=timeout)
+    except Exception:
+        log.exception("stop_failed", component=what)

@@ -1,0 +1,74 @@
+"""`/metrics`, `/healthz` and `/readyz` on `metrics.listen` (aiohttp).
+
+`/healthz` says the event loop answers. `/readyz` asks the daemon's readiness
+callback, which lists what is not ready yet (DNS not bound, relay still
+reconciling); 200 with "ok" or 503 with one reason per line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from maculad.observability.metrics import Metrics
+from maculad.routes.model import Backend
+from maculad.tasks import TaskOwner
+
+
+class MetricsServer:
+    name = "metrics"
+
+    def __init__(self, *, listen: Backend, metrics: Metrics, not_ready: Callable[[], list[str]]) -> None:
+        self._listen = listen
+        self._metrics = metrics
+        self._not_ready = not_ready
+        self._runner: web.AppRunner | None = None
+        self._bound: tuple[str, int] | None = None
+
+    @property
+    def bound(self) -> tuple[str, int] | None:
+        return self._bound
+
+    async def start(self, owner: TaskOwner) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/healthz", self._handle_healthz)
+        app.router.add_get("/readyz", self._handle_readyz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._listen.host, self._listen.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(exc.errno, f"metrics: cannot listen on {self._listen}: {exc.strerror}") from exc
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            host, port = sockets[0].getsockname()[:2]
+            self._bound = (host, port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def status(self) -> dict[str, Any]:
+        return {"listen": str(self._listen), "bound": list(self._bound) if self._bound else None}
+
+    async def _handle_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _handle_healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _handle_readyz(self, request: web.Request) -> web.Response:
+        reasons = self._not_ready()
+        if reasons:
+            return web.Response(status=503, text="".join(f"{r}\n" for r in reasons))
+        return web.Response(text="ok\n")

@@ -1,0 +1,144 @@
+"""Config loading: the shipped files are valid; every kind of mistake names file, key and reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maculad.config import ConfigError, load_config, parse_restart
+from maculad.routes.model import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "maculad.toml"
+    p.write_text(text)
+    return p
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "maculad", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["maculad.toml", "maculad-user.toml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    cfg = load_config(ROOT / "config" / name)
+    names = {r.name for r in cfg.routes}
+    for svc in ("registry", "dns", "dns-admin", "prometheus", "grafana", "loki", "tempo", "s3",
+                "s3-console", "postgres", "draw"):
+        assert f"{svc}.macula.local" in names
+    grafana = next(r for r in cfg.routes if r.name == "grafana.macula.local")
+    assert grafana.http == Backend("127.0.0.2", 3000)
+    postgres = next(r for r in cfg.routes if r.name == "postgres.macula.local")
+    assert postgres.tcp == ((5432, Backend("127.0.0.6", 5432)),)
+    assert check_config(ROOT / "config" / name).returncode == 0
+
+
+def test_user_config_uses_unprivileged_ports() -> None:
+    cfg = load_config(ROOT / "config" / "maculad-user.toml")
+    assert all(a.port >= 1024 for a in cfg.dns.listen)
+    assert cfg.proxy.http_port >= 1024 and cfg.proxy.https_port >= 1024
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, 'state_dir = "state"\n[kind]\nconfig = "kind.yaml"\n'))
+    assert cfg.domain == "macula.local"
+    assert cfg.state_dir == tmp_path / "state"
+    assert cfg.kind.config == tmp_path / "kind.yaml"
+    assert cfg.dns.listen == (Backend("127.0.0.153", 53),)
+    assert cfg.routes == ()
+
+
+def test_full_route(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+[[route]]
+name = "bootstrap.macula.local"
+ip = "127.0.0.9"
+http = "127.0.0.1:8080"
+https = "127.0.0.1:8443"
+udp = { 4433 = "127.0.0.1:4433" }
+tcp = { 5432 = "[::1]:5432" }
+"""))
+    r = cfg.routes[0]
+    assert r.name == "bootstrap.macula.local" and r.ip == "127.0.0.9"
+    assert r.udp == ((4433, Backend("127.0.0.1", 4433)),)
+    assert r.tcp == ((5432, Backend("::1", 5432)),)
+
+
+MISTAKES = [
+    ("not toml = = 1", "", "is not valid TOML"),
+    ('domain = 5', "domain", "must be a string"),
+    ('bogus = 1', "bogus", "unknown key"),
+    ('[dns]\nttl = "5"', "dns.ttl", "must be an integer"),
+    ('[dns]\nttl = -1', "dns.ttl", "out of range"),
+    ('[dns]\nlisten = ["127.0.0.1"]', "dns.listen[0]", "a port is required"),
+    ('[dns]\nlisten = ["localhost:53"]', "dns.listen[0]", "is not an IP address"),
+    ('[dns]\nlisten = []', "dns.listen", "at least one address"),
+    ('[dns]\nlisten = ["127.0.0.1:99999"]', "dns.listen[0]", "out of range"),
+    ('[proxy]\npool = "127.0.10.0/33"', "proxy.pool", "is not an IPv4 network"),
+    ('[proxy]\npool = "10.0.0.0/24"', "proxy.pool", "not inside 127.0.0.0/8"),
+    ('[proxy]\nhttp_port = 443', "proxy.https_port", "equals http_port"),
+    ('[proxy]\nhttp_port = true', "proxy.http_port", "must be an integer"),
+    ('[[route]]\nhttp = "127.0.0.1:1"', "route[0].name", "is required"),
+    ('[[route]]\nname = "a"', "route[0].name", "has no backend"),
+    ('[[route]]\nname = "bad name"\nhttp = "127.0.0.1:1"', "route[0].name", "characters outside"),
+    ('[[route]]\nname = "a"\nhttp = "127.0.0.1"', "route[0].http", "a port is required"),
+    ('[[route]]\nname = "a"\nhttp = "127.0.0.1:1"\nip = "10.1.1.1"', "route[0].ip", "not a loopback"),
+    ('[[route]]\nname = "a"\nhttp = "127.0.0.1:1"\nip = "nope"', "route[0].ip", "not an IPv4 address"),
+    ('[[route]]\nname = "a"\nudp = { x = "127.0.0.1:1" }', "route[0].udp.x", "not a port number"),
+    ('[[route]]\nname = "a"\nhttp = "127.0.0.1:1"\n[[route]]\nname = "a.macula.local"\nhttp = "127.0.0.1:2"',
+     "route[1].name", "also the name of route[0]"),
+    ('[[route]]\nname = "a"\nhttp = "127.0.0.1:1"\nip = "127.0.0.9"\n'
+     '[[route]]\nname = "b"\nhttp = "127.0.0.1:2"\nip = "127.0.0.9"',
+     "route[1].ip", "also pinned by route[0] (a.macula.local)"),
+    ('[proxy]\npool = "127.0.10.0/31"\n' + "".join(
+        f'[[route]]\nname = "r{i}"\nhttp = "127.0.0.1:1"\n' for i in range(3)),
+     "proxy.pool", "has 2 free addresses but 3 routes need one"),
+    ('[docker.services.grafana]\nrestart = "sometimes"', "docker.services.grafana.restart",
+     "is not a restart policy"),
+    ('[docker.backoff]\ninitial = 5.0\ncap = 1.0', "docker.backoff.cap", "smaller than initial"),
+    ('[kind]\ncluster = "no/slash"', "kind.cluster", "not a valid kind cluster name"),
+    ('[log]\nlevel = "loud"', "log.level", "is not one of"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), MISTAKES)
+def test_each_mistake_names_file_key_and_reason(tmp_path: Path, text: str, key: str, reason: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.file == str(path)
+    assert err.value.key == key
+    assert reason in err.value.reason
+    assert str(path) in str(err.value) and reason in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), MISTAKES[:4])
+def test_check_config_exits_2_with_the_error(tmp_path: Path, text: str, key: str, reason: str) -> None:
+    path = write(tmp_path, text)
+    proc = check_config(path)
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr and reason in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    proc = check_config(tmp_path / "nope.toml")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+    bad = tmp_path / "bin.toml"
+    bad.write_bytes(b"\xff\xfe domain")
+    proc = check_config(bad)
+    assert proc.returncode == 2 and "is not UTF-8" in proc.stderr
+
+
+def test_restart_policy_parsing() -> None:
+    assert parse_restart("always") == ("always", None)
+    assert parse_restart("on-failure:3") == ("on-failure", 3)
+    for bad in ("never", "always:3", "on-failure:x", ""):
+        with pytest.raises(ValueError):
+            parse_restart(bad)
