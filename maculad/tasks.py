@@ -90,7 +90,7 @@ class TaskOwner:
         for t in tasks:
             t.cancel()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for t in pending:
                 log.error("task_stop_timeout", task=t.get_name(), timeout=timeout)
         for name in [n for n, i in self._tasks.items() if i.stage == stage]:

@@ -93,8 +93,8 @@ MISTAKES = [
     ('[[route]]\nname = "a"\nudp = { x = "127.0.0.1:1" }', "route[0].udp.x", "not a port number"),
     ('[[route]]\nname = "a"\nhttp = "127.0.0.1:1"\n[[route]]\nname = "a.macula.local"\nhttp = "127.0.0.1:2"',
      "route[1].name", "also the name of route[0]"),
-    ('[[route]]\nname = "a"\nhttp = "127.0.0.1:1"\nip = "127.0.0.9"\n'
-     '[[route]]\nname = "b"\nhttp = "127.0.0.1:2"\nip = "127.0.0.9"',
+    (('[[route]]\nname = "a"\nhttp = "127.0.0.1:1"\nip = "127.0.0.9"\n'
+     '[[route]]\nname = "b"\nhttp = "127.0.0.1:2"\nip = "127.0.0.9"'),
      "route[1].ip", "also pinned by route[0] (a.macula.local)"),
     ('[proxy]\npool = "127.0.10.0/31"\n' + "".join(
         f'[[route]]\nname = "r{i}"\nhttp = "127.0.0.1:1"\n' for i in range(3)),

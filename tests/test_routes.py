@@ -47,7 +47,7 @@ def test_pinned_and_allocated() -> None:
 
 def test_previous_allocations_are_kept_even_when_order_changes() -> None:
     _, alloc = build([spec("b"), spec("c")])
-    table, alloc2 = build([spec("a"), spec("b"), spec("c")], alloc)
+    table, _alloc2 = build([spec("a"), spec("b"), spec("c")], alloc)
     assert table.lookup("b.macula.local").ip == alloc["b.macula.local"]  # type: ignore[union-attr]
     assert table.lookup("c.macula.local").ip == alloc["c.macula.local"]  # type: ignore[union-attr]
     assert table.lookup("a.macula.local").ip == "127.0.10.3"  # type: ignore[union-attr]
@@ -130,7 +130,7 @@ names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True), min_size=
 @given(first=names, second=names)
 def test_allocation_is_stable_and_unique(first: list[str], second: list[str]) -> None:
     t1, a1 = build([spec(n) for n in first])
-    t2, a2 = build([spec(n) for n in second], a1)
+    t2, _a2 = build([spec(n) for n in second], a1)
     ips = [r.ip for r in t2.routes]
     assert len(ips) == len(set(ips))
     for n in set(first) & set(second):

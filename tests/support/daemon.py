@@ -1,0 +1,128 @@
+"""Run the real `maculad` as a subprocess on free ports, for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1", *, udp_too: bool = True) -> int:
+    """A port free on `host` for TCP (and UDP) right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if not udp_too:
+            return port
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port on {host}")
+
+
+def base_config(tmp: Path, *, dns_ip: str = "127.0.0.153", pool: str = "127.0.10.0/24",
+                extra: str = "") -> tuple[str, dict[str, Any]]:
+    """A config text for a daemon on free ports under `tmp`, and the ports chosen."""
+    ports = {
+        "dns": free_port(dns_ip),
+        "metrics": free_port("127.0.0.1", udp_too=False),
+        "http": free_port("127.0.0.1", udp_too=False),
+        "https": free_port("127.0.0.1", udp_too=False),
+    }
+    text = f"""
+domain = "macula.local"
+state_dir = "{tmp / 'state'}"
+[dns]
+listen = ["{dns_ip}:{ports['dns']}"]
+ttl = 5
+[proxy]
+pool = "{pool}"
+http_port = {ports['http']}
+https_port = {ports['https']}
+drain_grace = 1.0
+[metrics]
+listen = "127.0.0.1:{ports['metrics']}"
+[control]
+socket = "{tmp / 'maculad.sock'}"
+[log]
+level = "debug"
+format = "json"
+{extra}
+"""
+    return text, ports
+
+
+class Maculad:
+    """A `maculad run` child process with its log in a file."""
+
+    def __init__(self, config: Path, *, log: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Maculad:
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        env.update(self.env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "maculad", "run", "--config", str(self.config)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+        return self
+
+    def wait_ready(self, metrics_port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"maculad exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"maculad not ready after {timeout}s:\n{self.logs()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""

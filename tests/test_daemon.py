@@ -1,0 +1,130 @@
+"""The real daemon end to end: start, answer, survive kill -9 with the same IPs, reload, stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+from tests.support.daemon import Maculad, base_config
+
+ROUTES = "".join(
+    f'[[route]]\nname = "{n}"\nhttp = "127.0.0.1:{3000 + i}"\n'
+    for i, n in enumerate(["grafana", "loki", "tempo", "prometheus", "registry"])
+)
+
+
+def dig(port: int, name: str, *args: str, server: str = "127.0.0.153") -> str:
+    require(shutil.which("dig") is not None, "dig (bind9-dnsutils) is not installed")
+    out = subprocess.run(["dig", f"@{server}", "-p", str(port), "+short", "+time=2", "+tries=2", name, *args],
+                         capture_output=True, text=True, timeout=20)
+    return out.stdout.strip()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[Maculad, dict[str, int], Path]]:
+    text, ports = base_config(tmp_path, extra=ROUTES)
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text(text)
+    d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    try:
+        d.wait_ready(ports["metrics"])
+        yield d, ports, cfg
+    finally:
+        d.stop()
+
+
+def test_answers_and_exports_metrics(daemon: tuple[Maculad, dict[str, int], Path]) -> None:
+    _d, ports, _ = daemon
+    a = dig(ports["dns"], "grafana.macula.local")
+    assert a.startswith("127.0.10.")
+    assert dig(ports["dns"], "grafana.macula.local", "+tcp") == a
+    status, body = http_get(f"http://127.0.0.1:{ports['metrics']}/metrics")
+    assert status == 200
+    assert 'maculad_dns_queries_total{qtype="A",rcode="NOERROR"}' in body
+    assert 'maculad_routes{source="config"} 5.0' in body
+    assert "maculad_build_info{" in body
+    assert http_get(f"http://127.0.0.1:{ports['metrics']}/healthz") == (200, "ok\n")
+    assert http_get(f"http://127.0.0.1:{ports['metrics']}/readyz") == (200, "ok\n")
+
+
+def test_sigterm_is_a_clean_exit(daemon: tuple[Maculad, dict[str, int], Path]) -> None:
+    d, _, _ = daemon
+    d.signal(signal.SIGTERM)
+    assert d.wait(30) == 0
+    assert '"event": "stopped"' in d.logs()
+
+
+def test_kill_9_keeps_every_ip(tmp_path: Path, daemon: tuple[Maculad, dict[str, int], Path]) -> None:
+    d, ports, cfg = daemon
+    names = ["grafana", "loki", "tempo", "prometheus", "registry"]
+    before = {n: dig(ports["dns"], f"{n}.macula.local") for n in names}
+    assert len(set(before.values())) == len(names)
+    d.signal(signal.SIGKILL)
+    d.wait(10)
+    # the same names in another order, plus a new one: old names keep their IPs
+    text = cfg.read_text().replace(ROUTES, "")
+    reordered = "".join(f'[[route]]\nname = "{n}"\nhttp = "127.0.0.1:4000"\n'
+                        for n in ["new", *reversed(names)])
+    cfg.write_text(text + reordered)
+    d2 = Maculad(cfg, log=tmp_path / "maculad2.log").start()
+    try:
+        d2.wait_ready(ports["metrics"])
+        after = {n: dig(ports["dns"], f"{n}.macula.local") for n in names}
+        assert after == before
+        assert dig(ports["dns"], "new.macula.local") not in before.values()
+        state = json.loads((tmp_path / "state" / "allocations.json").read_text())
+        assert state["allocations"]["grafana.macula.local"] == before["grafana"]
+    finally:
+        d2.stop()
+
+
+def test_reload_applies_good_config_and_refuses_broken(daemon: tuple[Maculad, dict[str, int], Path]) -> None:
+    d, ports, cfg = daemon
+    good = cfg.read_text()
+    cfg.write_text(good + '[[route]]\nname = "draw"\nhttp = "127.0.0.7:80"\n')
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not dig(ports["dns"], "draw.macula.local") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dig(ports["dns"], "draw.macula.local").startswith("127.0.10.")
+    grafana = dig(ports["dns"], "grafana.macula.local")
+    cfg.write_text(good + "[dns]\nttl = -1\n")
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload_refused" not in d.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "reload_refused" in d.logs()
+    assert dig(ports["dns"], "grafana.macula.local") == grafana
+    assert dig(ports["dns"], "draw.macula.local").startswith("127.0.10.")
+
+
+def test_a_port_in_use_is_a_clear_startup_error(tmp_path: Path) -> None:
+    import socket
+
+    text, ports = base_config(tmp_path, extra=ROUTES)
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text(text)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.153", ports["dns"]))
+        d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+        rc = d.wait(30)
+    assert rc == 1
+    assert f"127.0.0.153:{ports['dns']}" in d.logs()
+    assert "Traceback" not in d.logs()
