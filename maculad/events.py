@@ -18,33 +18,46 @@ from typing import Any
 Event = dict[str, Any]
 
 
+class _Subscriber:
+    __slots__ = ("dropped", "queue")
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=size)
+        self.dropped = 0
+
+    def offer(self, event: Event) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+
 class EventBus:
     def __init__(self, *, history: int = 500, queue_size: int = 1000) -> None:
         self._history: deque[Event] = deque(maxlen=history)
-        self._subs: set[asyncio.Queue[Event]] = set()
+        self._subs: set[_Subscriber] = set()
         self._queue_size = queue_size
 
     def publish(self, kind: str, **fields: Any) -> None:
         event: Event = {"time": round(time.time(), 3), "kind": kind, **fields}
         self._history.append(event)
-        for q in self._subs:
-            if q.full():
-                q.get_nowait()
-                dropped: Event = {"time": event["time"], "kind": "events_dropped", "count": 1}
-                q.put_nowait(dropped)
-                continue
-            q.put_nowait(event)
+        for sub in self._subs:
+            sub.offer(event)
 
     def recent(self, limit: int = 100) -> list[Event]:
-        return list(self._history)[-limit:]
+        return list(self._history)[-limit:] if limit > 0 else []
 
     async def follow(self, *, replay: int = 0) -> AsyncIterator[Event]:
-        q: asyncio.Queue[Event] = asyncio.Queue(maxsize=self._queue_size)
-        for e in self.recent(replay) if replay else []:
-            q.put_nowait(e)
-        self._subs.add(q)
+        sub = _Subscriber(self._queue_size)
+        for e in self.recent(replay):
+            sub.offer(e)
+        self._subs.add(sub)
         try:
             while True:
-                yield await q.get()
+                event = await sub.queue.get()
+                if sub.dropped:
+                    yield {"time": event["time"], "kind": "events_dropped", "count": sub.dropped}
+                    sub.dropped = 0
+                yield event
         finally:
-            self._subs.discard(q)
+            self._subs.discard(sub)
