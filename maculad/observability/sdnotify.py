@@ -1,0 +1,149 @@
+"""sd_notify without libsystemd: one datagram per state change to `$NOTIFY_SOCKET`.
+
+The protocol is newline-separated `KEY=VALUE` assignments in a single
+datagram on an `AF_UNIX`/`SOCK_DGRAM` socket whose path comes from
+`$NOTIFY_SOCKET` (a leading `@` means the Linux abstract namespace). Nothing
+here raises: outside systemd (no variable) every call is a cheap no-op that
+returns False, and a send error is logged once per state and reported as False,
+because a service manager hiccup must never take the daemon down.
+
+`SdNotifier` reads the environment once (injectable for tests). The watchdog
+interval is half of `$WATCHDOG_USEC` (honouring `$WATCHDOG_PID`), and
+`run_watchdog` is the loop the daemon spawns on its `TaskOwner`: it pings only
+while the given health check passes, so a wedged daemon gets restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+
+import structlog
+
+log = structlog.get_logger("maculad.sdnotify")
+
+
+def socket_address(value: str) -> str | None:
+    """`$NOTIFY_SOCKET` → an address for `sendto` (abstract `@name` → `\\0name`).
+
+    Only unix socket paths are supported (absolute, or abstract); anything else
+    (an empty value, a relative path, systemd ≥ 254's `vsock:` form) gives None.
+    """
+    if not value:
+        return None
+    if value.startswith("@"):
+        return "\0" + value[1:] if len(value) > 1 else None
+    if value.startswith("/"):
+        return value
+    return None
+
+
+def watchdog_interval(env: Mapping[str, str], *, pid: int | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of `$WATCHDOG_USEC`), or None when off.
+
+    `$WATCHDOG_PID`, when set, must name this process (systemd sets it so that
+    children do not inherit the duty); a malformed value turns the watchdog off.
+    """
+    usec_s = env.get("WATCHDOG_USEC", "")
+    if not usec_s:
+        return None
+    pid_s = env.get("WATCHDOG_PID", "")
+    if pid_s:
+        try:
+            if int(pid_s) != (os.getpid() if pid is None else pid):
+                return None
+        except ValueError:
+            return None
+    try:
+        usec = int(usec_s)
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    return usec / 2 / 1_000_000
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """STATUS= must be one line: collapse whitespace, cut at `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class SdNotifier:
+    """Sends sd_notify states; every method returns whether a datagram was sent."""
+
+    def __init__(self, *, env: Mapping[str, str] | None = None,
+                 monotonic_usec: Callable[[], int] | None = None) -> None:
+        e = os.environ if env is None else env
+        self._address = socket_address(e.get("NOTIFY_SOCKET", ""))
+        self._interval = watchdog_interval(e)
+        self._monotonic_usec = monotonic_usec or (lambda: time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        self._sock: socket.socket | None = None
+        self._failed: set[str] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Half of `$WATCHDOG_USEC` in seconds, None when systemd wants no pings."""
+        return self._interval if self.enabled else None
+
+    def notify(self, *assignments: str) -> bool:
+        if self._address is None:
+            return False
+        payload = "\n".join(assignments).encode("utf-8", "replace")
+        key = assignments[0].partition("=")[0] if assignments else ""
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(payload, self._address)
+        except OSError as exc:
+            if key not in self._failed:
+                self._failed.add(key)
+                log.warning("sd_notify_failed", state=key, socket=self._address.replace("\0", "@"),
+                            error=str(exc))
+            return False
+        self._failed.discard(key)
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        extra = (f"STATUS={one_line(status)}",) if status else ()
+        return self.notify("READY=1", *extra)
+
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={one_line(text)}")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def reloading(self) -> bool:
+        """RELOADING=1 with MONOTONIC_USEC (required by Type=notify-reload); send READY=1 after."""
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={self._monotonic_usec()}")
+
+    def stopping(self) -> bool:
+        return self.notify("STOPPING=1")
+
+    async def run_watchdog(self, healthy: Callable[[], bool] | None = None) -> None:
+        """Ping WATCHDOG=1 every interval while `healthy()` holds; runs until cancelled.
+
+        With the watchdog off it just waits, so the daemon can always spawn it."""
+        interval = self.watchdog_interval
+        if interval is None:
+            await asyncio.Future()
+            return
+        while True:
+            if healthy is None or healthy():
+                self.watchdog()
+            else:
+                log.warning("watchdog_withheld", reason="health check failed")
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
