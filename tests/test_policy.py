@@ -167,3 +167,12 @@ def test_backoff_seconds_only_shown_in_backoff() -> None:
     assert t.snapshot()["backoff_seconds"] == 0.1
     t.on_running(1.2)
     assert t.snapshot()["backoff_seconds"] == 0.0
+
+
+def test_a_refused_start_backs_off_like_an_exit() -> None:
+    t = tracker("on-failure")
+    d = t.on_start_failed(1.0, "port is already allocated")
+    assert d.action == "restart" and d.delay == 0.1
+    assert "port is already allocated" in t.reason
+    t.on_stop_requested(2.0)
+    assert t.on_start_failed(3.0, "x").action == "none"

@@ -138,6 +138,14 @@ class RestartTracker:
             return Decision("none", reason=self.reason)
         return self._restart(now, "unhealthy")
 
+    def on_start_failed(self, now: float, error: str) -> Decision:
+        """A start this tracker asked for was refused (port taken, image gone, engine error)."""
+        self.tick(now)
+        self.running_since = None
+        if self.held:
+            return Decision("none", reason=self.reason)
+        return self._restart(now, f"start failed: {error}")
+
     def on_dependency_failed(self, now: float, dependency: str) -> None:
         self._set("backoff", f"waiting for dependency {dependency}")
 

@@ -1,0 +1,129 @@
+"""The Docker tier as one component: inventory + provider + supervisor + bring-up.
+
+`docker_components(...)` is the one factory the daemon calls. The tier owns a
+single `DockerInventory` (one event stream, one list) that the label provider,
+the container supervisor and compose bring-up all consume. `start(owner)`
+spawns their four loops on the daemon's `TaskOwner`; `stop()` cancels them and
+closes the engine client. Containers are never stopped when maculad stops.
+
+With `docker.enabled = false` nothing is spawned and status says so; with the
+engine absent the inventory keeps retrying with backoff while DNS and static
+routes work, and status carries the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from maculad.config import Config
+from maculad.docker.api import AiodockerAPI, DockerAPI, resolve_endpoint
+from maculad.docker.compose import ComposeBringUp
+from maculad.docker.inventory import DockerInventory
+from maculad.events import EventBus
+from maculad.observability.metrics import Metrics
+from maculad.providers.docker import DockerProvider
+from maculad.routes.manager import RouteTableManager
+from maculad.supervise.containers import ContainerSupervisor
+from maculad.tasks import TaskOwner
+
+log = structlog.get_logger("maculad.docker")
+
+TASKS = ("docker.inventory", "docker.provider", "docker.supervisor", "docker.compose")
+
+
+class DockerTier:
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        routes: RouteTableManager,
+        metrics: Metrics,
+        events: EventBus,
+        api: DockerAPI | None = None,
+        labels: Sequence[str] = (),
+        stage: str = "providers",
+        stop_timeout: int = 10,
+    ) -> None:
+        self._config = config
+        self._stage = stage
+        self.enabled = config.docker.enabled
+        self.endpoint = resolve_endpoint(config.docker.host)
+        self.api: DockerAPI = api if api is not None else AiodockerAPI(endpoint=self.endpoint)
+        self.inventory = DockerInventory(api=self.api, metrics=metrics, labels=labels)
+        self.provider = DockerProvider(
+            inventory=self.inventory, routes=routes, domain=config.domain, http_port=config.proxy.http_port,
+            https_port=config.proxy.https_port, project=config.docker.compose_project,
+            allow_non_loopback=config.proxy.allow_non_loopback,
+        )
+        self.supervisor = ContainerSupervisor(
+            inventory=self.inventory, api=self.api, config=config.docker, metrics=metrics, events=events,
+            stop_timeout=stop_timeout,
+        )
+        self.compose = ComposeBringUp(
+            inventory=self.inventory, files=config.docker.compose_files, project=config.docker.compose_project,
+            configured_command=config.docker.compose_command, docker_host=config.docker.host,
+        )
+        self._owner: TaskOwner | None = None
+
+    async def start(self, owner: TaskOwner) -> None:
+        if not self.enabled:
+            log.info("docker_disabled")
+            return
+        self._owner = owner
+        owner.spawn("docker.inventory", self.inventory.run, stage=self._stage)
+        owner.spawn("docker.provider", self.provider.run, stage=self._stage)
+        owner.spawn("docker.supervisor", self.supervisor.run, stage=self._stage)
+        owner.spawn("docker.compose", self.compose.run, stage=self._stage)
+
+    async def stop(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            for name in TASKS:
+                await owner.stop(name)
+        await self.supervisor.close()
+        self.provider.close()
+        self.compose.close()
+        await self.api.close()
+
+    # ------------------------------------------------------------------ control API
+
+    def services(self) -> list[dict[str, Any]]:
+        """`maculactl services`: every supervised container with its state and reason."""
+        return self.supervisor.services()
+
+    def is_restarting(self, service: str) -> bool:
+        return self.supervisor.is_restarting(service)
+
+    def status(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {"enabled": False}
+        inv = self.inventory.status()
+        return {
+            "enabled": True,
+            **inv,
+            "reason": None if self.inventory.connected else (
+                self.inventory.last_error or "connecting to the Docker engine"),
+            "provider": self.provider.status(),
+            "supervisor": self.supervisor.status(),
+            "compose": self.compose.status(),
+        }
+
+
+def docker_components(
+    *,
+    config: Config,
+    routes: RouteTableManager,
+    metrics: Metrics,
+    events: EventBus,
+    api: DockerAPI | None = None,
+    labels: Sequence[str] = (),
+    stage: str = "providers",
+) -> DockerTier:
+    """The Docker tier for the daemon: `tier = docker_components(...)`, then `await tier.start(owner)`."""
+    return DockerTier(config=config, routes=routes, metrics=metrics, events=events, api=api, labels=labels,
+                      stage=stage)
