@@ -54,7 +54,8 @@ def test_wildcard_hosts() -> None:
     specs, skipped = build(ing("a", "w", "*.apps.macula.local", "*.macula.local", "a.*.macula.local",
                                "*x.macula.local"))
     assert specs == [("*.apps.macula.local", "kubernetes:a/w"), ("*.macula.local", "kubernetes:a/w")]
-    assert [(h, k) for _, h, k in skipped] == [("a.*.macula.local", "invalid-host"), ("*x.macula.local", "invalid-host")]
+    assert [(h, k) for _, h, k in skipped] == [("a.*.macula.local", "invalid-host"),
+                                               ("*x.macula.local", "invalid-host")]
 
 
 def test_hosts_outside_the_domain_and_the_apex_are_skipped_with_a_reason() -> None:

@@ -175,16 +175,15 @@ class KubernetesProvider:
                 api = await new_api_client(kubeconfig=self._cfg.kubeconfig, context=self._cfg.context)
             except KubeClientError as exc:
                 self._failed(exc, backoff)
-                await asyncio.sleep(backoff.next())
-                continue
-            try:
-                await self._session(api, backoff)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 -- any failure: log, back off, reconnect
-                self._failed(exc, backoff)
-            finally:
-                await close_api_client(api)
+            else:
+                try:
+                    await self._session(api, backoff)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._failed(exc, backoff)
+                finally:
+                    await close_api_client(api)
             self._reconnects += 1
             self._metrics.k8s_reconnects.inc()
             await asyncio.sleep(backoff.next())
