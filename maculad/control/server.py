@@ -1,0 +1,338 @@
+"""The control API: JSON over HTTP on a unix socket, for `maculactl`.
+
+An aiohttp application whose handlers are thin adapters over the daemon's
+`ControlTarget`; every answer is JSON, every error `{"error": message}` with
+a meaningful status (400 bad input, 403 not allowed, 404 unknown, 405, 409,
+500). One middleware does the cross-cutting work: it turns exceptions into
+JSON, checks the peer's right to act on POSTs (`peercred.authorize`, reading
+the peer with SO_PEERCRED / LOCAL_PEERCRED), and counts every request in
+`maculad_control_requests_total{endpoint,status}` under the route's pattern.
+
+Start-up is careful with the socket file: it refuses to remove anything that
+is not a socket or a socket a live daemon still answers on, binds under a
+temporary name, sets mode 0660 and the control group, then renames it into
+place, so nobody ever connects to a socket with the wrong permissions. Stop
+unlinks the socket only if it is still the one this server created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+from aiohttp import web
+
+from maculad import __version__
+from maculad.config import ControlConfig
+from maculad.control.api import ControlError, ControlTarget, ServiceAction
+from maculad.control.peercred import Access, Decision, authorize, peer_groups, read_peercred, resolve_group
+from maculad.observability.metrics import Metrics
+from maculad.tasks import TaskOwner
+
+log = structlog.get_logger("maculad.control")
+
+SOCKET_MODE = 0o660
+_MAX_UNIX_PATH = 107
+_ACTIONS: tuple[ServiceAction, ...] = ("start", "stop", "restart")
+_EVENTS_IDLE = 0.2  # without follow: stop once the replayed history has drained
+_MAX_REPLAY = 10_000
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.*")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ControlSocketError(RuntimeError):
+    """The control socket cannot be created; the message says why and what to do."""
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, default=str) + "\n", status=status,
+                        content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def check_socket_path(path: Path) -> None:
+    """Prepare `path` for binding: parent exists, nothing live or foreign in the way."""
+    if len(os.fsencode(str(path))) > _MAX_UNIX_PATH:
+        raise ControlSocketError(f"control.socket {path} is longer than {_MAX_UNIX_PATH} bytes "
+                                 "(a unix socket path limit); choose a shorter path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise ControlSocketError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlSocketError(f"{path} exists and is not a socket; refusing to remove it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("control_stale_socket_removed", socket=str(path))
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise ControlSocketError(f"cannot check the existing socket {path}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    raise ControlSocketError(f"another maculad is answering on {path}; stop it first")
+
+
+class ControlServer:
+    name = "control"
+
+    def __init__(self, *, config: ControlConfig, target: ControlTarget, metrics: Metrics) -> None:
+        self._config = config
+        self._target = target
+        self._metrics = metrics
+        self._daemon_uid = os.geteuid()
+        self._group_gid: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._inode: tuple[int, int] | None = None
+        self._requests = 0
+        self._denied = 0
+        self._last_error: str | None = None
+        self._started_at: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, owner: TaskOwner) -> None:
+        path = self._config.socket
+        if self._config.group is not None:
+            try:
+                self._group_gid = resolve_group(self._config.group)
+            except LookupError as exc:
+                self._last_error = f"control.group: {exc}"
+                raise ControlSocketError(
+                    f"control.group: {exc} (create it: systemd-sysusers, or groupadd {self._config.group})"
+                ) from None
+        check_socket_path(path)
+        sock = self._bind(path)
+        runner = web.AppRunner(self._app(), handler_cancellation=True, access_log=None,
+                               shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            self._unlink()
+            raise
+        self._runner = runner
+        self._started_at = time.time()
+        self._last_error = None
+        log.info("control_listening", socket=str(path), group=self._config.group, mode=oct(SOCKET_MODE))
+
+    def _bind(self, path: Path) -> socket.socket:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if len(os.fsencode(str(tmp))) > _MAX_UNIX_PATH:
+            tmp = path  # no room for a temporary name: bind in place, then fix the mode
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if tmp != path:
+                tmp.unlink(missing_ok=True)
+            sock.bind(str(tmp))
+            os.chmod(tmp, SOCKET_MODE)
+            if self._group_gid is not None:
+                os.chown(tmp, -1, self._group_gid)
+            if tmp != path:
+                os.rename(tmp, path)
+            st = os.stat(path)
+            self._inode = (st.st_dev, st.st_ino)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if tmp != path:
+                tmp.unlink(missing_ok=True)
+            self._last_error = f"{path}: {exc.strerror or exc}"
+            hint = ""
+            if isinstance(exc, PermissionError) and self._config.group:
+                hint = f" (the daemon must be root or a member of {self._config.group!r} to hand it the socket)"
+            raise ControlSocketError(f"cannot create the control socket {path}: {exc.strerror or exc}{hint}"
+                                     ) from None
+        return sock
+
+    def _unlink(self) -> None:
+        path = self._config.socket
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if self._inode == (st.st_dev, st.st_ino):
+            path.unlink(missing_ok=True)
+        self._inode = None
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        self._unlink()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "socket": str(self._config.socket),
+            "group": self._config.group,
+            "mode": oct(SOCKET_MODE),
+            "serving": self._runner is not None,
+            "requests": self._requests,
+            "denied": self._denied,
+            "last_error": self._last_error,
+        }
+
+    # ------------------------------------------------------------------ app
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/v1/ping", self._ping)
+        app.router.add_get("/v1/status", self._status)
+        app.router.add_get("/v1/routes", self._routes)
+        app.router.add_get("/v1/services", self._services)
+        app.router.add_post("/v1/services/{name}/{action}", self._service_action)
+        app.router.add_get("/v1/cluster", self._cluster)
+        app.router.add_post("/v1/cluster/recreate", self._cluster_recreate)
+        app.router.add_get("/v1/dns", self._dns)
+        app.router.add_get("/v1/events", self._events)
+        app.router.add_post("/v1/reload", self._reload)
+        return app
+
+    def _decide(self, request: web.Request) -> Decision:
+        access: Access = "read" if request.method in ("GET", "HEAD") else "act"
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        cred = read_peercred(cast(socket.socket, sock)) if sock is not None else None
+        return authorize(
+            access,
+            uid=cred.uid if cred else None,
+            groups=peer_groups(cred) if cred else frozenset(),
+            daemon_uid=self._daemon_uid,
+            group_gid=self._group_gid,
+            group_name=self._config.group,
+        )
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._requests += 1
+        info = request.match_info
+        endpoint = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+        if info.http_exception is not None:
+            endpoint = "unmatched"
+        resp: web.StreamResponse
+        try:
+            decision = self._decide(request)
+            if not decision.allowed:
+                self._denied += 1
+                log.warning("control_forbidden", method=request.method, path=request.path, rule=decision.rule)
+                resp = _error(403, f"forbidden: {decision.rule}")
+            else:
+                resp = await handler(request)
+        except ControlError as exc:
+            resp = _error(exc.status, exc.message)
+        except web.HTTPException as exc:
+            reason = exc.reason
+            if exc.status == 404:
+                reason = f"no such endpoint: {request.method} {request.path}"
+            elif exc.status == 405:
+                reason = f"method {request.method} not allowed on {request.path}"
+            resp = _error(exc.status, reason)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self._metrics.control_requests.labels(endpoint=endpoint, status="aborted").inc()
+            raise
+        except Exception as exc:
+            log.exception("control_handler_failed", path=request.path)
+            resp = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        self._metrics.control_requests.labels(endpoint=endpoint, status=str(resp.status)).inc()
+        return resp
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        return _json({"ok": True, "pid": os.getpid(), "version": __version__})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(self._target.status())
+
+    async def _routes(self, request: web.Request) -> web.Response:
+        return _json(self._target.routes())
+
+    async def _services(self, request: web.Request) -> web.Response:
+        return _json({"services": self._target.services()})
+
+    async def _service_action(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        action_s = request.match_info["action"]
+        if action_s not in _ACTIONS:
+            return _error(400, f"unknown action {action_s[:40]!r}: use one of {', '.join(_ACTIONS)}")
+        action: ServiceAction = action_s
+        if not name or len(name) > 255:
+            return _error(400, "a service name of 1 to 255 characters is needed")
+        log.info("control_service_action", service=name, action=action)
+        return _json(await self._target.service_action(name, action))
+
+    async def _cluster(self, request: web.Request) -> web.Response:
+        return _json(self._target.cluster_status())
+
+    async def _cluster_recreate(self, request: web.Request) -> web.Response:
+        log.info("control_cluster_recreate")
+        return _json(await self._target.cluster_recreate())
+
+    async def _dns(self, request: web.Request) -> web.Response:
+        name = request.query.get("name", "").strip().lower().rstrip(".")
+        if not name:
+            return _error(400, "the query parameter 'name' is required, e.g. /v1/dns?name=grafana.macula.local")
+        if len(name) > 253 or not set(name) <= _NAME_CHARS or ".." in name or name.startswith("."):
+            return _error(400, f"{name[:80]!r} is not a valid DNS name")
+        return _json(self._target.dns_lookup(name))
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        log.info("control_reload")
+        return _json(await self._target.reload())
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        follow_s = request.query.get("follow", "0").lower()
+        if follow_s not in ("0", "1", "true", "false", "yes", "no"):
+            return _error(400, f"follow={follow_s[:20]!r}: use 1 or 0")
+        follow = follow_s in ("1", "true", "yes")
+        replay_s = request.query.get("replay", "0" if follow else "100")
+        try:
+            replay = int(replay_s)
+        except ValueError:
+            return _error(400, f"replay={replay_s[:20]!r} is not a number")
+        if not 0 <= replay <= _MAX_REPLAY:
+            return _error(400, f"replay must be between 0 and {_MAX_REPLAY}")
+        stream = self._target.follow_events(replay=replay)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        try:
+            await self._pump(stream, resp, follow=follow)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await resp.write_eof()
+        return resp
+
+    @staticmethod
+    async def _pump(stream: AsyncIterator[dict[str, Any]], resp: web.StreamResponse, *, follow: bool) -> None:
+        while True:
+            try:
+                if follow:
+                    event = await anext(stream)
+                else:
+                    event = await asyncio.wait_for(anext(stream), _EVENTS_IDLE)
+            except (StopAsyncIteration, TimeoutError):
+                return
+            await resp.write((json.dumps(event, default=str) + "\n").encode())
