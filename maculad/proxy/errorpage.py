@@ -1,0 +1,65 @@
+"""The dead-backend page of HTTP front ports (pure).
+
+When the backend of an HTTP listener cannot be reached, the relay reads the
+client's request head (bounded), answers 502 (or 503 while the owning service
+is known to be restarting) with a short plain-text page naming the host, the
+backend and the reason, and closes (`Connection: close`). The host comes from
+the request's Host header when it is a sane name, else the route's name; both
+are sanitised so nothing from the network is echoed verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Bytes of request head read before answering anyway.
+MAX_HEAD = 16 * 1024
+
+_HOST_OK = re.compile(rb"^[A-Za-z0-9._\-\[\]:]{1,255}$")
+
+
+def request_complete(head: bytes | bytearray) -> bool:
+    """True once the request head is complete (or too long to wait for)."""
+    return b"\r\n\r\n" in head or b"\n\n" in head or len(head) >= MAX_HEAD
+
+
+def host_header(head: bytes | bytearray) -> str | None:
+    """The Host header of a request head, if present and a plausible host[:port]."""
+    lines = bytes(head[:MAX_HEAD]).split(b"\n")
+    for line in lines[1:]:
+        line = line.rstrip(b"\r")
+        if not line:
+            break
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            v = value.strip()
+            return v.decode("ascii") if _HOST_OK.match(v) else None
+    return None
+
+
+def render(*, status: int, host: str, backend: str, reason: str, service: str | None = None) -> bytes:
+    """A complete HTTP/1.1 response: 502 Bad Gateway or 503 Service Unavailable."""
+    if status == 503:
+        title = "503 Service Unavailable"
+        what = f"the service {service} is restarting" if service else "the service is restarting"
+        body = (
+            f"{title}\n\n{host}: {what}; its backend {backend} is not reachable ({reason}).\n"
+            "Try again in a moment.\n\n-- maculad\n"
+        )
+        extra = "Retry-After: 2\r\n"
+    else:
+        title = "502 Bad Gateway"
+        body = f"{title}\n\n{host}: the backend {backend} is not reachable ({reason}).\n\n-- maculad\n"
+        extra = ""
+    data = body.encode("utf-8", "replace")
+    head = (
+        f"HTTP/1.1 {title}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(data)}\r\n"
+        "Cache-Control: no-store\r\n"
+        f"{extra}"
+        "Connection: close\r\n"
+        "Server: maculad\r\n"
+        "\r\n"
+    )
+    return head.encode("ascii") + data

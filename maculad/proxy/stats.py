@@ -1,0 +1,95 @@
+"""What the listeners share: the relay context, cached metric children, byte accounting.
+
+`Context` carries the live `ProxyConfig` (replaced on reload, read per
+connection) and the `service_restarting` callback.
+
+Labelled children are looked up once per listener (and again only when its
+route changes), never per connection or chunk. The data path only adds to
+plain integers on the connection object; `flush` moves the deltas into the
+Prometheus counters at connection close and from the relay's periodic flush.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from maculad.config import ProxyConfig
+from maculad.observability.metrics import Metrics
+
+
+class Context:
+    """Read by every listener per connection or session; the relay swaps `config` on reload."""
+
+    __slots__ = ("config", "metrics", "service_restarting")
+
+    def __init__(self, *, config: ProxyConfig, metrics: Metrics, service_restarting: Callable[[str], bool]) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.service_restarting = service_restarting
+
+    def restarting(self, service: str | None) -> bool:
+        if not service:
+            return False
+        try:
+            return bool(self.service_restarting(service))
+        except Exception:
+            return False
+
+class ListenerStats:
+    __slots__ = (
+        "_errors",
+        "active",
+        "bytes_in",
+        "bytes_out",
+        "connections",
+        "latency",
+        "metrics",
+        "port",
+        "route",
+        "udp_sessions",
+    )
+
+    def __init__(self, *, metrics: Metrics, route: str, port: str) -> None:
+        self.metrics = metrics
+        self.route = route
+        self.port = port
+        self.connections: Any = metrics.proxy_connections.labels(route=route, port=port)
+        self.active: Any = metrics.proxy_active.labels(route=route, port=port)
+        self.bytes_in: Any = metrics.proxy_bytes.labels(route=route, port=port, direction="in")
+        self.bytes_out: Any = metrics.proxy_bytes.labels(route=route, port=port, direction="out")
+        self.latency: Any = metrics.proxy_connect_latency.labels(route=route)
+        self.udp_sessions: Any = metrics.proxy_udp_sessions.labels(route=route, port=port)
+        self._errors: dict[str, Any] = {}
+
+    def upstream_error(self, reason: str) -> None:
+        child = self._errors.get(reason)
+        if child is None:
+            child = self.metrics.proxy_upstream_errors.labels(route=self.route, port=self.port, reason=reason)
+            self._errors[reason] = child
+        child.inc()
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(metric reason, human reason) for a failed backend connect.
+
+    Metric reasons: refused, timeout, unreachable, reset, dns, error.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timeout", "connect timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset", "connection reset"
+    if isinstance(exc, socket.gaierror):
+        return "dns", f"cannot resolve the backend host ({exc.strerror or exc})"
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+            return "unreachable", exc.strerror or "unreachable"
+        if exc.errno == errno.ETIMEDOUT:
+            return "timeout", "connect timed out"
+        return "error", exc.strerror or str(exc) or type(exc).__name__
+    return "error", str(exc) or type(exc).__name__
+

@@ -1,0 +1,436 @@
+"""The TCP relay: layer 4, asyncio Protocols, bytes untouched both ways.
+
+Each accepted connection is a `ClientProtocol`; once its backend connection
+(`BackendProtocol`) is up, each side's `data_received` writes the chunk
+straight into the other side's transport (no queues, no copies in Python;
+uvloop sends immediately and buffers only what the kernel refuses). The
+client's socket is not read until the backend is connected, so nothing is
+buffered meanwhile (uvloop starts reading right after `connection_made`
+whatever the protocol asked, so a first chunk that arrives anyway is kept and
+reading is paused again; that is at most one chunk).
+
+Flow control: both transports have a bounded write buffer (`HIGH_WATER`);
+when one fills, its protocol's `pause_writing` pauses *reading* on the other
+side, and `resume_writing` resumes it. A slow reader therefore costs at most
+one buffer per direction, the rest stays in kernel socket buffers and
+ultimately throttles the sender.
+
+Half-close: EOF from one side becomes `write_eof` on the other while the other
+direction stays open; the connection closes when both sides have sent EOF or
+either side goes away. Connect failures on an HTTP front port get the
+dead-backend page (errorpage.py); on other ports the client's connection is
+closed cleanly (FIN, input drained briefly so the kernel does not answer with
+a reset). Byte counts are plain integers, exported by `flush`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import structlog
+
+from maculad.proxy import errorpage
+from maculad.proxy.spec import ListenerSpec, Target
+from maculad.proxy.stats import Context, ListenerStats, classify
+
+log = structlog.get_logger("maculad.proxy")
+
+#: Bytes a transport may buffer before the opposite side stops reading.
+HIGH_WATER = 512 * 1024
+LOW_WATER = 128 * 1024
+#: Seconds a refused client has to read our answer / FIN before the socket is closed.
+LINGER = 2.0
+#: Seconds the dead-backend page waits for the request head.
+HEAD_WAIT = 2.0
+
+_CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED = range(5)
+
+
+def _tune(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+
+
+class BackendProtocol(asyncio.Protocol):
+    """The backend side of one relayed connection."""
+
+    __slots__ = ("bytes_out", "client", "eof", "peer_write", "transport")
+
+    def __init__(self, client: ClientProtocol) -> None:
+        self.client = client
+        self.transport: Any = None
+        self.peer_write: Any = None
+        self.bytes_out = 0
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        _tune(transport)
+        self.peer_write = self.client.transport.write
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        try:
+            self.peer_write(data)
+        except RuntimeError:  # the client transport closed in this very loop iteration
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        client = self.client
+        if client.state == _CLOSED:
+            return False
+        if client.client_eof:
+            client.close_both()
+            return True
+        try:
+            client.transport.write_eof()
+        except (RuntimeError, OSError):
+            client.close_both()
+        return True
+
+    def pause_writing(self) -> None:  # backend is slow: stop reading the client
+        try:
+            self.client.transport.pause_reading()
+        except RuntimeError:
+            pass
+
+    def resume_writing(self) -> None:
+        c = self.client
+        if c.state == _RELAY:
+            try:
+                c.transport.resume_reading()
+            except RuntimeError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        c = self.client
+        if c.state != _CLOSED and c.transport is not None and not c.transport.is_closing():
+            c.transport.close()
+
+
+class ClientProtocol(asyncio.Protocol):
+    """The client side of one relayed connection, accepted on a listener."""
+
+    __slots__ = (
+        "_f_in",
+        "_f_out",
+        "backend",
+        "bytes_in",
+        "client_eof",
+        "head",
+        "listener",
+        "pending",
+        "peer_write",
+        "reason",
+        "state",
+        "stats",
+        "target",
+        "task",
+        "timer",
+        "transport",
+    )
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
+        self.stats = listener.stats
+        self.target = listener.target  # a changed backend only affects new connections
+        self.transport: Any = None
+        self.backend: BackendProtocol | None = None
+        self.peer_write: Any = None
+        self.bytes_in = 0
+        self.state = _CONNECTING
+        self.client_eof = False
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.head: bytearray | None = None
+        self.pending: bytearray | None = None
+        self.reason = ""
+        self._f_in = 0
+        self._f_out = 0
+
+    # -- lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.pause_reading()  # type: ignore[attr-defined]
+        _tune(transport)
+        self.listener.opened(self)
+        self.task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        target = self.target
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self.listener.ctx.config.connect_timeout):
+                transport, backend = await loop.create_connection(
+                    lambda: BackendProtocol(self), target.backend.host, target.backend.port
+                )
+        except (OSError, TimeoutError) as exc:
+            self.task = None
+            if self.state == _CLOSED:
+                return
+            reason, human = classify(exc)
+            self.stats.upstream_error(reason)
+            log.info("proxy_backend_unreachable", route=target.route, listener=self.listener.spec.address,
+                     backend=str(target.backend), reason=human)
+            self._backend_failed(human)
+            return
+        self.task = None
+        self.stats.latency.observe(loop.time() - started)
+        if self.state == _CLOSED:
+            transport.abort()
+            return
+        self.backend = backend
+        self.peer_write = transport.write
+        self.state = _RELAY
+        pending, self.pending = self.pending, None
+        if pending:
+            self.bytes_in += len(pending)
+            transport.write(bytes(pending))
+        if self.client_eof:
+            try:
+                transport.write_eof()
+            except (RuntimeError, OSError):
+                self.close_both()
+            return
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        b = self.backend
+        if b is not None and b.transport is not None and not b.transport.is_closing():
+            b.transport.close()
+        self.listener.closed(self)
+
+    def close_both(self) -> None:
+        b = self.backend
+        if b is not None and not b.transport.is_closing():
+            b.transport.close()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drain grace over (or the relay stops): drop both sides now."""
+        b = self.backend
+        if b is not None and b.transport is not None:
+            b.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- data path
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _RELAY:
+            self.bytes_in += len(data)
+            try:
+                self.peer_write(data)
+            except RuntimeError:  # the backend transport closed in this very loop iteration
+                self.transport.close()
+            return
+        if self.state == _CONNECTING:  # see the module docstring: keep it, stop reading
+            if self.pending is None:
+                self.pending = bytearray()
+            self.pending += data
+            self.transport.pause_reading()
+            return
+        if self.state == _PAGE:
+            head = self.head
+            assert head is not None
+            head += data[: errorpage.MAX_HEAD - len(head)]
+            if errorpage.request_complete(head):
+                self._send_page()
+        # _LINGER: discard what the refused client still sends
+
+    def eof_received(self) -> bool:
+        state = self.state
+        if state == _RELAY:
+            self.client_eof = True
+            b = self.backend
+            assert b is not None
+            if b.eof:
+                self.close_both()
+                return True
+            try:
+                b.transport.write_eof()
+            except (RuntimeError, OSError):
+                self.close_both()
+            return True
+        if state == _CONNECTING:
+            self.client_eof = True
+            return True
+        if state == _PAGE:
+            self._send_page()
+            return True
+        self.transport.close()
+        return True
+
+    def pause_writing(self) -> None:  # client is slow: stop reading the backend
+        b = self.backend
+        if b is not None:
+            try:
+                b.transport.pause_reading()
+            except RuntimeError:
+                pass
+
+    def resume_writing(self) -> None:
+        b = self.backend
+        if b is not None:
+            try:
+                b.transport.resume_reading()
+            except RuntimeError:
+                pass
+
+    # -- a backend that cannot be reached
+
+    def _backend_failed(self, reason: str) -> None:
+        if self.target.kind == "http":
+            self.state = _PAGE
+            self.head = self.pending[: errorpage.MAX_HEAD] if self.pending else bytearray()
+            self.pending = None
+            self.reason = reason
+            if self.client_eof or errorpage.request_complete(self.head):
+                self._send_page()
+                return
+            self.timer = asyncio.get_running_loop().call_later(HEAD_WAIT, self._send_page)
+            self.transport.resume_reading()
+        else:
+            self._linger()
+
+    def _send_page(self) -> None:
+        if self.state != _PAGE:
+            return
+        t = self.target
+        host = errorpage.host_header(self.head or b"") or t.route
+        status = 503 if self.listener.ctx.restarting(t.service) else 502
+        self.transport.write(
+            errorpage.render(status=status, host=host, backend=str(t.backend), reason=self.reason, service=t.service)
+        )
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close cleanly: FIN now, discard input until the client closes or LINGER passes."""
+        self.state = _LINGER
+        self.head = None
+        self.pending = None
+        if self.timer is not None:
+            self.timer.cancel()
+        tr = self.transport
+        try:
+            if tr.can_write_eof():
+                tr.write_eof()
+        except (RuntimeError, OSError):
+            tr.close()
+            return
+        tr.resume_reading()
+        self.timer = asyncio.get_running_loop().call_later(LINGER, tr.close)
+
+    # -- accounting
+
+    def flush(self) -> None:
+        stats = self.stats
+        d = self.bytes_in - self._f_in
+        if d:
+            stats.bytes_in.inc(d)
+            self._f_in = self.bytes_in
+        b = self.backend
+        if b is not None:
+            d = b.bytes_out - self._f_out
+            if d:
+                stats.bytes_out.inc(d)
+                self._f_out = b.bytes_out
+
+    def buffered(self) -> int:
+        n = 0
+        if self.transport is not None and not self.transport.is_closing():
+            n += self.transport.get_write_buffer_size()
+        b = self.backend
+        if b is not None and b.transport is not None and not b.transport.is_closing():
+            n += b.transport.get_write_buffer_size()
+        return n
+
+
+class TcpListener:
+    """One bound TCP socket and the connections accepted on it."""
+
+    def __init__(self, *, spec: ListenerSpec, target: Target, stats: ListenerStats, ctx: Context) -> None:
+        self.spec = spec
+        self.target = target
+        self.stats = stats
+        self.ctx = ctx
+        self.conns: set[ClientProtocol] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._drained: asyncio.Event | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: ClientProtocol(self), sock=sock)
+
+    def opened(self, conn: ClientProtocol) -> None:
+        self.conns.add(conn)
+        conn.stats.connections.inc()
+        conn.stats.active.inc()
+
+    def closed(self, conn: ClientProtocol) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            conn.flush()
+            conn.stats.active.dec()
+        if not self.conns and self._drained is not None:
+            self._drained.set()
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def drain(self, grace: float) -> None:
+        """Stop accepting; give open connections `grace` seconds, then abort them."""
+        self.stop_accepting()
+        if self._drained is None:
+            self._drained = asyncio.Event()
+        if not self.conns:
+            self._drained.set()
+            return
+        loop = asyncio.get_running_loop()
+        for c in list(self.conns):
+            if c.state == _PAGE or c.state == _LINGER:  # answered already, nothing to wait for
+                c.abort()
+            elif c.timer is None:
+                c.timer = loop.call_later(grace, c.abort)
+
+    async def wait_drained(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.Event()
+            if not self.conns:
+                self._drained.set()
+        await self._drained.wait()
+
+    def abort_all(self) -> None:
+        self.stop_accepting()
+        for c in list(self.conns):
+            c.abort()
+
+    def flush(self) -> None:
+        for c in self.conns:
+            c.flush()
+
+    def buffered(self) -> int:
+        return sum(c.buffered() for c in self.conns)
