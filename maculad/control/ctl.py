@@ -1,0 +1,520 @@
+"""`maculactl`: the command-line face of the control socket.
+
+Each subcommand is a small function: fetch (control client, or the config
+file with `--config` where the daemon's data can be derived offline), then
+render — a readable table by default, the raw JSON with `--json`. Exit codes:
+0 ok, 1 a failure reported by the daemon or a check, 2 usage, 3 the daemon is
+not running or its socket is not accessible. Every error is one line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from maculad.control.client import ControlClient, DaemonError, DaemonUnavailable, default_socket, path_quote
+from maculad.control.doctor import (
+    Facts,
+    Finding,
+    Probes,
+    RouteFacts,
+    cluster_facts,
+    real_probes,
+    run_checks,
+)
+from maculad.control.resolver import (
+    RESOLVER_BACKENDS,
+    ResolverBackend,
+    ResolverError,
+    apply_hosts_block,
+    default_backend,
+    hosts_block,
+    install,
+    remove_hosts_block,
+    resolver_plan,
+    uninstall,
+    write_hosts,
+)
+from maculad.routes.model import Backend
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+class Failure(Exception):
+    """A failure to report in one line with exit code 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    args: argparse.Namespace
+    json: bool
+    out: TextIO
+    client: ControlClient
+
+    def emit(self, data: Any, render: Callable[[Any], str]) -> None:
+        if self.json:
+            self.out.write(json.dumps(data, indent=2, default=str) + "\n")
+        else:
+            text = render(data)
+            self.out.write(text if text.endswith("\n") else text + "\n")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list | tuple):
+        return ", ".join(_cell(x) for x in v) or "-"
+    if isinstance(v, dict):
+        return " ".join(f"{k}={_cell(x)}" for k, x in v.items()) or "-"
+    return str(v)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = [c.upper().replace("_", " ") for c in columns]
+    body = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
+    return "\n".join(lines)
+
+
+def pick_columns(rows: Sequence[dict[str, Any]], preferred: Sequence[str]) -> list[str]:
+    present = {k for r in rows for k in r}
+    cols = [c for c in preferred if c in present]
+    if cols:
+        return cols
+    seen: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in seen and not isinstance(v, dict | list):
+                seen.append(k)
+    return seen
+
+
+def render_tree(data: Any, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(data, dict):
+        lines: list[str] = []
+        scalars = {k: v for k, v in data.items() if not isinstance(v, dict | list) or not v}
+        width = max((len(str(k)) for k in scalars), default=0)
+        for k, v in scalars.items():
+            lines.append(f"{pad}{str(k) + ':':<{width + 1}} {_cell(v)}")
+        for k, v in data.items():
+            if k in scalars:
+                continue
+            lines.append(f"{pad}{k}:")
+            lines.append(render_tree(v, indent + 1))
+        return "\n".join(lines)
+    if isinstance(data, list):
+        if data and all(isinstance(x, dict) for x in data):
+            cols = pick_columns(data, ())
+            return "\n".join(pad + ln for ln in table(data, cols).splitlines())
+        return "\n".join(f"{pad}- {_cell(x)}" for x in data)
+    return f"{pad}{_cell(data)}"
+
+
+def render_ports(ports: Any) -> str:
+    if not isinstance(ports, list):
+        return _cell(ports)
+    parts = []
+    for p in ports:
+        if isinstance(p, dict):
+            parts.append(f"{p.get('proto', '?')}/{p.get('port', '?')}→{p.get('backend', '?')}")
+    return " ".join(parts) or "-"
+
+
+def render_routes(data: Any) -> str:
+    routes = data.get("routes", []) if isinstance(data, dict) else []
+    rows = [{**r, "ports": render_ports(r.get("ports"))} for r in routes if isinstance(r, dict)]
+    out = [table(rows, ["name", "ip", "source", "ports", "service"]) if rows else "no routes"]
+    conflicts = data.get("conflicts", []) if isinstance(data, dict) else []
+    if conflicts:
+        out.append("")
+        out.append(f"conflicts ({len(conflicts)}):")
+        out.append(table(conflicts, pick_columns(conflicts, ["kind", "name", "loser", "winner", "reason"])))
+    if isinstance(data, dict) and "version" in data:
+        out.append(f"\ntable version {data['version']}")
+    return "\n".join(out)
+
+
+def render_services(data: Any) -> str:
+    rows = data.get("services", []) if isinstance(data, dict) else []
+    if not rows:
+        return "no supervised services (is docker.enabled on?)"
+    cols = pick_columns(rows, ["name", "state", "up", "health", "restarts", "backoff", "policy", "container",
+                               "last_error"])
+    return table(rows, cols)
+
+
+def render_event(e: dict[str, Any]) -> str:
+    t = e.get("time")
+    stamp = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, int | float) else "--:--:--"
+    rest = " ".join(f"{k}={_cell(v)}" for k, v in e.items() if k not in ("time", "kind"))
+    return f"{stamp} {e.get('kind', '?')} {rest}".rstrip()
+
+
+def render_findings(findings: Sequence[Finding]) -> str:
+    tags = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]", "skip": "[skip]"}
+    lines = []
+    for f in findings:
+        lines.append(f"{tags[f.level]} {f.check:<12} {f.summary}")
+        if f.fix and f.level in ("warn", "fail"):
+            lines.append(f"{'':20}fix: {f.fix}")
+    fails = sum(f.level == "fail" for f in findings)
+    warns = sum(f.level == "warn" for f in findings)
+    lines.append(f"\n{fails} failed, {warns} warnings, {len(findings)} checks")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- daemon data
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What hosts/resolver/doctor need, from the daemon or the config file."""
+
+    source: str
+    domain: str
+    dns_listen: tuple[Backend, ...]
+    routes: list[dict[str, Any]]
+    docker_enabled: bool = False
+    kind_manage: bool = False
+
+
+def _parse_addr(text: str) -> Backend | None:
+    s = text.strip()
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = s.rpartition(":")
+    try:
+        return Backend(host, int(port)) if host else None
+    except ValueError:
+        return None
+
+
+def snapshot_from_daemon(client: ControlClient) -> Snapshot:
+    status = client.get("/v1/status")
+    routes = client.get("/v1/routes")
+    if not isinstance(status, dict) or not isinstance(routes, dict):
+        raise Failure("the daemon's status or routes are not JSON objects")
+    listen = tuple(b for b in (_parse_addr(str(a)) for a in status.get("dns_listen") or []) if b)
+    return Snapshot(
+        source="daemon",
+        domain=str(status.get("domain") or routes.get("domain") or "macula.local"),
+        dns_listen=listen,
+        routes=[r for r in routes.get("routes", []) if isinstance(r, dict)],
+        docker_enabled=bool(status.get("docker_enabled", False)),
+        kind_manage=bool(status.get("kind_manage", False)),
+    )
+
+
+def snapshot_from_config(path: str) -> Snapshot:
+    from maculad.config import ConfigError, load_config
+    from maculad.control.views import table_view
+    from maculad.providers.static import config_routes
+    from maculad.routes.store import AllocationStore
+    from maculad.routes.table import build_table
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        raise Failure(str(exc)) from None
+    try:
+        allocations = AllocationStore(state_dir=cfg.state_dir).load()
+    except Exception:  # an unreadable state dir only means IPs may differ from the daemon's
+        allocations = {}
+    tbl, _ = build_table(domain=cfg.domain, version=0, specs={"config": config_routes(cfg)},
+                         allocations=allocations, pool=cfg.proxy.pool,
+                         allow_non_loopback=cfg.proxy.allow_non_loopback)
+    return Snapshot(
+        source=f"config {path}", domain=cfg.domain, dns_listen=cfg.dns.listen,
+        routes=table_view(tbl)["routes"], docker_enabled=cfg.docker.enabled, kind_manage=cfg.kind.manage,
+    )
+
+
+def snapshot(ctx: Ctx) -> Snapshot:
+    cfg = getattr(ctx.args, "config", None)
+    if cfg:
+        return snapshot_from_config(cfg)
+    try:
+        return snapshot_from_daemon(ctx.client)
+    except DaemonUnavailable as exc:
+        raise DaemonUnavailable(f"{exc} (or pass --config FILE to read the config file instead)") from None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_status(ctx: Ctx) -> int:
+    ctx.emit(ctx.client.get("/v1/status"), render_tree)
+    return EXIT_OK
+
+
+def cmd_routes(ctx: Ctx) -> int:
+    ctx.emit(ctx.client.get("/v1/routes"), render_routes)
+    return EXIT_OK
+
+
+def cmd_services(ctx: Ctx) -> int:
+    ctx.emit(ctx.client.get("/v1/services"), render_services)
+    return EXIT_OK
+
+
+def cmd_service_action(ctx: Ctx) -> int:
+    name, action = ctx.args.service, ctx.args.command
+    data = ctx.client.post(f"/v1/services/{path_quote(name)}/{action}", timeout=300)
+    ctx.emit(data, lambda d: render_tree(d) if d else f"{action}: {name}: done")
+    return EXIT_OK
+
+
+def cmd_cluster(ctx: Ctx) -> int:
+    if ctx.args.cluster_command == "recreate":
+        data = ctx.client.post("/v1/cluster/recreate", timeout=900)
+    else:
+        data = ctx.client.get("/v1/cluster")
+    ctx.emit(data, render_tree)
+    return EXIT_OK
+
+
+def cmd_dns(ctx: Ctx) -> int:
+    ctx.emit(ctx.client.get("/v1/dns", {"name": ctx.args.name}), render_tree)
+    return EXIT_OK
+
+
+def cmd_reload(ctx: Ctx) -> int:
+    data = ctx.client.post("/v1/reload", timeout=120)
+    ctx.emit(data, lambda d: render_tree(d) if d else "reloaded")
+    return EXIT_OK
+
+
+def cmd_events(ctx: Ctx) -> int:
+    params = {"follow": "1" if ctx.args.follow else "0"}
+    if ctx.args.replay is not None:
+        params["replay"] = str(ctx.args.replay)
+    try:
+        for event in ctx.client.stream("/v1/events", params):
+            ctx.out.write(json.dumps(event, default=str) if ctx.json else render_event(event))
+            ctx.out.write("\n")
+            ctx.out.flush()
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+def cmd_hosts(ctx: Ctx) -> int:
+    path = Path(ctx.args.file)
+    if ctx.args.remove:
+        try:
+            old = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise Failure(f"cannot read {path}: {exc.strerror or exc}") from None
+        changed = write_hosts(path, remove_hosts_block(old))
+        ctx.emit({"file": str(path), "changed": changed, "action": "remove"},
+                 lambda d: f"{'removed the maculad block from' if changed else 'no maculad block in'} {path}")
+        return EXIT_OK
+    snap = snapshot(ctx)
+    pairs = [(str(r["name"]), str(r["ip"])) for r in snap.routes if r.get("name") and r.get("ip")]
+    block = hosts_block(pairs)
+    if not ctx.args.apply:
+        ctx.emit({"block": block, "routes": len(pairs), "source": snap.source}, lambda d: block)
+        return EXIT_OK
+    try:
+        old = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = ""
+    except OSError as exc:
+        raise Failure(f"cannot read {path}: {exc.strerror or exc}") from None
+    changed = write_hosts(path, apply_hosts_block(old, block))
+    ctx.emit({"file": str(path), "changed": changed, "action": "apply", "routes": len(pairs)},
+             lambda d: f"{'wrote' if changed else 'already up to date:'} {len(pairs)} names in {path}")
+    return EXIT_OK
+
+
+def cmd_resolver(ctx: Ctx) -> int:
+    a = ctx.args
+    root = Path(a.root)
+    backend: ResolverBackend = a.backend or default_backend(root=root)
+    snap = snapshot(ctx)
+    plan = resolver_plan(backend, domain=snap.domain, listen=snap.dns_listen)
+    if a.resolver_command == "install":
+        actions = install(plan, root=root, dry_run=a.dry_run)
+    else:
+        actions = uninstall(plan, root=root, dry_run=a.dry_run)
+    changed = any(x.action in ("written", "removed") for x in actions)
+    reload_cmds = [" ".join(c) for c in plan.reload]
+    data = {
+        "backend": backend, "action": a.resolver_command, "dry_run": a.dry_run,
+        "files": [{"path": str(x.path), "action": x.action} for x in actions],
+        "content": {str(f.path): f.content for f in plan.files} if a.dry_run else None,
+        "reload": reload_cmds, "notes": list(plan.notes),
+    }
+    reloaded: list[str] = []
+    if a.reload and changed and not a.dry_run:
+        for c in plan.reload:
+            r = subprocess.run(list(c), capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                raise Failure(f"{' '.join(c)} failed ({r.returncode}): {r.stderr.strip()[:200]}")
+            reloaded.append(" ".join(c))
+
+    def render(_: Any) -> str:
+        lines = [f"{x.action}: {x.path}" for x in actions]
+        if a.dry_run:
+            for f in plan.files:
+                if a.resolver_command == "install":
+                    lines.append(f"\n--- {f.path}\n{f.content.rstrip()}")
+        lines += [f"note: {n}" for n in plan.notes]
+        if reloaded:
+            lines.append("ran: " + "; ".join(reloaded))
+        elif changed:
+            lines.append("now run: sudo " + " && sudo ".join(reload_cmds) + "   (or pass --reload)")
+        return "\n".join(lines)
+
+    ctx.emit(data, render)
+    return EXIT_OK
+
+
+def gather_facts(ctx: Ctx) -> Facts:
+    sock = ctx.client.socket_path
+    try:
+        snap = snapshot_from_daemon(ctx.client)
+        error: str | None = None
+    except DaemonUnavailable as exc:
+        error = str(exc)
+        cfg = getattr(ctx.args, "config", None)
+        snap = snapshot_from_config(cfg) if cfg else Snapshot("nothing", "macula.local", (), [])
+    except DaemonError as exc:
+        raise Failure(f"the daemon refused to describe itself: {exc.message}") from None
+    routes = tuple(
+        RouteFacts(
+            name=str(r["name"]), ip=str(r["ip"]),
+            ports=tuple((p["proto"], int(p["port"])) for p in r.get("ports", [])
+                        if isinstance(p, dict) and p.get("proto") in ("tcp", "udp") and "port" in p),
+        )
+        for r in snap.routes if r.get("name") and r.get("ip")
+    )
+    cluster: Any = None
+    if error is None and snap.kind_manage:
+        try:
+            cluster = cluster_facts(ctx.client.get("/v1/cluster"))
+        except DaemonError as exc:
+            cluster = exc.message
+        except DaemonUnavailable as exc:
+            cluster = str(exc)
+    return Facts(
+        socket=sock, daemon_error=error, daemon_pid=ctx.client.server_pid() if error is None else None,
+        source=snap.source, domain=snap.domain, dns_listen=snap.dns_listen, routes=routes,
+        docker_enabled=snap.docker_enabled, kind_manage=snap.kind_manage, cluster=cluster,
+    )
+
+
+def cmd_doctor(ctx: Ctx, probes: Probes | None = None) -> int:
+    facts = gather_facts(ctx)
+    findings = run_checks(facts, probes or real_probes())
+    failed = any(f.level == "fail" for f in findings)
+    ctx.emit({"ok": not failed, "source": facts.source, "findings": [f.as_dict() for f in findings]},
+             lambda _: render_findings(findings))
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="control socket (default $MACULAD_SOCKET or /run/maculad/maculad.sock)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    cfg = _Parser(add_help=False)
+    cfg.add_argument("--config", default=argparse.SUPPRESS,
+                     help="read routes and DNS addresses from this config file instead of the daemon")
+
+    p = _Parser(prog="maculactl", parents=[common],
+                description="Control and inspect maculad. Exit codes: 0 ok, 1 failure, 2 usage, "
+                            "3 daemon not running or socket not accessible.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("status", parents=[common], help="everything at a glance")
+    sub.add_parser("routes", parents=[common], help="the route table")
+    sub.add_parser("services", parents=[common], help="supervised services of the Docker tier")
+    for action in ("start", "stop", "restart"):
+        sp = sub.add_parser(action, parents=[common], help=f"{action} a supervised service")
+        sp.add_argument("service")
+    cl = sub.add_parser("cluster", parents=[common], help="the kind cluster")
+    cl.add_argument("cluster_command", choices=["status", "recreate"], nargs="?", default="status")
+    d = sub.add_parser("dns", parents=[common], help="what maculad answers for NAME and who owns it")
+    d.add_argument("name")
+    ev = sub.add_parser("events", parents=[common], help="recent events; --follow to stream")
+    ev.add_argument("--follow", "-f", action="store_true")
+    ev.add_argument("--replay", type=int, default=None, help="how many past events to show first")
+    sub.add_parser("reload", parents=[common], help="re-read the config and apply it")
+    sub.add_parser("doctor", parents=[common, cfg], help="check the installation and explain")
+    h = sub.add_parser("hosts", parents=[common, cfg], help="an /etc/hosts block for the routes")
+    mode = h.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="write the block into --file")
+    mode.add_argument("--remove", action="store_true", help="remove the block from --file")
+    h.add_argument("--file", default="/etc/hosts")
+    r = sub.add_parser("resolver", parents=[common, cfg], help="send the domain's queries to maculad")
+    r.add_argument("resolver_command", choices=["install", "uninstall"])
+    r.add_argument("--dry-run", action="store_true", help="print what would change")
+    r.add_argument("--root", default="/", help="apply under this directory (for tests and images)")
+    r.add_argument("--backend", choices=RESOLVER_BACKENDS, default=None,
+                   help="default: macos on macOS, else systemd-resolved (NetworkManager if only it is found)")
+    r.add_argument("--reload", action="store_true", help="run the reload command after a change")
+    return p
+
+
+COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "status": cmd_status, "routes": cmd_routes, "services": cmd_services,
+    "start": cmd_service_action, "stop": cmd_service_action, "restart": cmd_service_action,
+    "cluster": cmd_cluster, "dns": cmd_dns, "reload": cmd_reload, "events": cmd_events,
+    "doctor": cmd_doctor, "hosts": cmd_hosts, "resolver": cmd_resolver,
+}
+
+
+def run(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    sock = getattr(args, "socket", None) or default_socket()
+    ctx = Ctx(args=args, json=bool(getattr(args, "json", False)), out=out, client=ControlClient(sock))
+    try:
+        return COMMANDS[args.command](ctx)
+    except DaemonUnavailable as exc:
+        err.write(f"maculactl: {exc}\n")
+        return EXIT_UNAVAILABLE
+    except DaemonError as exc:
+        err.write(f"maculactl: {exc.message} (HTTP {exc.status})\n")
+        return EXIT_FAIL
+    except (Failure, ResolverError) as exc:
+        err.write(f"maculactl: {exc}\n")
+        return EXIT_FAIL
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> None:
+    sys.exit(run())
