@@ -10,8 +10,9 @@ available" test.
 
 I/O: `KubeTransport` is the one boundary to the API server (method, path,
 query, body → status and decoded body); `KubeSession` implements it over
-kubernetes-asyncio's `ApiClient`, which reads the kubeconfig (client
-certificates, tokens, exec plugins) for a given context. `Applier` does
+kubernetes-asyncio's `ApiClient`, built by `maculad.kube.client` (the same
+kubeconfig handling as the Ingress provider: certificates, tokens, exec
+plugins, never writing the file back). `Applier` does
 server-side apply (PATCH with `application/apply-patch+yaml`,
 `fieldManager=maculad`, `force=true`) object by object, in manifest order
 with Namespaces and CRDs first, and waits for Deployments to become available.
@@ -320,16 +321,13 @@ class KubeSession:
 
     @classmethod
     async def open(cls, kubeconfig: Path, context: str | None) -> KubeSession:
-        from kubernetes_asyncio import config as kconfig
+        """A session for `context` of `kubeconfig`, built the same way as the Ingress provider's."""
+        from maculad.kube.client import KubeClientError, new_api_client
 
-        if not kubeconfig.is_file():
-            raise KubeError(f"kubeconfig {kubeconfig} does not exist")
         try:
-            client = await kconfig.new_client_from_config(
-                config_file=str(kubeconfig), context=context, persist_config=False
-            )
-        except Exception as exc:  # ConfigException, YAML errors, bad certificates
-            raise KubeError(f"kubeconfig {kubeconfig} (context {context}): {exc}") from None
+            client = await new_api_client(kubeconfig=kubeconfig, context=context)
+        except KubeClientError as exc:
+            raise KubeError(str(exc)) from None
         return cls(client)
 
     async def request(
@@ -362,7 +360,9 @@ class KubeSession:
             return status, text
 
     async def close(self) -> None:
-        await self._client.close()
+        from maculad.kube.client import close_api_client
+
+        await close_api_client(self._client)
 
 
 def _status_message(status: int, body: Any) -> str:
