@@ -75,9 +75,10 @@ class DockerAPI(Protocol):
 
     async def start(self, container_id: str) -> None: ...
 
-    async def stop(self, container_id: str, *, timeout: int = 10) -> None: ...
+    async def stop(self, container_id: str, *, timeout: int | None = None) -> None:
+        """Stop (SIGTERM, then SIGKILL after `timeout` s; None: the container's own stop timeout)."""
 
-    async def restart(self, container_id: str, *, timeout: int = 10) -> None: ...
+    async def restart(self, container_id: str, *, timeout: int | None = None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -208,13 +209,15 @@ class AiodockerAPI:
     async def start(self, container_id: str) -> None:
         await self._call(f"containers/{container_id}/start", method="POST")
 
-    async def stop(self, container_id: str, *, timeout: int = 10) -> None:
-        await self._call(f"containers/{container_id}/stop", method="POST", params={"t": str(timeout)},
-                         timeout=timeout + 30.0)
+    async def stop(self, container_id: str, *, timeout: int | None = None) -> None:
+        params = {"t": str(timeout)} if timeout is not None else None
+        await self._call(f"containers/{container_id}/stop", method="POST", params=params,
+                         timeout=(timeout or 120) + 30.0)
 
-    async def restart(self, container_id: str, *, timeout: int = 10) -> None:
-        await self._call(f"containers/{container_id}/restart", method="POST", params={"t": str(timeout)},
-                         timeout=timeout + 30.0)
+    async def restart(self, container_id: str, *, timeout: int | None = None) -> None:
+        params = {"t": str(timeout)} if timeout is not None else None
+        await self._call(f"containers/{container_id}/restart", method="POST", params=params,
+                         timeout=(timeout or 120) + 30.0)
 
     async def close(self) -> None:
         client, self._client = self._client, None

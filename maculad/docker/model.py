@@ -236,3 +236,23 @@ def service_name(info: ContainerInfo, project: str) -> str:
     if info.compose_service and info.compose_project == project:
         return info.compose_service
     return info.name
+
+
+def parse_time(text: str) -> float | None:
+    """Docker's RFC 3339 times with nanoseconds (`2024-01-01T10:00:00.123456789Z`) → epoch seconds."""
+    from datetime import datetime
+
+    s = text.strip()
+    if not s or s.startswith("0001-"):
+        return None
+    if s.endswith("Z"):
+        s = s[:-1] + "+00:00"
+    head, dot, rest = s.partition(".")
+    if dot:
+        frac = "".join(ch for ch in rest if ch.isdigit())
+        tz = rest[len(frac):]
+        s = f"{head}.{frac[:6].ljust(6, '0')}{tz}"
+    try:
+        return datetime.fromisoformat(s).timestamp()
+    except ValueError:
+        return None

@@ -47,7 +47,7 @@ class DockerTier:
         api: DockerAPI | None = None,
         labels: Sequence[str] = (),
         stage: str = "providers",
-        stop_timeout: int = 10,
+        stop_timeout: int | None = None,
     ) -> None:
         self._config = config
         self._stage = stage

@@ -39,7 +39,7 @@ import structlog
 from maculad.config import DockerConfig, parse_restart
 from maculad.docker.api import ContainerNotFound, DockerAPI, DockerAPIError, DockerUnavailable
 from maculad.docker.inventory import DockerInventory, InventoryUpdate
-from maculad.docker.model import COMPOSE_ONEOFF, ContainerInfo, Dependency, service_name
+from maculad.docker.model import COMPOSE_ONEOFF, ContainerEvent, ContainerInfo, Dependency, parse_time, service_name
 from maculad.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.supervise.policy import STATES, Decision, RestartPolicy, RestartTracker
@@ -65,9 +65,10 @@ class _Unit:
     failed_due_to: str | None = None
     busy: bool = False
     busy_action: str = ""
-    own_until: float = 0.0
-    """Until then, deaths and kills of the container are maculad's own (a restart or stop it made)."""
+    own: list[tuple[float, float]] = field(default_factory=list)
+    """Wall-clock windows of maculad's own stops and restarts: kills and deaths inside them are ours."""
     exited_seen_at: float | None = None
+    action_end: float = 0.0
     user_kill: bool = False
     last_error: str | None = None
     published_state: str = ""
@@ -132,9 +133,11 @@ class ContainerSupervisor:
         config: DockerConfig,
         metrics: Metrics,
         events: EventBus,
-        stop_timeout: int = 10,
+        stop_timeout: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        self._wall = wall
         self._inventory = inventory
         self._api = api
         self._cfg = config
@@ -205,13 +208,14 @@ class ContainerSupervisor:
             self._publish_state(u)
         for u in units:
             u.busy, u.busy_action = True, "stop"
+            t0 = self._wall()
             try:
                 await self._api.stop(u.id, timeout=self._stop_timeout)
             except ContainerNotFound:
                 pass
             finally:
                 u.busy = False
-                u.own_until = self._clock() + 1.0
+                self._own_window(u, t0)
         self._events.publish("service_stop", service=name, by="request")
         log.info("service_stop_requested", service=name)
         self._wake()
@@ -225,10 +229,7 @@ class ContainerSupervisor:
             assert u.tracker is not None
             u.tracker.on_start_requested(now)
             u.failed_due_to = None
-            if u.info.running:
-                u.tracker.on_running(now)
-                continue
-            self._schedule(u, "start", now, "manual")
+            self._schedule(u, "start", now, "manual")  # a running container answers 304: harmless
         self._events.publish("service_start", service=name, by="request")
         await self._run_due(now, wait=True)
         return self._summary(name)
@@ -241,7 +242,7 @@ class ContainerSupervisor:
             assert u.tracker is not None
             u.tracker.on_start_requested(now)
             u.failed_due_to = None
-            self._schedule(u, "restart" if u.info.running else "start", now, "manual")
+            self._schedule(u, "restart", now, "manual")  # the engine starts a stopped container
         self._events.publish("service_restart_requested", service=name, by="request")
         await self._run_due(now, wait=True)
         return self._summary(name)
@@ -314,14 +315,14 @@ class ContainerSupervisor:
         if ev is None:
             return
         u = self._units.get(ev.id)
-        if u is not None and ev.action in ("kill", "stop") and not self._own(u, now):
+        if u is not None and ev.action in ("kill", "stop") and not self._own(u, ev.time):
             u.user_kill = True
         if item.after is None:
             self._remove(ev.id)
         else:
-            self._observe(item.after, now)
+            self._observe(item.after, now, ev)
 
-    def _observe(self, info: ContainerInfo, now: float) -> None:
+    def _observe(self, info: ContainerInfo, now: float, ev: ContainerEvent | None = None) -> None:
         u = self._units.get(info.id)
         svc = service_name(info, self._cfg.compose_project)
         if u is None:
@@ -368,13 +369,21 @@ class ContainerSupervisor:
                 u.failed_due_to = None
         elif info.state in ("exited", "dead"):
             died = old.state in ("running", "restarting", "paused") or info.finished_at != old.finished_at
-            if died and not self._own(u, now):
+            when = ev.time if ev is not None and ev.action == "die" and ev.time else parse_time(info.finished_at)
+            if died and not self._own(u, when):
                 self._died(u, now)
         self._publish_state(u)
 
-    def _own(self, u: _Unit, now: float) -> bool:
-        """Is a kill or death seen now one that maculad caused (its restart or stop)?"""
-        return (u.busy and u.busy_action != "start") or now < u.own_until
+    def _own(self, u: _Unit, when: float | None) -> bool:
+        """Did a kill or death at wall time `when` come from maculad's own restart or stop?"""
+        if u.busy and u.busy_action != "start":
+            return True
+        if when is None:
+            return False
+        return any(a - 0.05 <= when <= b + 0.05 for a, b in u.own)
+
+    def _own_window(self, u: _Unit, t0: float) -> None:
+        u.own = [*u.own[-4:], (t0, self._wall())]
 
     def _first_sight(self, u: _Unit, now: float) -> None:
         t, info = u.tracker, u.info
@@ -458,7 +467,8 @@ class ContainerSupervisor:
                 continue
             t.tick(now)
             if (u.action is None and not u.busy and t.state in ("starting", "running")
-                    and u.exited_seen_at is not None and now - u.exited_seen_at > 1.0 and not self._own(u, now)):
+                    and u.exited_seen_at is not None and now - max(u.exited_seen_at, u.action_end) > 1.0
+                    and not self._own(u, parse_time(u.info.finished_at))):
                 # a death no observation judged (it happened while our own call was in flight)
                 self._died(u, now)
             if t.state == "failed" and u.failed_due_to is not None and self._unready_dependency(u) is None:
@@ -503,6 +513,7 @@ class ContainerSupervisor:
     async def _act(self, u: _Unit, action: ActionKind, reason: str) -> None:
         assert u.tracker is not None
         u.busy, u.busy_action = True, action
+        t0 = self._wall()
         u.restarts += 1
         u.tracker.on_starting(self._clock())
         self._metrics.service_restarts.labels(service=u.service, reason=reason).inc()
@@ -522,8 +533,9 @@ class ContainerSupervisor:
             self._queue.put_nowait(_ActionFailed(u.id, str(exc)))
         finally:
             u.busy = False
+            u.action_end = self._clock()
             if action == "restart":
-                u.own_until = self._clock() + 1.0
+                self._own_window(u, t0)
             self._wake()
 
     # ------------------------------------------------------------------ reporting
