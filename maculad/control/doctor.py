@@ -22,7 +22,7 @@ import re
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -186,7 +186,7 @@ def mdns_shadows_dns(tokens: Sequence[str]) -> str | None:
         if tok in ("dns", "resolve"):
             seen_dns = True
         if tok.startswith("mdns") and not seen_dns:
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+            nxt = tokens[i + 1] if i + 1 < len(tokens) and tokens[i + 1].startswith("[") else ""
             if not tok.endswith("_minimal") or nxt.upper() == "[NOTFOUND=RETURN]":
                 return f"{tok} {nxt}".strip()
     return None
@@ -280,7 +280,7 @@ def check_ports(facts: Facts, probes: Probes) -> list[Finding]:
                 (o := owners.get(s.inode)) is not None and o.pid == facts.daemon_pid]
         others = [s for s in here if s not in mine]
         where = f"{ip}:{port}/{proto} ({label})"
-        if mine and s_exact(mine, ip):
+        if mine:
             served += 1
         for s in others:
             o = owners.get(s.inode)
@@ -301,10 +301,6 @@ def check_ports(facts: Facts, probes: Probes) -> list[Finding]:
     if not out:
         out.append(Finding("ports", "ok", f"no conflicts; {served} of {len(wanted)} addresses served by maculad"))
     return out
-
-
-def s_exact(sockets: Iterable[BoundSocket], ip: str) -> bool:
-    return any(s.ip == ip or s.ip in WILDCARDS for s in sockets)
 
 
 def check_loopback(facts: Facts, probes: Probes) -> Finding:
