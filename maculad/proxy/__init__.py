@@ -1,10 +1,10 @@
 """The per-service loopback relay: TCP and UDP listeners on each route's own IP.
 
-`Relay` (listeners.py) is the component the daemon composes; tcp.py and udp.py
+`Relay` (relay.py) is the component the daemon composes; tcp.py and udp.py
 are the data paths, spec.py the pure listener planning, errorpage.py the
 dead-backend page and platform.py the macOS lo0 alias layer.
 """
 
-from maculad.proxy.listeners import Relay
+from maculad.proxy.relay import Relay
 
 __all__ = ["Relay"]

@@ -24,7 +24,7 @@ from aiohttp import web
 from maculad.config import ProxyConfig
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
-from maculad.proxy.listeners import Relay
+from maculad.proxy.relay import Relay
 from maculad.proxy.platform import LoopbackPlatform
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import Backend, RouteSpec
