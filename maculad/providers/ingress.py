@@ -108,66 +108,79 @@ def build_ingress_routes(
     ports: tuple[PortMap, ...],
     ingress_class: str | None = None,
 ) -> IngressRoutes:
-    """The complete route snapshot for `ingresses` (raw Ingress objects)."""
-    specs: dict[tuple[str, str], RouteSpec] = {}
+    """The complete route snapshot for `ingresses` (raw Ingress objects), sorted by (name, origin)."""
+    parts = [ingress_routes(obj, domain=domain, ports=ports, ingress_class=ingress_class) for obj in ingresses]
+    merged = combine(parts)
+    return IngressRoutes(specs=tuple(sorted(merged.specs, key=lambda s: (s.name, s.origin))),
+                         skipped=merged.skipped)
+
+
+def combine(parts: Iterable[IngressRoutes]) -> IngressRoutes:
+    """Concatenate per-Ingress results (each origin is distinct, so nothing collides)."""
+    specs: list[RouteSpec] = []
     skipped: list[Skip] = []
-    for obj in ingresses:
-        key = ingress_key(obj)
-        if key is None:
-            skipped.append(Skip("kubernetes:?", "", "malformed", "object without metadata.name"))
+    for part in parts:
+        specs.extend(part.specs)
+        skipped.extend(part.skipped)
+    return IngressRoutes(specs=tuple(specs), skipped=tuple(skipped))
+
+
+def ingress_routes(
+    obj: Any,
+    *,
+    domain: str,
+    ports: tuple[PortMap, ...],
+    ingress_class: str | None = None,
+) -> IngressRoutes:
+    """The routes of one raw Ingress object (the watch loop caches this per object)."""
+    key = ingress_key(obj)
+    if key is None:
+        return IngressRoutes((), (Skip("kubernetes:?", "", "malformed", "object without metadata.name"),))
+    origin = f"kubernetes:{key[0]}/{key[1]}"
+    if ingress_class is not None:
+        cls = ingress_class_of(obj)
+        if cls != ingress_class:
+            return IngressRoutes((), (Skip(origin, "", "class",
+                                           f"ingress class {cls!r} is not {ingress_class!r}" if cls
+                                           else f"no ingress class (only {ingress_class!r} is routed)"),))
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        return IngressRoutes((), (Skip(origin, "", "malformed", "no spec"),))
+    rules = spec.get("rules", [])
+    if rules is None:
+        rules = []
+    if not isinstance(rules, list):
+        return IngressRoutes((), (Skip(origin, "", "malformed",
+                                       f"spec.rules is {type(rules).__name__}, not a list"),))
+    specs: dict[str, RouteSpec] = {}
+    skipped: list[Skip] = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, Mapping):
+            skipped.append(Skip(origin, "", "malformed", f"spec.rules[{i}] is {type(rule).__name__}, not an object"))
             continue
-        origin = f"kubernetes:{key[0]}/{key[1]}"
-        if ingress_class is not None:
-            cls = ingress_class_of(obj)
-            if cls != ingress_class:
-                skipped.append(Skip(origin, "", "class",
-                                    f"ingress class {cls!r} is not {ingress_class!r}" if cls
-                                    else f"no ingress class (only {ingress_class!r} is routed)"))
-                continue
-        spec = obj.get("spec")
-        if not isinstance(spec, Mapping):
-            skipped.append(Skip(origin, "", "malformed", "no spec"))
+        host = rule.get("host")
+        if host is None or host == "":
+            skipped.append(Skip(origin, "", "no-host", f"spec.rules[{i}] has no host (a catch-all rule has no name "
+                                "to route)"))
             continue
-        rules = spec.get("rules", [])
-        if rules is None:
-            rules = []
-        if not isinstance(rules, list):
-            skipped.append(Skip(origin, "", "malformed", f"spec.rules is {type(rules).__name__}, not a list"))
+        if not isinstance(host, str):
+            skipped.append(Skip(origin, repr(host), "invalid-host", f"spec.rules[{i}].host is not a string"))
             continue
-        ruled: set[str] = set()
-        for i, rule in enumerate(rules):
-            if not isinstance(rule, Mapping):
-                skipped.append(Skip(origin, "", "malformed", f"spec.rules[{i}] is {type(rule).__name__}, "
-                                    "not an object"))
-                continue
-            host = rule.get("host")
-            if host is None or host == "":
-                skipped.append(Skip(origin, "", "no-host", f"spec.rules[{i}] has no host (a catch-all rule "
-                                    "has no name to route)"))
-                continue
-            if not isinstance(host, str):
-                skipped.append(Skip(origin, repr(host), "invalid-host", f"spec.rules[{i}].host is not a string"))
-                continue
-            try:
-                name = _host_name(host, domain)
-            except _Outside as exc:
-                skipped.append(Skip(origin, host, "outside-domain", str(exc)))
-                continue
-            except ValueError as exc:
-                skipped.append(Skip(origin, host, "invalid-host", str(exc)))
-                continue
-            ruled.add(name)
-            if (name, origin) not in specs:
-                specs[(name, origin)] = RouteSpec(name=name, source="kubernetes", origin=origin, ports=ports)
-        tls = spec.get("tls")
-        if isinstance(tls, list):
-            for entry in tls:
-                hosts = entry.get("hosts") if isinstance(entry, Mapping) else None
-                for host in hosts if isinstance(hosts, list) else ():
-                    if isinstance(host, str) and host.strip().lower().rstrip(".") not in ruled:
-                        skipped.append(Skip(origin, host, "tls-only", f"{host!r} is only in spec.tls, no rule "
-                                            "routes it"))
-    return IngressRoutes(
-        specs=tuple(specs[k] for k in sorted(specs)),
-        skipped=tuple(skipped),
-    )
+        try:
+            name = _host_name(host, domain)
+        except _Outside as exc:
+            skipped.append(Skip(origin, host, "outside-domain", str(exc)))
+            continue
+        except ValueError as exc:
+            skipped.append(Skip(origin, host, "invalid-host", str(exc)))
+            continue
+        if name not in specs:
+            specs[name] = RouteSpec(name=name, source="kubernetes", origin=origin, ports=ports)
+    tls = spec.get("tls")
+    if isinstance(tls, list):
+        for entry in tls:
+            hosts = entry.get("hosts") if isinstance(entry, Mapping) else None
+            for host in hosts if isinstance(hosts, list) else ():
+                if isinstance(host, str) and host.strip().lower().rstrip(".") not in specs:
+                    skipped.append(Skip(origin, host, "tls-only", f"{host!r} is only in spec.tls, no rule routes it"))
+    return IngressRoutes(specs=tuple(specs[n] for n in sorted(specs)), skipped=tuple(skipped))

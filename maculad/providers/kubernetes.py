@@ -21,10 +21,16 @@ so every wire-level case is ours to decide rather than `Watch`'s:
 5. while the API server is unreachable (or the kubeconfig missing), nothing is
    published: the route table keeps the last known Ingress routes.
 
-After every change the complete spec list is rebuilt from the map by the pure
-`build_ingress_routes` and handed to `routes.update("kubernetes", specs)`,
-which drops equal snapshots. Skipped hosts are logged once per
-(Ingress, host, reason) while they persist.
+After every change the complete spec list is rebuilt from the map and handed
+to `routes.update("kubernetes", specs)`, which drops equal snapshots. The pure
+per-object builder (`ingress_routes`) runs only for the object an event
+carries (its result is kept beside the object), so a rebuild at 1,000 Ingresses
+is a concatenation, not 1,000 host validations. Events already buffered on the
+stream are applied together and published once (the publish is scheduled with
+`call_soon`, and reading a buffered line does not yield to the loop), so a
+burst of N changes costs one table build, while a lone event is published on
+the next loop iteration. Skipped hosts are logged once per (Ingress, host,
+reason) while they persist.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from maculad.events import EventBus
 from maculad.kube.client import KubeClientError, close_api_client, new_api_client
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
-from maculad.providers.ingress import Skip, build_ingress_routes, ingress_key
+from maculad.providers.ingress import IngressRoutes, Skip, combine, ingress_key, ingress_routes
 from maculad.routes.manager import RouteTableManager
 from maculad.tasks import TaskOwner
 
@@ -114,6 +120,8 @@ class KubernetesProvider:
             udp=self._cfg.ingress_udp,
         )
         self._ingresses: dict[tuple[str, str], dict[str, Any]] = {}
+        self._built: dict[tuple[str, str], IngressRoutes] = {}
+        self._publish_handle: asyncio.Handle | None = None
         self._rv: str | None = None
         self._connected = False
         self._synced = False
@@ -123,6 +131,8 @@ class KubernetesProvider:
         self._reconnects = 0
         self._last_error: str | None = None
         self._last_rebuild: float | None = None
+        self._last_build: float | None = None
+        self._rebuilds = 0
         self._route_count = 0
         self._skips: set[tuple[str, str, str]] = set()
         self._skipped = 0
@@ -140,6 +150,10 @@ class KubernetesProvider:
         if self._owner is not None:
             await self._owner.stop(TASK_NAME)
             self._owner = None
+        if self._publish_handle is not None:
+            self._publish_handle.cancel()
+            self._publish_handle = None
+            self._publish()  # what was applied is not lost
         self._set_connected(False)
 
     def status(self) -> dict[str, Any]:
@@ -157,6 +171,8 @@ class KubernetesProvider:
             "relists": self._relists,
             "reconnects": self._reconnects,
             "last_error": self._last_error,
+            "rebuilds": self._rebuilds,
+            "last_build_seconds": self._last_build,
             "last_rebuild_seconds": self._last_rebuild,
         }
 
@@ -242,11 +258,15 @@ class KubernetesProvider:
             fresh[key] = obj
         gone = len(set(self._ingresses) - set(fresh))
         self._ingresses = fresh
+        self._built = {key: self._build(obj) for key, obj in fresh.items()}
         self._rv = rv
         self._relists += 1
         self._metrics.k8s_relists.inc()
         self._mark_event()
         self._set_connected(True)
+        if self._publish_handle is not None:
+            self._publish_handle.cancel()
+            self._publish_handle = None
         self._publish()
         self._synced = True
         log.info("kubernetes_listed", ingresses=len(fresh), resource_version=rv, vanished=gone,
@@ -268,24 +288,30 @@ class KubernetesProvider:
             if resp.status != 200:
                 await _json_body(resp)  # raises WatchGone / WatchBroken with the server's reason
             self._set_connected(True)
-            while True:
-                try:
-                    line = await asyncio.wait_for(resp.content.readline(), timeout=self._cfg.stale_after)
-                except TimeoutError:
-                    raise WatchBroken(f"no event or bookmark for {self._cfg.stale_after:g}s: "
-                                      "the stream is dead") from None
-                except ValueError as exc:  # a line beyond aiohttp's buffer limit
-                    raise WatchBroken(f"watch line too long: {exc}") from None
-                if not line:
-                    if lines == 0 and time.monotonic() - started < 1.0:
-                        raise WatchBroken("the watch ended at once without an event")
-                    log.debug("kubernetes_watch_ended", resource_version=self._rv, lines=lines)
-                    return lines
-                if not line.endswith(b"\n"):
-                    raise WatchBroken("the stream ended in the middle of an event")
-                self._handle_line(line)
-                lines += 1
-                backoff.reset()
+            loop = asyncio.get_running_loop()
+            stale = self._cfg.stale_after
+            try:
+                # one deadline, pushed forward on every line: no task per read, so
+                # lines already buffered are consumed without yielding to the loop
+                async with asyncio.timeout(stale) as guard:
+                    while True:
+                        try:
+                            line = await resp.content.readline()
+                        except ValueError as exc:  # a line beyond aiohttp's buffer limit
+                            raise WatchBroken(f"watch line too long: {exc}") from None
+                        guard.reschedule(loop.time() + stale)
+                        if not line:
+                            if lines == 0 and time.monotonic() - started < 1.0:
+                                raise WatchBroken("the watch ended at once without an event")
+                            log.debug("kubernetes_watch_ended", resource_version=self._rv, lines=lines)
+                            return lines
+                        if not line.endswith(b"\n"):
+                            raise WatchBroken("the stream ended in the middle of an event")
+                        self._handle_line(line)
+                        lines += 1
+                        backoff.reset()
+            except TimeoutError:
+                raise WatchBroken(f"no event or bookmark for {stale:g}s: the stream is dead") from None
         finally:
             resp.close()
 
@@ -320,26 +346,41 @@ class KubernetesProvider:
             log.warning("kubernetes_ingress_malformed", event=etype, reason="object without metadata.name")
         elif etype == "DELETED":
             self._ingresses.pop(key, None)
+            self._built.pop(key, None)
         else:
             assert isinstance(obj, dict)
             self._ingresses[key] = obj
+            self._built[key] = self._build(obj)
         if rv is not None:
             self._rv = rv
         if key is not None:
             log.debug("kubernetes_ingress_event", type=etype, ingress=f"{key[0]}/{key[1]}", resource_version=rv)
-            self._publish()
+            if self._publish_handle is None:
+                self._publish_handle = asyncio.get_running_loop().call_soon(self._deferred_publish)
 
     # ------------------------------------------------------------------ publishing and bookkeeping
 
+    def _build(self, obj: dict[str, Any]) -> IngressRoutes:
+        return ingress_routes(obj, domain=self._domain, ports=self._ports, ingress_class=self._cfg.ingress_class)
+
+    def _deferred_publish(self) -> None:
+        self._publish_handle = None
+        try:
+            self._publish()
+        except Exception:
+            log.exception("kubernetes_publish_failed")
+
     def _publish(self) -> None:
+        """The complete snapshot from every known Ingress → the route table."""
         t0 = time.perf_counter()
-        built = build_ingress_routes(
-            self._ingresses.values(), domain=self._domain, ports=self._ports, ingress_class=self._cfg.ingress_class
-        )
+        built = combine(self._built.values())
         self._log_skips(built.skipped)
         self._route_count = len(built.specs)
+        t1 = time.perf_counter()
         self._routes.update("kubernetes", built.specs)
+        self._last_build = t1 - t0
         self._last_rebuild = time.perf_counter() - t0
+        self._rebuilds += 1
 
     def _log_skips(self, skipped: tuple[Skip, ...]) -> None:
         self._skipped = len(skipped)
