@@ -206,3 +206,11 @@ def test_service_name_is_the_compose_service_only_in_the_platform_project() -> N
 )
 def test_pick_backend(bindings: list[tuple[str, int]], expected: Backend | None) -> None:
     assert pick_backend(HostBinding(h, p) for h, p in bindings) == expected
+
+
+def test_host_network_container_is_reached_on_loopback() -> None:
+    c = ContainerInfo(id="p", name="prom", labels={"macula.host": "prometheus", "macula.http": "9090"},
+                      network_mode="host")
+    specs, errors = build(c)
+    assert errors == []
+    assert specs[0].ports == (PortMap("tcp", 80, Backend("127.0.0.1", 9090)),)

@@ -15,14 +15,14 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import Backend
 from maculad.routes.store import AllocationStore
 from maculad.tasks import TaskOwner
-from tests.support.docker import (  # noqa: F401  (fixtures)
+from tests.support.docker import (
     DockerScope,
     docker_cli,
-    docker_scope,
-    make_tier,
     published,
     wait_for,
 )
+
+pytest_plugins = ("tests.support.docker",)  # the docker_scope and make_tier fixtures
 
 HTTPD = ("sh", "-c", "echo hello-$HOSTNAME > /www/index.html; exec httpd -f -p 8080 -h /www")
 
@@ -45,7 +45,7 @@ async def test_labelled_container_gets_a_route_that_answers(docker_scope: Docker
     assert route.source == "docker" and route.origin == f"docker:{docker_scope.name('web')}"
     assert route.service == docker_scope.name("web")
     assert route.ip.startswith("127.0.10.")
-    host, port = published(docker_scope.name("web"), "8080/tcp")
+    _, port = published(docker_scope.name("web"), "8080/tcp")
     assert route.backend_for("tcp", 80) == Backend("127.0.0.1", port)
     assert route.backend_for("tcp", 7000) == Backend("127.0.0.1", port)
     # the clean URL's backend serves the container's page (the relay dials exactly this backend)

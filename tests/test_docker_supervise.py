@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.docker import (  # noqa: F401  (fixtures)
+from tests.support.docker import (
     DockerScope,
     Harness,
     container_state,
     docker_cli,
-    docker_scope,
-    make_tier,
     wait_for,
 )
+
+pytest_plugins = ("tests.support.docker",)  # the docker_scope and make_tier fixtures
 
 SLEEP = ("sleep", "100000")
 

@@ -58,6 +58,8 @@ class ContainerInfo:
     started_at: str = ""
     finished_at: str = ""
     oom_killed: bool = False
+    network_mode: str = ""
+    """HostConfig.NetworkMode: "host" means container ports are host ports on 127.0.0.1."""
     docker_restart: str = ""
     """Docker's own restart policy (HostConfig.RestartPolicy.Name), "" or "no" when none."""
     compose_project: str | None = None
@@ -194,6 +196,7 @@ def parse_inspect(data: Mapping[str, Any]) -> ContainerInfo:
         started_at=_s(state.get("StartedAt")),
         finished_at=_s(state.get("FinishedAt")),
         oom_killed=state.get("OOMKilled") is True,
+        network_mode=_s(host.get("NetworkMode")),
         docker_restart=_s(_d(host.get("RestartPolicy")).get("Name")),
         compose_project=labels.get(COMPOSE_PROJECT),
         compose_service=labels.get(COMPOSE_SERVICE),

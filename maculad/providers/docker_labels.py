@@ -15,7 +15,8 @@ container its route (with the reason), never the others theirs.
 
 The backend of a port is the container port's published host binding; a
 binding on 0.0.0.0 (or ::) is reached on 127.0.0.1 (or ::1). IPv4 bindings
-are preferred over IPv6 ones, loopback over others.
+are preferred over IPv6 ones, loopback over others. A container on the host
+network is reached on 127.0.0.1 at the container port itself.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def pick_backend(bindings: Iterable[HostBinding]) -> Backend | None:
 
 
 def _backend(info: ContainerInfo, port: str, label: str) -> Backend:
+    if info.network_mode == "host":
+        return Backend("127.0.0.1", int(port.partition("/")[0]))
     b = pick_backend(info.bindings(port))
     if b is None:
         raise _Bad(f"{label}: container port {port} is not published on the host (publish it: -p 127.0.0.1::"

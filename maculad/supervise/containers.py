@@ -398,9 +398,10 @@ class ContainerSupervisor:
                 t.on_starting(now)
             else:
                 t.on_running(now)
-        elif info.state in ("exited", "dead", "created"):
+        elif info.state in ("exited", "dead"):
             # Not running when maculad (re)starts: after a reboot, a dockerd
             # restart or a crash while nobody watched. Judge it like an exit.
+            # ("created" is left alone: whoever created it — compose — starts it.)
             self._decide(u, t.on_exit(now, exit_code=info.exit_code), now, "bring-up", "start")
         elif info.state == "restarting":
             t.on_starting(now)
