@@ -196,6 +196,7 @@ class ClusterSupervisor:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.reconcile()
             except asyncio.CancelledError:
@@ -208,7 +209,6 @@ class ClusterSupervisor:
                 interval = min(interval, _FAST_POLL)
             elif self._tracker.state == "backoff":
                 interval = min(interval, max(0.05, self._next_attempt - self._clock()))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
 
@@ -350,6 +350,7 @@ class ClusterSupervisor:
             self._attempt_failed(exc)
             return
         self._attempt_outstanding = True
+        self._wake.set()  # look again right away
 
     def _attempt_failed(self, exc: Exception) -> None:
         now = self._clock()
