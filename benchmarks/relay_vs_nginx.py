@@ -175,7 +175,7 @@ ip = "{MACULAD_IP}"
 http = "127.0.0.1:{backend_port}"
 """
         )
-        daemon = subprocess.Popen([*os.environ.get("MACULAD_PREFIX", "").split(), str(MACULAD), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL)
+        daemon = subprocess.Popen([str(MACULAD), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL)
         procs.append(daemon)
         for ip, port in ((NGINX_IP, front_port), (MACULAD_IP, front_port), ("127.0.0.1", backend_port)):
             wait_port(ip, port)
