@@ -45,9 +45,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import dns.flags  # noqa: E402
-import dns.message  # noqa: E402
-import dns.rcode  # noqa: E402
+import dns.flags
+import dns.message
+import dns.rcode
 
 TRAEFIK_THROTTLE_S = 2.0
 EXTERNALDNS_INTERVAL_S = 60.0
@@ -77,7 +77,7 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         from maculad.dns.server import DNSServer
     except ImportError:
-        DNSServer = None  # type: ignore[assignment,misc]  # noqa: N806
+        DNSServer = None  # type: ignore[assignment,misc]
 
     state = Path(args.state_dir)
     cfg = Config(
@@ -146,7 +146,7 @@ async def _dns_answers(port: int, name: str) -> bool:
     transport, prober = await loop.create_datagram_endpoint(Prober, remote_addr=("127.0.0.1", port))
     try:
         for _ in range(3):
-            rcode, addrs = await prober.ask(name)
+            _, addrs = await prober.ask(name)
             if addrs:
                 return True
         return False
@@ -373,9 +373,13 @@ async def main(args: argparse.Namespace) -> None:
         print("\nAgainst the reference delays (fixed figures, not measured here):")
         for label, r in (("empty cluster", reaction_small), (f"{args.scale} Ingresses", reaction_big)):
             worst = max(x["p99"] for x in r.values())
-            print(f"  {label:<16} worst p99 {worst:7.2f} ms   vs Traefik 2 s throttle: {TRAEFIK_THROTTLE_S * 1000 / worst:6.0f}x"
-                  f" faster   vs ExternalDNS 1 min interval: {EXTERNALDNS_INTERVAL_S * 1000 / worst:7.0f}x faster")
-        print(f"  issue target: p99 < 100 ms → {'met' if max(x['p99'] for r in (reaction_small, reaction_big) for x in r.values()) < 100 else 'NOT met'}")
+            p50 = max(x["p50"] for x in r.values())
+            print(f"  {label:<16} worst p50 {p50:7.2f} ms, worst p99 {worst:7.2f} ms;  p99 vs Traefik's 2 s: "
+                  f"{TRAEFIK_THROTTLE_S * 1000 / worst:5.0f}x faster, vs ExternalDNS's 1 min: "
+                  f"{EXTERNALDNS_INTERVAL_S * 1000 / worst:6.0f}x faster")
+        worst_all = max(x["p99"] for r in (reaction_small, reaction_big) for x in r.values())
+        print(f"  issue target p99 < 100 ms: {'met' if worst_all < 100 else 'NOT met'} (worst p99 {worst_all:.1f} ms; "
+              f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

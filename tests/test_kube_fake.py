@@ -259,3 +259,27 @@ async def test_kubeconfig_problems_are_clear_errors(fake: FakeKubeAPI, tmp_path:
     empty.write_text("")
     with pytest.raises(KubeClientError):
         await new_api_client(kubeconfig=empty, context=None)
+
+
+async def test_selectors_and_namespaces(fake: FakeKubeAPI, api: k8s.ApiClient) -> None:
+    core = k8s.CoreV1Api(api)
+    for name, labels in (("a", {"app": "x", "tier": "web"}), ("b", {"app": "y"}), ("c", {})):
+        fake.create(CONFIGMAPS, {"metadata": {"name": name, "namespace": "kube-system", "labels": labels}})
+
+    async def names(**kw: Any) -> list[str]:
+        got = await core.list_namespaced_config_map("kube-system", **kw)
+        return sorted(i.metadata.name for i in got.items)
+
+    assert await names(label_selector="app=x") == ["a"]
+    assert await names(label_selector="app!=x") == ["b", "c"]
+    assert await names(label_selector="app") == ["a", "b"]
+    assert await names(label_selector="!app") == ["c"]
+    assert await names(label_selector="app=x,tier=web") == ["a"]
+    assert await names(field_selector="metadata.name=b") == ["b"]
+    with pytest.raises(ApiException) as exc:
+        await names(field_selector="spec.nodeName=x")
+    assert exc.value.status == 400
+    # deleting a namespace deletes what is in it, with DELETED events on watches
+    fake.create_ingress("doomed", "i", ["i.macula.local"])
+    await core.delete_namespace("doomed")
+    assert fake.items(INGRESSES, "doomed") == []

@@ -140,10 +140,9 @@ async def _env(tmp_path: Path, kubeconfig: Path, context: str | None) -> Env:
     cfg = _config(tmp_path, kubeconfig, context)
     routes = RouteTableManager(domain=DOMAIN, pool=cfg.proxy.pool, store=AllocationStore(state_dir=cfg.state_dir),
                                metrics=metrics)
-    env = Env(routes=routes, metrics=metrics, events=EventBus(), config=cfg,
-              owner=TaskOwner(metrics=metrics, on_fatal=lambda n, e: None))
-    env.owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: env.fatal.append(n))
-    return env
+    fatal: list[str] = []
+    owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: fatal.append(name))
+    return Env(routes=routes, metrics=metrics, events=EventBus(), config=cfg, owner=owner, fatal=fatal)
 
 
 async def _close(env: Env) -> None:
@@ -306,6 +305,36 @@ async def test_server_side_timeout_resumes_and_bookmarks_advance_the_version(fen
     assert int(p.status()["resource_version"]) > rv0
     assert p.status()["relists"] == 1
     assert fenv.metric("maculad_kubernetes_reconnects_total") == 0  # a clean end is no error
+
+
+async def test_an_error_event_reconnects_and_resumes(fenv: Env) -> None:
+    fake = fenv.fake
+    assert fake is not None
+    p = await fenv.start()
+    await wait_until(lambda: p.synced and fake.watch_count == 1, "the watch")
+    assert fake.send_error(500, "InternalError", "etcdserver: leader changed") == 1
+    fake.create_ingress("a", "after", ["after.macula.local"])
+    await fenv.wait_names(present=["after.macula.local"])
+    assert p.status()["relists"] == 1
+    assert fenv.metric("maculad_kubernetes_watch_events_total", type="ERROR") == 1
+    assert fenv.metric("maculad_kubernetes_reconnects_total") >= 1
+
+
+async def test_a_burst_of_changes_ends_in_the_right_state(fenv: Env) -> None:
+    fake = fenv.fake
+    assert fake is not None
+    p = await fenv.start()
+    await wait_until(lambda: p.synced and fake.watch_count == 1, "the watch")
+    for i in range(200):  # committed back to back: the stream delivers them in large chunks
+        fake.create_ingress(f"ns{i % 7}", f"b{i}", [f"b{i}.macula.local"])
+    for i in range(0, 200, 2):
+        fake.delete_ingress(f"ns{i % 7}", f"b{i}")
+    for i in range(1, 200, 4):
+        fake.set_ingress_hosts(f"ns{i % 7}", f"b{i}", [f"b{i}-new.macula.local"])
+    want = {f"b{i}-new.macula.local" if i % 4 == 1 else f"b{i}.macula.local" for i in range(1, 200, 2)}
+    await wait_until(lambda: fenv.names() == want, "the final state of the burst")
+    assert p.status()["ingresses"] == 100
+    assert p.status()["rebuilds"] <= 401  # never more than one per event (fewer when events arrive together)
 
 
 async def test_a_silent_stream_is_restarted(fenv: Env) -> None:

@@ -45,7 +45,7 @@ async def new_api_client(*, kubeconfig: Path, context: str | None) -> ApiClient:
     except (AssertionError, KeyError, TypeError, ValueError, OSError) as exc:
         what = f"context {context!r}" if context else "its current context"
         raise KubeClientError(f"kubeconfig {path}: cannot load {what}: {type(exc).__name__}: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # YAML errors and whatever else the loader lets through
         raise KubeClientError(f"kubeconfig {path}: {type(exc).__name__}: {exc}") from None
     try:
         return ApiClient(configuration=configuration)
@@ -88,6 +88,6 @@ async def readyz(api: ApiClient, *, timeout: float = 5.0) -> bool:
             return resp.status == 200 and body.strip() == b"ok"
         finally:
             resp.release()
-    except Exception as exc:
+    except Exception as exc:  # any failure means "not ready"
         log.debug("kube_readyz_failed", error=f"{type(exc).__name__}: {exc}")
         return False

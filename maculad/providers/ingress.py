@@ -3,7 +3,9 @@
 `build_ingress_routes` takes every Ingress the watch knows (raw JSON dicts as
 the API server sent them, never trusted) and returns the provider's complete
 snapshot of `RouteSpec`s plus a list of `Skip`s explaining what was left out.
-It does no I/O and no logging: the watch loop logs each skip once.
+It is `ingress_routes` (one object) mapped over all of them and `combine`d;
+the watch loop keeps each object's result and only recomputes the one an
+event changed. No I/O and no logging here: the watch loop logs each skip once.
 
 Decisions:
 

@@ -27,9 +27,11 @@ what a client can observe of an API server:
 
 Failure injection, for tests of the client's resilience: ``cut_streams()``
 (optionally in the middle of a JSON line), ``freeze_streams()`` (open streams go
-silent: a dead connection), ``delay`` (slow answers), ``pause()``/``resume()``
-(requests hang), ``outage("refuse")`` (the port stops listening, every
-connection is closed) or ``outage("503")``, and ``recover()``.
+silent: a dead connection), ``send_error()`` (an ERROR event on open streams),
+``compact()`` (410 for older versions), ``delay`` (slow answers),
+``pause()``/``resume()`` (requests hang), ``outage("refuse")`` (the port stops
+listening, every connection is closed) or ``outage("503")``, and ``recover()``.
+``requests`` records every request (``count_requests`` counts lists/watches).
 
 Resources are generic: ``ResourceType`` describes one (group, version, plural,
 kind, namespaced) and ``add_resource`` registers more. Ingresses, ConfigMaps,
@@ -211,23 +213,30 @@ def _remove_path(obj: Obj, path: tuple[str, ...]) -> None:
 
 def _parse_label_selector(text: str) -> Callable[[Obj], bool]:
     """Equality-based selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`, comma-separated."""
-    tests: list[Callable[[Mapping[str, str]], bool]] = []
+    # each test: (key, op, value) with op one of "=", "!=", "exists", "!exists"
+    tests: list[tuple[str, str, str]] = []
     for raw in filter(None, (p.strip() for p in text.split(","))):
         if "!=" in raw:
-            k, v = (s.strip() for s in raw.split("!=", 1))
-            tests.append(lambda lb, k=k, v=v: lb.get(k) != v)
+            k, v = (x.strip() for x in raw.split("!=", 1))
+            tests.append((k, "!=", v))
         elif "=" in raw:
-            k, v = (s.strip() for s in raw.replace("==", "=").split("=", 1))
-            tests.append(lambda lb, k=k, v=v: lb.get(k) == v)
+            k, v = (x.strip() for x in raw.replace("==", "=").split("=", 1))
+            tests.append((k, "=", v))
         elif raw.startswith("!"):
-            key = raw[1:].strip()
-            tests.append(lambda lb, k=key: k not in lb)
+            tests.append((raw[1:].strip(), "!exists", ""))
         else:
-            tests.append(lambda lb, k=raw: k in lb)
+            tests.append((raw, "exists", ""))
+
+    def one(labels: Mapping[str, str], k: str, op: str, v: str) -> bool:
+        if op == "=":
+            return labels.get(k) == v
+        if op == "!=":
+            return labels.get(k) != v
+        return (k in labels) == (op == "exists")
 
     def match(obj: Obj) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        return all(t(labels) for t in tests)
+        return all(one(labels, k, op, v) for k, op, v in tests)
 
     return match
 
@@ -402,6 +411,13 @@ class FakeKubeAPI:
         """Open watch streams stay connected but never send anything again."""
         for w in self._watchers:
             w.frozen = True
+        return len(self._watchers)
+
+    def send_error(self, code: int = 500, reason: str = "InternalError", message: str = "injected error") -> int:
+        """Write an ERROR event (a `Status` with `code`) on every open watch stream; returns how many."""
+        line = _line("ERROR", status_object(code, reason, message))
+        for w in self._watchers:
+            w.queue.put_nowait(("event", line))
         return len(self._watchers)
 
     def pause(self) -> None:
