@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from maculad.observability import sdnotify
 from maculad.observability.sdnotify import SdNotifier, one_line, socket_address, watchdog_interval
 
 
@@ -102,13 +103,15 @@ def test_address_forms() -> None:
 
 
 def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, pid=2) is None
-    assert watchdog_interval({"WATCHDOG_USEC": "nonsense"}) is None
-    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
-    assert watchdog_interval({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "x"}) is None
-    assert watchdog_interval({}) is None
+    ns = {"NOTIFY_SOCKET": "/run/systemd/notify"}
+    assert watchdog_interval({**ns, "WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({**ns, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
+    assert watchdog_interval({**ns, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, pid=2) is None
+    assert watchdog_interval({**ns, "WATCHDOG_USEC": "nonsense"}) is None
+    assert watchdog_interval({**ns, "WATCHDOG_USEC": "0"}) is None
+    assert watchdog_interval({**ns, "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "x"}) is None
+    assert watchdog_interval(ns) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) is None  # nobody to ping
 
 
 def test_status_is_one_line() -> None:
@@ -150,3 +153,21 @@ async def test_watchdog_loop_waits_quietly_when_off() -> None:
     assert not task.done()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def test_module_functions_use_the_process_environment(listener: tuple[str, socket.socket],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path, s = listener
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setattr(sdnotify, "_default", None)
+    assert sdnotify.watchdog_interval() == 5.0
+    assert sdnotify.ready()
+    assert recv(s) == ["READY=1"]
+    assert sdnotify.status("3 routes")
+    assert recv(s) == ["STATUS=3 routes"]
+    assert sdnotify.watchdog() and recv(s) == ["WATCHDOG=1"]
+    assert sdnotify.reloading() and recv(s)[0] == "RELOADING=1"
+    assert sdnotify.stopping() and recv(s) == ["STOPPING=1"]
+    sdnotify.default_notifier().close()
+    monkeypatch.setattr(sdnotify, "_default", None)

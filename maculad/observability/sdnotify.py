@@ -7,7 +7,9 @@ here raises: outside systemd (no variable) every call is a cheap no-op that
 returns False, and a send error is logged once per state and reported as False,
 because a service manager hiccup must never take the daemon down.
 
-`SdNotifier` reads the environment once (injectable for tests). The watchdog
+`SdNotifier` reads the environment once (injectable for tests); the module-level
+`ready()`, `status()`, `watchdog()`, `reloading()` and `stopping()` use one
+process-wide notifier built from `os.environ` on first use. The watchdog
 interval is half of `$WATCHDOG_USEC` (honouring `$WATCHDOG_PID`), and
 `run_watchdog` is the loop the daemon spawns on its `TaskOwner`: it pings only
 while the given health check passes, so a wedged daemon gets restarted.
@@ -41,12 +43,17 @@ def socket_address(value: str) -> str | None:
     return None
 
 
-def watchdog_interval(env: Mapping[str, str], *, pid: int | None = None) -> float | None:
+def watchdog_interval(env: Mapping[str, str] | None = None, *, pid: int | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of `$WATCHDOG_USEC`), or None when off.
 
     `$WATCHDOG_PID`, when set, must name this process (systemd sets it so that
     children do not inherit the duty); a malformed value turns the watchdog off.
+    Without a `NOTIFY_SOCKET` there is nobody to ping, so None as well.
     """
+    if env is None:
+        env = os.environ
+    if socket_address(env.get("NOTIFY_SOCKET", "")) is None:
+        return None
     usec_s = env.get("WATCHDOG_USEC", "")
     if not usec_s:
         return None
@@ -147,3 +154,36 @@ class SdNotifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+# --------------------------------------------------------------------------- process-wide helpers
+
+_default: SdNotifier | None = None
+
+
+def default_notifier() -> SdNotifier:
+    """The notifier for this process's environment, created on first use."""
+    global _default
+    if _default is None:
+        _default = SdNotifier()
+    return _default
+
+
+def ready(status_text: str | None = None) -> bool:
+    return default_notifier().ready(status_text)
+
+
+def status(text: str) -> bool:
+    return default_notifier().status(text)
+
+
+def watchdog() -> bool:
+    return default_notifier().watchdog()
+
+
+def reloading() -> bool:
+    return default_notifier().reloading()
+
+
+def stopping() -> bool:
+    return default_notifier().stopping()
