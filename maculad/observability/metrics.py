@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -35,8 +35,16 @@ class DNSCounters(Collector):
         self.malformed = 0
         self.fastpath_hits = 0
         self.truncated = 0
+        # A hot path may count in its own structures (the DNS fast path counts hits per cached
+        # answer) and fold them in here; every flusher runs before the counts are read.
+        self.flushers: list[Callable[[], None]] = []
+
+    def flush(self) -> None:
+        for flush in self.flushers:
+            flush()
 
     def collect(self) -> Iterable[Metric]:
+        self.flush()
         q = CounterMetricFamily(
             f"{PREFIX}_dns_queries", "DNS queries answered, by question type and response code",
             labels=["qtype", "rcode"],

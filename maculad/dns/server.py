@@ -1,0 +1,420 @@
+"""The DNS transports: UDP and TCP on every `dns.listen` address.
+
+Thin adapters around `Responder` (fastpath.py). The UDP protocol's
+`datagram_received` is the hot path and is written for it: one dict lookup
+keyed by the packet minus its ID, patch the ID in, `sendto`, bump the entry's
+hit count. Everything else — parsing, deciding, encoding, forwarding — happens
+only on a miss. The cache is cleared by a route-table listener the moment a
+table is swapped in. Every `SAMPLE_INTERVAL` seconds a flag is raised and the
+next query is timed for the latency histogram (a bool test per query, no clock
+reads).
+
+TCP: 2-byte length framing, any number of pipelined queries per connection
+(forwarded ones may be answered out of order, as RFC 7766 allows), an idle
+timeout, a cap on concurrent clients (`dns.max_tcp_clients`; beyond it a new
+connection is closed at once), and back-pressure: a client that does not read
+its replies stops being read.
+
+No packet can stop the server: the packet path returns FORMERR/NOTIMP or drops
+for bad input, and an unexpected exception (a bug) is logged, rate-limited,
+and the packet dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from maculad.config import DNSConfig
+from maculad.dns.codes import SERVFAIL, qtype_label, rcode_label
+from maculad.dns.fastpath import Forward, Responder, settings_from
+from maculad.dns.forward import Forwarder
+from maculad.dns.wire import fit_forwarded, reply_rcode, simple_reply
+from maculad.observability.metrics import Metrics
+from maculad.routes.manager import RouteTableManager
+from maculad.routes.table import RouteTable
+from maculad.tasks import TaskOwner
+
+log = structlog.get_logger("maculad.dns")
+
+#: how often the next query is timed for `maculad_dns_query_duration_seconds`
+SAMPLE_INTERVAL = 0.05
+#: a TCP connection with nothing to do for this long is closed
+TCP_IDLE_TIMEOUT = 10.0
+#: forwarded queries one TCP connection may have outstanding before it stops being read
+TCP_MAX_PENDING = 32
+_BUG_LOG_INTERVAL = 10.0
+
+
+class DNSServer:
+    name = "dns"
+
+    def __init__(self, *, config: DNSConfig, domain: str, routes: RouteTableManager, metrics: Metrics) -> None:
+        self._config = config
+        self._domain = domain
+        self._routes = routes
+        self._metrics = metrics
+        self.responder = Responder(settings=settings_from(config, domain), routes=routes, counters=metrics.dns)
+        self.forwarder = Forwarder(upstreams=config.forwarders, timeout=config.forward_timeout, metrics=metrics)
+        self._udp: list[tuple[asyncio.DatagramTransport, str, int]] = []
+        self._udp_protocols: list[_UDPProtocol] = []
+        self._sampler: asyncio.TimerHandle | None = None
+        self._hooked = False
+        self._tcp: list[tuple[asyncio.Server, str, int]] = []
+        self.tcp_conns: set[_TCPProtocol] = set()
+        self._forwards: set[asyncio.Task[None]] = set()
+        self._last_bug_log = 0.0
+        self._bugs = 0
+        self._latency_udp = metrics.dns_latency.labels(transport="udp")
+        self._latency_tcp = metrics.dns_latency.labels(transport="tcp")
+
+    # --- Component ------------------------------------------------------------------
+
+    async def start(self, owner: TaskOwner) -> None:
+        """Bind UDP and TCP on every listen address (port 0: both on the same free port)."""
+        self._routes.add_listener(self._on_table)
+        self._metrics.dns.flushers.append(self.responder.flush)
+        self._hooked = True
+        try:
+            for addr in self._config.listen:
+                await self._bind(addr.host, addr.port)
+        except BaseException:
+            await self.stop()
+            raise
+        self._sample_tick()
+        self._metrics.dns_listeners.labels(transport="udp").set(len(self._udp))
+        self._metrics.dns_listeners.labels(transport="tcp").set(len(self._tcp))
+        log.info("dns_listening", listen=[f"{p}://{h}:{n}" for p, h, n in self.bound()],
+                 forwarders=[f"{f.host}:{f.port}" for f in self._config.forwarders])
+
+    def _on_table(self, table: RouteTable) -> None:
+        self.responder.invalidate()
+
+    def _sample_tick(self) -> None:
+        for proto in self._udp_protocols:
+            proto.sample = True
+        self._sampler = asyncio.get_running_loop().call_later(SAMPLE_INTERVAL, self._sample_tick)
+
+    async def _bind(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        attempts = 20 if port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                udp, proto = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self), local_addr=(host, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"DNS cannot listen on udp {_fmt(host, port)}: {exc.strerror or exc}") from exc
+            actual = udp.get_extra_info("sockname")[1]
+            try:
+                tcp = await loop.create_server(lambda: _TCPProtocol(self), host, actual, backlog=256)
+            except OSError as exc:
+                udp.close()
+                if port == 0 and exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                    continue  # the free UDP port is taken on TCP: pick another
+                raise OSError(exc.errno, f"DNS cannot listen on tcp {_fmt(host, actual)}: {exc.strerror or exc}") \
+                    from exc
+            self._udp.append((udp, host, actual))
+            self._udp_protocols.append(proto)
+            self._tcp.append((tcp, host, actual))
+            return
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        if self._hooked:
+            self._hooked = False
+            self._routes.remove_listener(self._on_table)
+            self.responder.flush()
+            self._metrics.dns.flushers.remove(self.responder.flush)
+        for udp, _, _ in self._udp:
+            udp.close()
+        for server, _, _ in self._tcp:
+            server.close()
+        for conn in list(self.tcp_conns):
+            conn.abort()
+        for task in list(self._forwards):
+            task.cancel()
+        if self._forwards:
+            await asyncio.wait(list(self._forwards), timeout=2.0)
+        for server, _, _ in self._tcp:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+            except TimeoutError:
+                log.warning("dns_tcp_close_timeout")
+        if self._udp or self._tcp:
+            log.info("dns_stopped")
+        self._udp.clear()
+        self._udp_protocols.clear()
+        self._tcp.clear()
+        self._metrics.dns_listeners.labels(transport="udp").set(0)
+        self._metrics.dns_listeners.labels(transport="tcp").set(0)
+
+    def status(self) -> dict[str, Any]:
+        self.responder.flush()
+        c = self._metrics.dns
+        return {
+            "listen": [f"{p}://{_fmt(h, n)}" for p, h, n in self.bound()],
+            "domain": self._domain,
+            "ttl": self._config.ttl,
+            "forwarders": [_fmt(f.host, f.port) for f in self._config.forwarders],
+            "table_version": self.responder.version,
+            "queries": sum(c.queries.values()),
+            "fastpath_hits": c.fastpath_hits,
+            "malformed": c.malformed,
+            "truncated": c.truncated,
+            "cache_entries": {"udp": len(self.responder.udp), "tcp": len(self.responder.tcp)},
+            "tcp_clients": len(self.tcp_conns),
+            "forwards_in_flight": self.forwarder.in_flight,
+            "internal_errors": self._bugs,
+        }
+
+    def bound(self) -> list[tuple[str, str, int]]:
+        return [("udp", h, p) for _, h, p in self._udp] + [("tcp", h, p) for _, h, p in self._tcp]
+
+    def reconfigure(self, config: DNSConfig) -> list[str]:
+        """Apply ttl, forwarders, timeouts and the TCP cap live; returns the keys that need a restart."""
+        needs_restart = ["dns.listen"] if config.listen != self._config.listen else []
+        self._config = config
+        self.forwarder.upstreams = config.forwarders
+        self.forwarder.timeout = config.forward_timeout
+        self.responder.configure(settings_from(config, self._domain))
+        log.info("dns_reconfigured", ttl=config.ttl, forwarders=len(config.forwarders),
+                 needs_restart=needs_restart)
+        return needs_restart
+
+    # --- shared by the transports ---------------------------------------------------
+
+    @property
+    def max_tcp_clients(self) -> int:
+        return self._config.max_tcp_clients
+
+    def bug(self, where: str) -> None:
+        """An exception escaped the packet path: count it, log it (at most every few seconds), carry on."""
+        self._bugs += 1
+        now = time.monotonic()
+        if now - self._last_bug_log >= _BUG_LOG_INTERVAL:
+            self._last_bug_log = now
+            log.exception("dns_internal_error", where=where, total=self._bugs)
+
+    def forward(self, job: Forward, send: Callable[[bytes], None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._forward(job, send))
+        self._forwards.add(task)
+        task.add_done_callback(self._forwards.discard)
+
+    async def _forward(self, job: Forward, send: Callable[[bytes], None]) -> None:
+        q = job.query
+        upstream = await self.forwarder.resolve(job.packet)
+        if upstream is None:
+            reply = simple_reply(q, SERVFAIL, ra=True)
+        else:
+            reply, truncated = fit_forwarded(q, upstream, limit=job.limit)
+            if truncated:
+                self._metrics.dns.truncated += 1
+        self._metrics.dns.queries[(qtype_label(q.qtype), rcode_label(reply_rcode(reply)))] += 1
+        try:
+            send(reply)
+        except Exception:
+            self.bug("forward_send")
+
+    def latency(self, tcp: bool) -> Any:
+        return self._latency_tcp if tcp else self._latency_udp
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DNSServer) -> None:
+        self._server = server
+        self._responder = server.responder
+        self._exact = server.responder.udp.exact  # cleared in place, never replaced
+        self._latency = server.latency(False)
+        self.sample = False
+        self._sendto: Callable[[bytes, Any], None] = lambda data, addr: None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._sendto = transport.sendto  # type: ignore[attr-defined]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        hit = self._exact.get(data[2:])
+        if hit is not None and not self.sample:
+            self._sendto(data[:2] + hit.reply, addr)
+            hit.hits += 1
+            return
+        if self.sample:
+            self.sample = False
+            started = time.perf_counter()
+            self._serve(data, addr)
+            self._latency.observe(time.perf_counter() - started)
+        else:
+            self._slow(data, addr)
+
+    def _serve(self, data: bytes, addr: Any) -> None:
+        try:
+            reply = self._responder.lookup(data, tcp=False)
+        except Exception:
+            self._server.bug("udp_lookup")
+            return
+        if reply is not None:
+            self._sendto(reply, addr)
+        else:
+            self._slow(data, addr)
+
+    def _slow(self, data: bytes, addr: Any) -> None:
+        try:
+            out = self._responder.respond(data, tcp=False)
+        except Exception:
+            self._server.bug("udp")
+            return
+        if out is None:
+            return
+        if isinstance(out, bytes):
+            self._sendto(out, addr)
+            return
+        sendto = self._sendto
+        self._server.forward(out, lambda reply: sendto(reply, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dns_udp_error", error=str(exc))
+
+
+class _TCPProtocol(asyncio.Protocol):
+    def __init__(self, server: DNSServer) -> None:
+        self._server = server
+        self._responder = server.responder
+        self._latency = server.latency(True)
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._pending = 0
+        self._closed = False
+        self._paused_writing = False
+        self._paused_reading = False
+        self._eof = False
+        self._last_active = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if len(self._server.tcp_conns) >= self._server.max_tcp_clients:
+            log.debug("dns_tcp_client_cap", cap=self._server.max_tcp_clients)
+            self._closed = True
+            transport.abort()
+            return
+        self._server.tcp_conns.add(self)
+        loop = asyncio.get_running_loop()
+        self._last_active = loop.time()
+        self._timer = loop.call_later(TCP_IDLE_TIMEOUT, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last_active
+        if idle >= TCP_IDLE_TIMEOUT and self._pending == 0:
+            self.close()
+            return
+        self._timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._last_active = asyncio.get_running_loop().time()
+        buf = self._buf
+        buf += data
+        while len(buf) >= 2:
+            n = (buf[0] << 8) | buf[1]
+            if n == 0:
+                self.close()  # a zero-length message is not DNS
+                return
+            if len(buf) < n + 2:
+                break
+            msg = bytes(buf[2 : n + 2])
+            del buf[: n + 2]
+            self._handle(msg)
+            if self._closed:
+                return
+
+    def _handle(self, msg: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            out: bytes | Forward | None = self._responder.lookup(msg, tcp=True)
+            if out is None:
+                out = self._responder.respond(msg, tcp=True)
+        except Exception:
+            self._server.bug("tcp")
+            return
+        if out is None:
+            return
+        if isinstance(out, bytes):
+            self.send(out)
+            self._latency.observe(time.perf_counter() - started)
+            return
+        self._pending += 1
+        if self._pending >= TCP_MAX_PENDING:
+            self._pause_reading()
+        self._server.forward(out, self._forwarded)
+
+    def _forwarded(self, reply: bytes) -> None:
+        self._pending -= 1
+        self.send(reply)
+        if self._eof and self._pending == 0:
+            self.close()
+            return
+        if self._pending < TCP_MAX_PENDING and not self._paused_writing:
+            self._resume_reading()
+
+    def send(self, reply: bytes) -> None:
+        if self._closed or self._transport is None:
+            return
+        self._transport.write(struct.pack("!H", len(reply)) + reply)
+        self._last_active = asyncio.get_running_loop().time()
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self._transport is not None and not self._closed:
+            self._paused_reading = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused_reading and self._transport is not None and not self._closed:
+            self._paused_reading = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._pending < TCP_MAX_PENDING:
+            self._resume_reading()
+
+    def eof_received(self) -> bool | None:
+        # the client is done sending; let pending forwarded replies go out, then close
+        self._eof = True
+        if self._pending == 0:
+            self.close()
+        return True
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._closed = True
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._server.tcp_conns.discard(self)

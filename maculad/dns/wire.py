@@ -1,0 +1,400 @@
+"""DNS wire format: exactly what a small authoritative server needs, no more.
+
+`parse_query` reads one query defensively: every length is bounds-checked, a
+name is at most 255 bytes of labels of at most 63, the question name may not
+use compression (a pointer there could only point into the header, and the
+question is copied verbatim into the reply), and the other sections are only
+*skipped* — compression pointers are never followed, so a hostile pointer loop
+costs nothing. The only record read from them is EDNS0's OPT. Failures raise
+`WireError` carrying the response code to answer with, or `None` to drop.
+
+`encode` turns a `Decision` (see answer.py) into reply bytes: the question is
+the query's own bytes (so the client's letter case comes back, 0x20), names
+are compressed against the question, and the reply is fitted into the
+client's UDP size: without the additional section if need be, else as an
+empty reply with TC set so the client retries over TCP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from maculad.dns.answer import AAAA, NS, RR, SOA, A, Decision, RData
+from maculad.dns.codes import (
+    AA,
+    CD,
+    CLASS_IN,
+    FORMERR,
+    MIN_UDP_SIZE,
+    NOTIMP,
+    OPCODE_MASK,
+    OUR_UDP_SIZE,
+    QR,
+    QTYPE_A,
+    QTYPE_AAAA,
+    QTYPE_NS,
+    QTYPE_OPT,
+    QTYPE_SOA,
+    RA,
+    RD,
+    SERVFAIL,
+    TC,
+)
+
+class WireError(Exception):
+    """The packet cannot be answered normally: reply with `rcode`, or drop it when `rcode` is None."""
+
+    def __init__(self, reason: str, rcode: int | None) -> None:
+        super().__init__(reason)
+        self.rcode = rcode
+
+
+_HEADER = struct.Struct("!HHHHHH")
+_U16 = struct.Struct("!H")
+_RR_FIXED = struct.Struct("!HHIH")
+_TYPE_CLASS = struct.Struct("!HH")
+
+
+@dataclass(frozen=True, slots=True)
+class EDNS:
+    udp_size: int
+    version: int
+    do: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedQuery:
+    """One query, as far as answering it needs.
+
+    `question` is the raw question section (name + type + class) exactly as the
+    client sent it; `labels` is the name lower-cased, split into labels.
+    `question_end` is the offset of the first byte after the question.
+    """
+
+    id: int
+    flags: int
+    labels: tuple[bytes, ...]
+    qtype: int
+    qclass: int
+    question: bytes
+    question_end: int
+    edns: EDNS | None
+
+    @property
+    def name_wire_len(self) -> int:
+        return len(self.question) - 4
+
+
+def _skip_name(buf: bytes, off: int) -> int:
+    """Offset after the (possibly compressed) name at `off`; pointers are not followed."""
+    n = len(buf)
+    total = 0
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end", FORMERR)
+        length = buf[off]
+        if length == 0:
+            return off + 1
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if off + 2 > n:
+                raise WireError("pointer runs past the end", FORMERR)
+            return off + 2
+        if kind:
+            raise WireError("unsupported label type", FORMERR)
+        total += length + 1
+        if total > 255:
+            raise WireError("name longer than 255 bytes", FORMERR)
+        off += length + 1
+
+
+def parse_header(buf: bytes) -> tuple[int, int]:
+    """(id, flags) of any packet of at least 12 bytes; raises WireError(None) otherwise."""
+    if len(buf) < 12:
+        raise WireError("shorter than a DNS header", None)
+    ident, flags = struct.unpack_from("!HH", buf)
+    return ident, flags
+
+
+def parse_query(buf: bytes) -> ParsedQuery:
+    """Parse a query or raise WireError with the rcode to answer (None → drop)."""
+    if len(buf) < 12:
+        raise WireError("shorter than a DNS header", None)
+    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf)
+    if flags & QR:
+        raise WireError("a response, not a query", None)
+    if flags & OPCODE_MASK:
+        raise WireError(f"opcode {(flags & OPCODE_MASK) >> 11} is not QUERY", NOTIMP)
+    if qdcount != 1:
+        raise WireError(f"{qdcount} questions (exactly one is supported)", FORMERR)
+
+    # the question: plain labels only
+    n = len(buf)
+    off = 12
+    labels: list[bytes] = []
+    total = 0
+    while True:
+        if off >= n:
+            raise WireError("question name runs past the end", FORMERR)
+        length = buf[off]
+        if length == 0:
+            off += 1
+            break
+        if length & 0xC0:
+            raise WireError("compressed or extended label in the question", FORMERR)
+        total += length + 1
+        if total > 255:
+            raise WireError("question name longer than 255 bytes", FORMERR)
+        end = off + 1 + length
+        if end > n:
+            raise WireError("question label runs past the end", FORMERR)
+        labels.append(buf[off + 1 : end].lower())
+        off = end
+    if off + 4 > n:
+        raise WireError("question type/class missing", FORMERR)
+    qtype, qclass = _TYPE_CLASS.unpack_from(buf, off)
+    qend = off + 4
+    if qtype == QTYPE_OPT:
+        raise WireError("OPT is not a question type", FORMERR)
+
+    # answer and authority: skipped; additional: looking for OPT
+    off = qend
+    edns: EDNS | None = None
+    for i in range(ancount + nscount + arcount):
+        owner = off
+        off = _skip_name(buf, off)
+        if off + 10 > n:
+            raise WireError("record header runs past the end", FORMERR)
+        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(buf, off)
+        off += 10
+        if off + rdlen > n:
+            raise WireError("record data runs past the end", FORMERR)
+        if rtype == QTYPE_OPT:
+            if i < ancount + nscount:
+                raise WireError("OPT outside the additional section", FORMERR)
+            if edns is not None:
+                raise WireError("more than one OPT record", FORMERR)
+            if buf[owner] != 0:
+                raise WireError("OPT owner is not the root", FORMERR)
+            _check_options(buf, off, off + rdlen)
+            edns = EDNS(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+        off += rdlen
+    return ParsedQuery(
+        id=ident,
+        flags=flags,
+        labels=tuple(labels),
+        qtype=qtype,
+        qclass=qclass,
+        question=bytes(buf[12:qend]),
+        question_end=qend,
+        edns=edns,
+    )
+
+
+def _check_options(buf: bytes, off: int, end: int) -> None:
+    while off < end:
+        if off + 4 > end:
+            raise WireError("truncated EDNS option", FORMERR)
+        (olen,) = _U16.unpack_from(buf, off + 2)
+        off += 4 + olen
+    if off != end:
+        raise WireError("EDNS option runs past its record", FORMERR)
+
+
+def udp_limit(q: ParsedQuery) -> int:
+    """The largest reply the client accepts over UDP."""
+    if q.edns is None:
+        return MIN_UDP_SIZE
+    return max(MIN_UDP_SIZE, q.edns.udp_size)
+
+
+# --- encoding ------------------------------------------------------------------
+
+
+class _Writer:
+    """Appends records to a message, compressing names against what is already written."""
+
+    __slots__ = ("buf", "offsets")
+
+    def __init__(self, header: bytes, q: ParsedQuery) -> None:
+        self.buf = bytearray(header)
+        self.buf += q.question
+        self.offsets: dict[str, int] = {}
+        if not any(b"." in label for label in q.labels):
+            off = 12
+            for i, label in enumerate(q.labels):
+                self.offsets[".".join(lb.decode("latin-1") for lb in q.labels[i:])] = off
+                off += len(label) + 1
+
+    def name(self, name: str) -> None:
+        labels = name.split(".") if name else []
+        for i in range(len(labels)):
+            suffix = ".".join(labels[i:])
+            ptr = self.offsets.get(suffix)
+            if ptr is not None:
+                self.buf += _U16.pack(0xC000 | ptr)
+                return
+            if len(self.buf) < 0x3FFF:
+                self.offsets[suffix] = len(self.buf)
+            raw = labels[i].encode("ascii")
+            self.buf.append(len(raw))
+            self.buf += raw
+        self.buf.append(0)
+
+    def rr(self, rr: RR) -> None:
+        self.name(rr.name)
+        data = rr.data
+        start = len(self.buf)
+        self.buf += _RR_FIXED.pack(_rtype(data), CLASS_IN, rr.ttl, 0)
+        rd_start = len(self.buf)
+        if isinstance(data, A):
+            self.buf += ipaddress.IPv4Address(data.ip).packed
+        elif isinstance(data, AAAA):
+            self.buf += ipaddress.IPv6Address(data.ip).packed
+        elif isinstance(data, NS):
+            self.name(data.target)
+        elif isinstance(data, SOA):
+            self.name(data.mname)
+            self.name(data.rname)
+            self.buf += struct.pack("!IIIII", data.serial, data.refresh, data.retry, data.expire, data.minimum)
+        _U16.pack_into(self.buf, start + 8, len(self.buf) - rd_start)
+
+    def opt(self, q: ParsedQuery, ext_rcode: int) -> None:
+        assert q.edns is not None
+        self.buf += b"\x00" + _RR_FIXED.pack(
+            QTYPE_OPT, OUR_UDP_SIZE, (ext_rcode << 24) | (0x8000 if q.edns.do else 0), 0
+        )
+
+
+def _rtype(data: RData) -> int:
+    if isinstance(data, A):
+        return QTYPE_A
+    if isinstance(data, AAAA):
+        return QTYPE_AAAA
+    if isinstance(data, NS):
+        return QTYPE_NS
+    return QTYPE_SOA
+
+
+def reply_flags(q: ParsedQuery, *, rcode: int, aa: bool, ra: bool, tc: bool = False) -> int:
+    """Header flags of a reply to `q`: QR, the query's opcode, RD and CD copied."""
+    flags = QR | (q.flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
+    if aa:
+        flags |= AA
+    if ra:
+        flags |= RA
+    if tc:
+        flags |= TC
+    return flags
+
+
+def encode(q: ParsedQuery, d: Decision, *, limit: int, ra: bool) -> tuple[bytes, bool]:
+    """The reply to `q`, at most `limit` bytes; returns (bytes, truncated)."""
+    full = _encode(q, d, ra=ra, sections=(d.answer, d.authority, d.additional))
+    if len(full) <= limit:
+        return full, False
+    if d.additional:
+        without = _encode(q, d, ra=ra, sections=(d.answer, d.authority, ()))
+        if len(without) <= limit:
+            return without, False
+    # header + question (<= 259 bytes) + OPT always fits the 512-byte minimum
+    return _encode(q, d, ra=ra, sections=((), (), ()), tc=True), True
+
+
+def _encode(q: ParsedQuery, d: Decision, *, ra: bool, sections: tuple[tuple[RR, ...], ...],
+            tc: bool = False) -> bytes:
+    rcode = d.rcode
+    ext = 0
+    if rcode > 15:
+        if q.edns is None:
+            rcode = SERVFAIL
+        else:
+            ext, rcode = rcode >> 4, rcode & 0xF
+    an, ns, ar = sections
+    flags = reply_flags(q, rcode=rcode, aa=d.aa, ra=ra, tc=tc)
+    header = _HEADER.pack(q.id, flags, 1, len(an), len(ns), len(ar) + (1 if q.edns is not None else 0))
+    w = _Writer(header, q)
+    for rr in an:
+        w.rr(rr)
+    for rr in ns:
+        w.rr(rr)
+    for rr in ar:
+        w.rr(rr)
+    if q.edns is not None:
+        w.opt(q, ext)
+    return bytes(w.buf)
+
+
+def error_reply(buf: bytes, rcode: int) -> bytes | None:
+    """A header-only reply (FORMERR, NOTIMP) to a packet that could not be parsed; None → drop."""
+    if len(buf) < 12:
+        return None
+    ident, flags = struct.unpack_from("!HH", buf)
+    if flags & QR:
+        return None
+    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
+    return _HEADER.pack(ident, out_flags, 0, 0, 0, 0)
+
+
+def simple_reply(q: ParsedQuery, rcode: int, *, ra: bool) -> bytes:
+    """A reply with only the question (and OPT): SERVFAIL after a failed forward, REFUSED, …"""
+    return _encode(q, Decision(rcode=rcode, aa=False), ra=ra, sections=((), (), ()))
+
+
+def fit_forwarded(q: ParsedQuery, upstream: bytes, *, limit: int) -> tuple[bytes, bool]:
+    """An upstream reply, given the client's ID and fitted into `limit` bytes.
+
+    When it does not fit, the client gets the upstream's header flags and rcode
+    with TC set, its own question and (if it sent one) an OPT record.
+    """
+    reply = _U16.pack(q.id) + upstream[2:]
+    if len(reply) <= limit:
+        return reply, False
+    (uflags,) = _U16.unpack_from(upstream, 2)
+    flags = (uflags & ~0xF) | TC | (uflags & 0xF)
+    header = _HEADER.pack(q.id, flags, 1, 0, 0, 1 if q.edns is not None else 0)
+    w = _Writer(header, q)
+    if q.edns is not None:
+        w.opt(q, 0)
+    return bytes(w.buf), True
+
+
+def check_upstream(sent: bytes, got: bytes) -> str | None:
+    """Why `got` is not the reply to `sent` (None when it is): ID, QR and the question must match."""
+    if len(got) < 12:
+        return "shorter than a header"
+    if got[:2] != sent[:2]:
+        return "wrong ID"
+    (flags,) = _U16.unpack_from(got, 2)
+    if not flags & QR:
+        return "not a response"
+    qd = _U16.unpack_from(got, 4)[0]
+    if qd == 0 and (flags & TC or flags & 0xF):
+        return None  # some servers drop the question from TC and error replies; the ID matched
+    if qd != 1:
+        return f"{qd} questions"
+    try:
+        end = _skip_question(sent)
+        gend = _skip_question(got)
+    except WireError:
+        return "malformed question"
+    if got[12:gend].lower() != sent[12:end].lower():
+        return "question does not match"
+    return None
+
+
+def _skip_question(buf: bytes) -> int:
+    end = _skip_name(buf, 12) + 4
+    if end > len(buf):
+        raise WireError("question runs past the end", FORMERR)
+    return end
+
+
+def is_truncated(reply: bytes) -> bool:
+    return len(reply) >= 4 and bool(_U16.unpack_from(reply, 2)[0] & TC)
+
+
+def reply_rcode(reply: bytes) -> int:
+    return _U16.unpack_from(reply, 2)[0] & 0xF if len(reply) >= 4 else SERVFAIL
