@@ -307,3 +307,12 @@ def test_daemon_down_checks_still_run_from_config_facts(dns_port: int) -> None:
     by = {(x.check, x.level) for x in out}
     assert ("daemon", "fail") in by and ("dns", "fail") in by
     assert all(x.level != "warn" or x.check != "ports" for x in out)  # no "nothing listens" noise
+
+
+def test_status_flags_from_explicit_keys_or_components() -> None:
+    from maculad.control.ctl import status_flags
+
+    assert status_flags({"docker_enabled": True, "kind_manage": False, "components": {"kind": {}}}) == (True, False)
+    assert status_flags({"components": {"docker": {}, "kind": {}, "dns": {}}}) == (True, True)
+    assert status_flags({"components": {"dns": {}}}) == (False, False)
+    assert status_flags({}) == (False, False)

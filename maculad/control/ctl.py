@@ -220,9 +220,20 @@ def snapshot_from_daemon(client: ControlClient) -> Snapshot:
         domain=str(status.get("domain") or routes.get("domain") or "macula.local"),
         dns_listen=listen,
         routes=[r for r in routes.get("routes", []) if isinstance(r, dict)],
-        docker_enabled=bool(status.get("docker_enabled", False)),
-        kind_manage=bool(status.get("kind_manage", False)),
+        docker_enabled=status_flags(status)[0],
+        kind_manage=status_flags(status)[1],
     )
+
+
+def status_flags(status: dict[str, Any]) -> tuple[bool, bool]:
+    """(Docker tier enabled, kind managed): the explicit `config_view` keys when the daemon sends
+    them, else whether its status lists a `docker` / `kind` component."""
+    comps = status.get("components")
+    names = set(comps) if isinstance(comps, dict) else set()
+    docker = status.get("docker_enabled")
+    kind = status.get("kind_manage")
+    return (bool(docker) if docker is not None else "docker" in names,
+            bool(kind) if kind is not None else bool(names & {"kind", "cluster"}))
 
 
 def snapshot_from_config(path: str) -> Snapshot:

@@ -351,7 +351,7 @@ def cluster_facts(data: Any) -> ClusterFacts | str:
         return "unexpected cluster status"
     state = str(data.get("state", "unknown"))
     ready = data.get("ready") is True or state == "ready"
-    detail = data.get("last_error") or data.get("reason") or data.get("last_action") or ""
+    detail = data.get("last_error") or data.get("api_error") or data.get("reason") or ""
     return ClusterFacts(ready=ready, state=state, detail=str(detail) if detail else "")
 
 
