@@ -144,7 +144,7 @@ class KubernetesProvider:
 
     async def start(self, owner: TaskOwner) -> None:
         self._owner = owner
-        owner.spawn(TASK_NAME, self.run, stage="providers")
+        owner.spawn(TASK_NAME, self.run, stage="sources")
 
     async def stop(self) -> None:
         if self._owner is not None:
