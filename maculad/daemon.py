@@ -30,6 +30,7 @@ from maculad.component import Component
 from maculad.config import Config, ConfigError, load_config
 from maculad.control.api import ControlError, ServiceAction
 from maculad.control.server import ControlServer
+from maculad.control.views import config_view
 from maculad.dns.server import DNSServer
 from maculad.docker.tier import DockerTier, docker_components
 from maculad.events import EventBus
@@ -194,8 +195,8 @@ class Daemon:
         await self.owner.stop_stage("control", timeout=STOP_TIMEOUT)
         if self.metrics_server is not None:
             await _bounded(self.metrics_server.stop(), what="metrics")
-        for stage in {t["stage"] for t in self.owner.status()}:
-            await self.owner.stop_stage(str(stage), timeout=STOP_TIMEOUT)
+        for leftover in sorted({str(t["stage"]) for t in self.owner.status()}):
+            await self.owner.stop_stage(leftover, timeout=STOP_TIMEOUT)
         log.info("stopped")
 
     def request_stop(self) -> None:
@@ -373,15 +374,11 @@ class Daemon:
                     comps[comp.name] = {"error": f"{type(exc).__name__}: {exc}"}
         table = self.table.current
         return {
+            **config_view(cfg),
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "ready": self._ready,
-            "config": str(cfg.path),
-            "domain": cfg.domain,
-            "dns_listen": [str(a) for a in cfg.dns.listen],
-            "http_port": cfg.proxy.http_port,
-            "https_port": cfg.proxy.https_port,
             "summary": self._summary(),
             "routes": {"count": len(table.routes), "by_source": table.by_source(),
                        "conflicts": len(table.conflicts), "version": table.version},
