@@ -27,7 +27,7 @@ import errno
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -55,8 +55,17 @@ _BUG_LOG_INTERVAL = 10.0
 class DNSServer:
     name = "dns"
 
-    def __init__(self, *, config: DNSConfig, domain: str, routes: RouteTableManager, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        config: DNSConfig,
+        domain: str,
+        routes: RouteTableManager,
+        metrics: Metrics,
+        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
+    ) -> None:
         self._config = config
+        self.tcp_idle_timeout = tcp_idle_timeout
         self._domain = domain
         self._routes = routes
         self._metrics = metrics
@@ -301,27 +310,27 @@ class _TCPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
         if len(self._server.tcp_conns) >= self._server.max_tcp_clients:
             log.debug("dns_tcp_client_cap", cap=self._server.max_tcp_clients)
             self._closed = True
-            transport.abort()
+            self._transport.abort()
             return
         self._server.tcp_conns.add(self)
         loop = asyncio.get_running_loop()
         self._last_active = loop.time()
-        self._timer = loop.call_later(TCP_IDLE_TIMEOUT, self._idle_check)
+        self._timer = loop.call_later(self._server.tcp_idle_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
         if self._closed:
             return
         loop = asyncio.get_running_loop()
         idle = loop.time() - self._last_active
-        if idle >= TCP_IDLE_TIMEOUT and self._pending == 0:
+        limit = self._server.tcp_idle_timeout
+        if idle >= limit and self._pending == 0:
             self.close()
             return
-        self._timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._idle_check)
+        self._timer = loop.call_later(max(limit - idle, limit / 10), self._idle_check)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:

@@ -7,7 +7,8 @@ import asyncio
 import ipaddress
 import contextlib
 import struct
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import dnslib
@@ -18,6 +19,7 @@ from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import Backend, PortMap, RouteSpec
 from maculad.routes.store import AllocationStore
+from maculad.tasks import TaskOwner
 
 DOMAIN = "macula.local"
 
@@ -51,19 +53,55 @@ async def serving(
     forwarders: tuple[Backend, ...] = (),
     forward_timeout: float = 2.0,
     max_tcp_clients: int = 64,
+    tcp_idle_timeout: float = 10.0,
+    listen: tuple[Backend, ...] | None = None,
 ) -> AsyncIterator[DNSServer]:
     """A started DNSServer on a free port (UDP and TCP on the same port); stopped on exit."""
-    from maculad.tasks import TaskOwner
-
-    cfg = DNSConfig(listen=(Backend(host, 0),), ttl=ttl, forwarders=forwarders,
+    cfg = DNSConfig(listen=listen or (Backend(host, 0),), ttl=ttl, forwarders=forwarders,
                     forward_timeout=forward_timeout, max_tcp_clients=max_tcp_clients)
-    server = DNSServer(config=cfg, domain=DOMAIN, routes=routes, metrics=metrics)
+    server = DNSServer(config=cfg, domain=DOMAIN, routes=routes, metrics=metrics,
+                       tcp_idle_timeout=tcp_idle_timeout)
     owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: None)
     await server.start(owner)
     try:
         yield server
     finally:
         await server.stop()
+
+
+@contextlib.contextmanager
+def threaded_server(routes: RouteTableManager, metrics: Metrics, **kw: object) -> Iterator[tuple[DNSServer, int]]:
+    """The server on its own thread running uvloop (the daemon's loop), for synchronous
+    clients such as hypothesis tests and blocking sockets. Yields (server, port)."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    started: list[DNSServer] = []
+    ready = threading.Event()
+    stop = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            async with serving(routes, metrics, **kw) as server:  # type: ignore[arg-type]
+                started.append(server)
+                ready.set()
+                await stop.wait()
+        except BaseException as exc:
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    ready.wait(30)
+    if errors:
+        raise errors[0]
+    try:
+        yield started[0], port_of(started[0])
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
 
 
 def port_of(server: DNSServer, proto: str = "udp") -> int:
