@@ -13,8 +13,10 @@ file. In front of it, in one session and alternating run by run:
 
 Small requests: `wrk -c 32 -t 2 -d 10s`, req/s per round and the median.
 Large bodies: `wrk -c 4 -t 2` on the 100 MB file, MB/s per round and the
-median. Prints both figures and the ratio maculad / nginx. Not part of the
-test suite; needs nginx, libnginx-mod-stream and wrk.
+median. Prints both figures and the ratio maculad / nginx, plus the CPU time
+each proxy process spent per small request (utime + stime from /proc), which
+is less sensitive than req/s to other load on a shared 2-core machine. Not
+part of the test suite; needs nginx, libnginx-mod-stream and wrk.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MACULAD = Path(os.environ.get("MACULAD_BIN", ROOT / ".venv" / "bin" / "maculad"))
+MACULAD = ROOT / ".venv" / "bin" / "maculad"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 MACULAD_IP = "127.0.77.1"
@@ -83,7 +85,7 @@ def start_nginx(conf: Path) -> subprocess.Popen[bytes]:
 def wrk(url: str, *, connections: int, threads: int, duration: int) -> tuple[float, float]:
     """(requests/s, bytes/s) as wrk reports them."""
     out = subprocess.run(
-        ["wrk", "-c", str(connections), "-t", str(threads), "-d", f"{duration}s", url],
+        ["wrk", "-c", str(connections), "-t", str(threads), "-d", f"{duration}s", "--timeout", "60s", url],
         check=True, capture_output=True, text=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -93,6 +95,23 @@ def wrk(url: str, *, connections: int, threads: int, duration: int) -> tuple[flo
     if "Socket errors" in out or "Non-2xx" in out:
         print(f"  wrk reported errors for {url}:\n{out}", file=sys.stderr)
     return rps, float(m.group(1)) * unit
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids` (Linux /proc), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -181,20 +200,26 @@ http = "127.0.0.1:{backend_port}"
             wait_port(ip, port)
 
         targets = {"maculad": MACULAD_IP, "nginx-stream": NGINX_IP}
+        # whose CPU time to charge: the daemon itself, nginx's stream workers
+        cpu_of = {"maculad": [daemon.pid], "nginx-stream": children(stream.pid)}
         for ip in targets.values():  # warm up both paths
             wrk(f"http://{ip}:{front_port}/index.html", connections=32, threads=2, duration=2)
 
         rps: dict[str, list[float]] = {k: [] for k in targets}
+        us_per_req: dict[str, list[float]] = {k: [] for k in targets}
         mbps: dict[str, list[float]] = {k: [] for k in targets}
         print(f"backend nginx http 127.0.0.1:{backend_port}; nginx stream worker_processes {args.workers}; "
               f"maculad {MACULAD_IP}:{front_port}; nginx stream {NGINX_IP}:{front_port}")
         for rnd in range(1, args.rounds + 1):
             order = list(targets.items()) if rnd % 2 else list(reversed(targets.items()))
             for name, ip in order:
+                cpu0 = cpu_seconds(cpu_of[name])
                 r, _ = wrk(f"http://{ip}:{front_port}/index.html", connections=32, threads=2,
                            duration=args.duration)
+                cpu = cpu_seconds(cpu_of[name]) - cpu0
                 rps[name].append(r)
-                print(f"round {rnd} small  {name:13s} {r:12,.0f} req/s")
+                us_per_req[name].append(cpu / (r * args.duration) * 1e6)
+                print(f"round {rnd} small  {name:13s} {r:12,.0f} req/s   {us_per_req[name][-1]:6.1f} us CPU/req")
             for name, ip in order:
                 _, bps = wrk(f"http://{ip}:{front_port}/big.bin", connections=4, threads=2,
                              duration=args.big_duration)
@@ -203,12 +228,16 @@ http = "127.0.0.1:{backend_port}"
 
         m_rps = {k: statistics.median(v) for k, v in rps.items()}
         m_mbps = {k: statistics.median(v) for k, v in mbps.items()}
+        m_cpu = {k: statistics.median(v) for k, v in us_per_req.items()}
         print()
         print(f"{'':24s}{'maculad':>14s}{'nginx stream':>14s}{'ratio':>8s}")
         print(f"{'req/s (wrk -c32 -t2)':24s}{m_rps['maculad']:14,.0f}{m_rps['nginx-stream']:14,.0f}"
               f"{m_rps['maculad'] / m_rps['nginx-stream']:8.2f}")
         print(f"{f'MB/s ({args.big_mb} MB body)':24s}{m_mbps['maculad']:14,.0f}{m_mbps['nginx-stream']:14,.0f}"
               f"{m_mbps['maculad'] / m_mbps['nginx-stream']:8.2f}")
+        print(f"{'proxy CPU us/request':24s}{m_cpu['maculad']:14.1f}{m_cpu['nginx-stream']:14.1f}"
+              f"{m_cpu['maculad'] / m_cpu['nginx-stream']:8.2f}   (lower is better)")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         if daemon.poll() is not None:
             raise SystemExit(f"maculad exited early with {daemon.returncode}")
         return 0

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from maculad.config import ProxyConfig
 from maculad.observability.metrics import Metrics
+
+
+#: Seconds between two logs of the same backend failure on one listener.
+LOG_EVERY = 10.0
 
 
 class Context:
@@ -41,6 +46,7 @@ class Context:
 class ListenerStats:
     __slots__ = (
         "_errors",
+        "_logged",
         "active",
         "bytes_in",
         "bytes_out",
@@ -63,6 +69,19 @@ class ListenerStats:
         self.latency: Any = metrics.proxy_connect_latency.labels(route=route)
         self.udp_sessions: Any = metrics.proxy_udp_sessions.labels(route=route, port=port)
         self._errors: dict[str, Any] = {}
+        self._logged: dict[str, tuple[float, int]] = {}
+
+    def log_allowed(self, reason: str) -> int | None:
+        """Rate-limit backend-failure logs: the first per reason, then one per LOG_EVERY seconds.
+
+        Returns how many were suppressed since the last one logged, or None to stay quiet."""
+        now = time.monotonic()
+        last, suppressed = self._logged.get(reason, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._logged[reason] = (last, suppressed + 1)
+            return None
+        self._logged[reason] = (now, 0)
+        return suppressed
 
     def upstream_error(self, reason: str) -> None:
         child = self._errors.get(reason)

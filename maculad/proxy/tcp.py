@@ -181,8 +181,10 @@ class ClientProtocol(asyncio.Protocol):
                 return
             reason, human = classify(exc)
             self.stats.upstream_error(reason)
-            log.info("proxy_backend_unreachable", route=target.route, listener=self.listener.spec.address,
-                     backend=str(target.backend), reason=human)
+            suppressed = self.stats.log_allowed(reason)
+            if suppressed is not None:
+                log.warning("proxy_backend_unreachable", route=target.route, listener=self.listener.spec.address,
+                            backend=str(target.backend), reason=human, suppressed=suppressed)
             self._backend_failed(human)
             return
         self.task = None

@@ -193,8 +193,10 @@ class UdpListener(asyncio.DatagramProtocol):
         except (OSError, TimeoutError) as exc:
             reason, human = classify(exc)
             self.stats.upstream_error(reason)
-            log.info("proxy_backend_unreachable", route=s.target.route, listener=self.spec.address,
-                     backend=str(b), reason=human)
+            suppressed = self.stats.log_allowed(reason)
+            if suppressed is not None:
+                log.warning("proxy_backend_unreachable", route=s.target.route, listener=self.spec.address,
+                            backend=str(b), reason=human, suppressed=suppressed)
             self.drop(s)
             return
         if s.closed:
