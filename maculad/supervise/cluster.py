@@ -281,7 +281,8 @@ class ClusterSupervisor:
                     return
                 self._set_state("starting", "every node runs and the API server is ready; wiring")
                 try:
-                    await self._wire("maculad start" if self._last_action is None else "after repair")
+                    await self._wire("verify after maculad started" if self._last_action is None
+                                     else "retry after a failed wiring")
                 except (KubeError, WiringError, ManifestError, NodeDockerError) as exc:
                     self._last_error = str(exc)
                     self._wire_retry_at = self._clock() + self._kc.check_interval

@@ -17,7 +17,8 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,20 @@ class ClusterEnv:
         ids = docker("ps", "-aq", "--filter", f"label=maculad.test={self.uid}", check=False).split()
         if names or ids:
             docker("rm", "-f", "-v", *names, *ids, check=False)
+
+
+@asynccontextmanager
+async def open_env(tmp: Path) -> AsyncIterator[ClusterEnv]:
+    """A `ClusterEnv` with a running fake API server; everything removed on exit."""
+    require_docker_image()
+    api = FakeClusterAPI()
+    await api.start()
+    env = ClusterEnv(tmp=tmp, api=api)
+    try:
+        yield env
+    finally:
+        await env.close()
+        await api.stop()
 
 
 INGRESS_MANIFEST = """\
