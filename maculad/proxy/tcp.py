@@ -175,7 +175,7 @@ class ClientProtocol(asyncio.Protocol):
                 transport, backend = await loop.create_connection(
                     lambda: BackendProtocol(self), target.backend.host, target.backend.port
                 )
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # OSError, TimeoutError, or a bad backend name (idna)
             self.task = None
             if self.state == _CLOSED:
                 return

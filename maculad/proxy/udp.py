@@ -190,7 +190,7 @@ class UdpListener(asyncio.DatagramProtocol):
         try:
             async with asyncio.timeout(self.ctx.config.connect_timeout):
                 transport, _ = await loop.create_datagram_endpoint(lambda: s, remote_addr=(b.host, b.port))
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # OSError, TimeoutError, or a bad backend name (idna)
             reason, human = classify(exc)
             self.stats.upstream_error(reason)
             suppressed = self.stats.log_allowed(reason)
