@@ -13,6 +13,7 @@ connection; a table is never mutated after it is built.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,10 +149,11 @@ def build_table(
     # 3. the pool: keep previous allocations, then hand out free IPs in order.
     new_alloc = dict(allocations)
     used = set(ip_owner)
+    lo, hi = int(pool.network_address), int(pool.broadcast_address)
     needs: list[RouteSpec] = []
     for spec in sorted(unpinned, key=_sort_key):
         prev = allocations.get(spec.name)
-        if prev is not None and prev not in used and _in_pool(prev, pool):
+        if prev is not None and prev not in used and _in_pool(prev, lo, hi):
             ip_of[spec.name] = prev
             used.add(prev)
         else:
@@ -211,11 +213,18 @@ def build_table(
     return table, new_alloc
 
 
-def _in_pool(ip: str, pool: ipaddress.IPv4Network) -> bool:
+@functools.lru_cache(maxsize=65536)
+def _ip_int(ip: str) -> int | None:
+    """Dotted quad → int, cached: rebuilds check every remembered IP against the pool."""
     try:
-        return ipaddress.IPv4Address(ip) in pool
+        return int(ipaddress.IPv4Address(ip))
     except ValueError:
-        return False
+        return None
+
+
+def _in_pool(ip: str, lo: int, hi: int) -> bool:
+    n = _ip_int(ip)
+    return n is not None and lo <= n <= hi
 
 
 def qualify(name: str, domain: str) -> str:
