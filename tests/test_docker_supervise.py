@@ -61,7 +61,7 @@ async def test_no_and_user_stop_are_respected(docker_scope: DockerScope, make_ti
     docker_cli("stop", us)  # a person stops it on purpose
     await wait_for(lambda: unit(h, us).get("state") == "stopped", 15, "the user stop to be seen")
     assert "stopped by user" in str(unit(h, us)["reason"])
-    # Nothing restarts either of them: wait for a full supervisor cycle plus the longest backoff.
+    # Nothing is pending for either of them: no restart is scheduled or in flight.
     await wait_for(lambda: h.tier.supervisor.status()["actions_running"] == 0, 5, "no action in flight")
     for name in (no, us):
         assert not container_state(name)["Running"]
