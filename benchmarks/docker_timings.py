@@ -217,7 +217,7 @@ async def main(rounds: int, routes_n: int, spacing: float) -> None:
         await tier.stop()
         if dns_server is not None:
             await dns_server.stop()
-        await owner.stop_stage("providers")
+        await owner.stop_stage("sources")
         await api.close()
 
 

@@ -126,4 +126,4 @@ async def test_no_engine_keeps_running_and_says_why(tmp_path: Path) -> None:
         assert tier.services() == []
     finally:
         await tier.stop()
-        await owner.stop_stage("providers")
+        await owner.stop_stage("sources")

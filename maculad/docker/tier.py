@@ -46,7 +46,7 @@ class DockerTier:
         events: EventBus,
         api: DockerAPI | None = None,
         labels: Sequence[str] = (),
-        stage: str = "providers",
+        stage: str = "sources",
         stop_timeout: int | None = None,
     ) -> None:
         self._config = config
@@ -122,7 +122,7 @@ def docker_components(
     events: EventBus,
     api: DockerAPI | None = None,
     labels: Sequence[str] = (),
-    stage: str = "providers",
+    stage: str = "sources",
 ) -> DockerTier:
     """The Docker tier for the daemon: `tier = docker_components(...)`, then `await tier.start(owner)`."""
     return DockerTier(config=config, routes=routes, metrics=metrics, events=events, api=api, labels=labels,

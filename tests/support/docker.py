@@ -169,7 +169,7 @@ async def make_tier(tmp_path: Path, docker_scope: DockerScope) -> AsyncIterator[
     finally:
         for h in made:
             await h.tier.stop()
-            await h.owner.stop_stage("providers")
+            await h.owner.stop_stage("sources")
 
 
 async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
