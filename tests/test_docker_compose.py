@@ -139,7 +139,7 @@ async def test_bring_up_and_dependency_order(tmp_path: Path, docker_scope: Docke
 
     # 2. "after a reboot": both stopped while no maculad ran; a new maculad starts them in order
     await h.tier.stop()
-    await h.owner.stop_stage("providers")
+    await h.owner.stop_stage("sources")
     docker_cli("stop", "-t", "1", app, db)
     h2 = await make_tier(settings)
     await wait_for(lambda: unit(h2, "app").get("state") == "running", 40, "the app to be started after db")
