@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+# fixtures shared by the Docker tests (docker_scope, make_tier)
+pytest_plugins = ("tests.support.docker",)
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

@@ -23,7 +23,6 @@ from tests.support.docker import (
     wait_for,
 )
 
-pytest_plugins = ("tests.support.docker",)  # the docker_scope and make_tier fixtures
 
 PLATFORM = REPO / "config" / "docker-compose.yml"
 

@@ -22,7 +22,6 @@ from tests.support.docker import (
     wait_for,
 )
 
-pytest_plugins = ("tests.support.docker",)  # the docker_scope and make_tier fixtures
 
 HTTPD = ("sh", "-c", "echo hello-$HOSTNAME > /www/index.html; exec httpd -f -p 8080 -h /www")
 

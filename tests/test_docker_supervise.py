@@ -12,7 +12,6 @@ from tests.support.docker import (
     wait_for,
 )
 
-pytest_plugins = ("tests.support.docker",)  # the docker_scope and make_tier fixtures
 
 SLEEP = ("sleep", "100000")
 
