@@ -133,11 +133,13 @@ def test_cached_and_fresh_answers_agree_for_any_id_and_case(
 # --- over the wire, on uvloop ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, socket.socket]]:
+@pytest.fixture(scope="module", params=["batch", "protocol"])
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, socket.socket]]:
     metrics = Metrics()
     routes = manager(tmp_path_factory.mktemp("live"), metrics, ROUTES)
-    with threaded_server(routes, metrics) as (server, port):
+    with threaded_server(routes, metrics, udp_batch=request.param == "batch") as (server, port):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect(("127.0.0.1", port))
         sock.settimeout(5)

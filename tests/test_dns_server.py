@@ -47,6 +47,12 @@ def metrics() -> Metrics:
     return Metrics()
 
 
+@pytest.fixture(params=["batch", "protocol"])
+def udp_batch(request: pytest.FixtureRequest) -> bool:
+    """Every test runs against both UDP transports (recvmmsg batches and the datagram protocol)."""
+    return bool(request.param == "batch")
+
+
 @pytest.fixture
 def routes(tmp_path: Path, metrics: Metrics) -> RouteTableManager:
     return manager(tmp_path, metrics, ROUTES)
@@ -76,9 +82,9 @@ async def tcp(port: int, msg: dns.message.Message) -> dns.message.Message:
 # --- dig ---------------------------------------------------------------------------
 
 
-async def test_dig_udp_and_tcp(routes: RouteTableManager, metrics: Metrics) -> None:
+async def test_dig_udp_and_tcp(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
     need_dig()
-    async with serving(routes, metrics) as server:
+    async with serving(routes, metrics, udp_batch=udp_batch) as server:
         port = port_of(server)
         assert port_of(server, "tcp") == port
         for transport in ([], ["+tcp"]):
@@ -103,8 +109,8 @@ async def test_dig_udp_and_tcp(routes: RouteTableManager, metrics: Metrics) -> N
 # --- dnspython ---------------------------------------------------------------------
 
 
-async def test_dnspython_answers(routes: RouteTableManager, metrics: Metrics) -> None:
-    async with serving(routes, metrics, ttl=30) as server:
+async def test_dnspython_answers(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
+    async with serving(routes, metrics, udp_batch=udp_batch, ttl=30) as server:
         port = port_of(server)
         for ask in (udp, tcp):
             a = await ask(port, query("loki.macula.local"))
@@ -118,8 +124,8 @@ async def test_dnspython_answers(routes: RouteTableManager, metrics: Metrics) ->
             assert mx.rcode() == dns.rcode.NOERROR and not mx.answer and mx.authority[0].rdtype == 6
 
 
-async def test_case_preserved_on_every_path(routes: RouteTableManager, metrics: Metrics) -> None:
-    async with serving(routes, metrics) as server:
+async def test_case_preserved_on_every_path(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
+    async with serving(routes, metrics, udp_batch=udp_batch) as server:
         port = port_of(server)
         for name in ("GrAfAnA.MaCuLa.LoCaL", "grafana.MACULA.local", "GrAfAnA.MaCuLa.LoCaL", "nOpE.macula.local"):
             for ask in (udp, tcp, udp):
@@ -130,8 +136,10 @@ async def test_case_preserved_on_every_path(routes: RouteTableManager, metrics: 
                         assert rrset.name.to_text().lower() in (name.lower() + ".", DOMAIN + ".")
 
 
-async def test_table_swap_visible_to_the_next_query(routes: RouteTableManager, metrics: Metrics) -> None:
-    async with serving(routes, metrics) as server:
+async def test_table_swap_visible_to_the_next_query(
+    routes: RouteTableManager, metrics: Metrics, udp_batch: bool,
+) -> None:
+    async with serving(routes, metrics, udp_batch=udp_batch) as server:
         port = port_of(server)
         msg = query("grafana.macula.local")
         for _ in range(3):  # warm the fast path
@@ -146,8 +154,8 @@ async def test_table_swap_visible_to_the_next_query(routes: RouteTableManager, m
 # --- EDNS and truncation -------------------------------------------------------------------
 
 
-async def test_edns_echo_and_badvers(routes: RouteTableManager, metrics: Metrics) -> None:
-    async with serving(routes, metrics) as server:
+async def test_edns_echo_and_badvers(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
+    async with serving(routes, metrics, udp_batch=udp_batch) as server:
         port = port_of(server)
         a = await udp(port, query("grafana.macula.local", use_edns=0, payload=4096, want_dnssec=True))
         assert a.edns == 0 and a.payload == 1232 and a.ednsflags & dns.flags.DO
@@ -157,10 +165,12 @@ async def test_edns_echo_and_badvers(routes: RouteTableManager, metrics: Metrics
         assert bad.rcode() == dns.rcode.BADVERS and bad.edns == 0 and not bad.answer
 
 
-async def test_forwarding_truncation_and_tcp_retry(routes: RouteTableManager, metrics: Metrics) -> None:
+async def test_forwarding_truncation_and_tcp_retry(
+    routes: RouteTableManager, metrics: Metrics, udp_batch: bool,
+) -> None:
     upstream = await Upstream().start()
     try:
-        async with serving(routes, metrics, forwarders=(Backend(HOST, upstream.port),)) as server:
+        async with serving(routes, metrics, udp_batch=udp_batch, forwarders=(Backend(HOST, upstream.port),)) as server:
             port = port_of(server)
             www = await udp(port, query("www.example"))
             assert www.rcode() == dns.rcode.NOERROR and www.answer[0][0].address == "192.0.2.1"
@@ -189,10 +199,10 @@ async def test_forwarding_truncation_and_tcp_retry(routes: RouteTableManager, me
         await upstream.stop()
 
 
-async def test_forward_timeout_is_servfail(routes: RouteTableManager, metrics: Metrics) -> None:
+async def test_forward_timeout_is_servfail(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
     upstream = await Upstream().start()
     try:
-        async with serving(routes, metrics, forwarders=(Backend(HOST, upstream.port),),
+        async with serving(routes, metrics, udp_batch=udp_batch, forwarders=(Backend(HOST, upstream.port),),
                            forward_timeout=0.3) as server:
             a = await udp(port_of(server), query("silent.example"))
             assert a.rcode() == dns.rcode.SERVFAIL and a.flags & dns.flags.RA
@@ -202,13 +212,13 @@ async def test_forward_timeout_is_servfail(routes: RouteTableManager, metrics: M
         await upstream.stop()
 
 
-async def test_dead_forwarder_then_live_one(routes: RouteTableManager, metrics: Metrics) -> None:
+async def test_dead_forwarder_then_live_one(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
     upstream = await Upstream().start()
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dead.bind((HOST, 0))  # bound, never answers
     try:
         fwd = (Backend(HOST, dead.getsockname()[1]), Backend(HOST, upstream.port))
-        async with serving(routes, metrics, forwarders=fwd, forward_timeout=2.0) as server:
+        async with serving(routes, metrics, udp_batch=udp_batch, forwarders=fwd, forward_timeout=2.0) as server:
             a = await udp(port_of(server), query("www.example"))
             assert a.answer[0][0].address == "192.0.2.1"
     finally:
@@ -219,8 +229,10 @@ async def test_dead_forwarder_then_live_one(routes: RouteTableManager, metrics: 
 # --- malformed input over the wire ------------------------------------------------------------
 
 
-async def test_hostile_packets_get_formerr_notimp_or_nothing(routes: RouteTableManager, metrics: Metrics) -> None:
-    async with serving(routes, metrics) as server:
+async def test_hostile_packets_get_formerr_notimp_or_nothing(
+    routes: RouteTableManager, metrics: Metrics, udp_batch: bool,
+) -> None:
+    async with serving(routes, metrics, udp_batch=udp_batch) as server:
         port = port_of(server)
         wire = bytearray(query("grafana.macula.local").to_wire())
         wire[5] = 2  # two questions
@@ -243,10 +255,10 @@ async def test_hostile_packets_get_formerr_notimp_or_nothing(routes: RouteTableM
 # --- TCP ------------------------------------------------------------------------------------
 
 
-async def test_tcp_pipelining(routes: RouteTableManager, metrics: Metrics) -> None:
+async def test_tcp_pipelining(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
     upstream = await Upstream().start()
     try:
-        async with serving(routes, metrics, forwarders=(Backend(HOST, upstream.port),)) as server:
+        async with serving(routes, metrics, udp_batch=udp_batch, forwarders=(Backend(HOST, upstream.port),)) as server:
             names = ("grafana.macula.local", "www.example", "loki.macula.local", "no.macula.local",
                      "GRAFANA.macula.local")
             msgs = [query(n) for _ in range(4) for n in names]
@@ -265,8 +277,8 @@ async def test_tcp_pipelining(routes: RouteTableManager, metrics: Metrics) -> No
         await upstream.stop()
 
 
-async def test_tcp_idle_timeout_and_client_cap(routes: RouteTableManager, metrics: Metrics) -> None:
-    async with serving(routes, metrics, max_tcp_clients=2, tcp_idle_timeout=0.5) as server:
+async def test_tcp_idle_timeout_and_client_cap(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
+    async with serving(routes, metrics, udp_batch=udp_batch, max_tcp_clients=2, tcp_idle_timeout=0.5) as server:
         port = port_of(server)
         conns = [await asyncio.open_connection(HOST, port) for _ in range(2)]
         await _until(lambda: server.status()["tcp_clients"] == 2)
@@ -302,9 +314,11 @@ async def _until(cond: object, timeout: float = 10.0) -> None:
 # --- lifecycle --------------------------------------------------------------------------------
 
 
-async def test_every_listen_address_and_bind_errors(routes: RouteTableManager, metrics: Metrics) -> None:
+async def test_every_listen_address_and_bind_errors(
+    routes: RouteTableManager, metrics: Metrics, udp_batch: bool,
+) -> None:
     listen = (Backend("127.0.0.1", 0), Backend("127.0.0.2", 0))
-    async with serving(routes, metrics, listen=listen) as server:
+    async with serving(routes, metrics, udp_batch=udp_batch, listen=listen) as server:
         bound = server.bound()
         assert {(t, h) for t, h, _ in bound} == {(t, h) for t in ("udp", "tcp") for h in ("127.0.0.1", "127.0.0.2")}
         for _, host, port in bound:
@@ -322,8 +336,8 @@ async def test_every_listen_address_and_bind_errors(routes: RouteTableManager, m
         assert taken.bound() == []  # the first address it had bound was released
 
 
-async def test_metrics_and_reconfigure(routes: RouteTableManager, metrics: Metrics) -> None:
-    async with serving(routes, metrics) as server:
+async def test_metrics_and_reconfigure(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
+    async with serving(routes, metrics, udp_batch=udp_batch) as server:
         port = port_of(server)
         for _ in range(5):
             await udp(port, query("grafana.macula.local"))
@@ -343,9 +357,9 @@ async def test_metrics_and_reconfigure(routes: RouteTableManager, metrics: Metri
 # --- on uvloop, as the daemon runs it ----------------------------------------------------------
 
 
-def test_on_uvloop_with_dig(routes: RouteTableManager, metrics: Metrics) -> None:
+def test_on_uvloop_with_dig(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
     need_dig()
-    with threaded_server(routes, metrics) as (server, port):
+    with threaded_server(routes, metrics, udp_batch=udp_batch) as (server, port):
         for args in ([], ["+tcp"]):
             out = subprocess.run(["dig", "-p", str(port), f"@{HOST}", "+time=3", "+tries=1", "+short", *args,
                                   "GrAfAnA.macula.local"], capture_output=True, text=True, timeout=30)
