@@ -336,6 +336,30 @@ async def test_every_listen_address_and_bind_errors(
         assert taken.bound() == []  # the first address it had bound was released
 
 
+async def test_ipv6_listen_and_forwarder(
+    routes: RouteTableManager, metrics: Metrics, udp_batch: bool
+) -> None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    upstream = await Upstream().start("::1")
+    try:
+        async with serving(routes, metrics, udp_batch=udp_batch, listen=(Backend("::1", 0),),
+                           forwarders=(Backend("::1", upstream.port),)) as server:
+            port = port_of(server)
+            a = await dns.asyncquery.udp(query("grafana.macula.local"), "::1", port=port, timeout=5)
+            assert a.answer[0][0].address == "127.0.0.2"
+            ns = await dns.asyncquery.tcp(query("ns.macula.local", "AAAA"), "::1", port=port, timeout=5)
+            assert ns.answer[0][0].address == "::1"  # the NS name has the listen address
+            fwd = await dns.asyncquery.udp(query("www.example"), "::1", port=port, timeout=5)
+            assert fwd.answer[0][0].address == "192.0.2.1"
+            assert server.status()["listen"] == [f"udp://[::1]:{port}", f"tcp://[::1]:{port}"]
+    finally:
+        await upstream.stop()
+
+
 async def test_metrics_and_reconfigure(routes: RouteTableManager, metrics: Metrics, udp_batch: bool) -> None:
     async with serving(routes, metrics, udp_batch=udp_batch) as server:
         port = port_of(server)

@@ -183,6 +183,7 @@ class DNSServer:
         c = self._metrics.dns
         return {
             "listen": [f"{p}://{_fmt(h, n)}" for p, h, n in self.bound()],
+            "udp_transport": "recvmmsg" if self.udp_batch else "datagram-protocol",
             "domain": self._domain,
             "ttl": self._config.ttl,
             "forwarders": [_fmt(f.host, f.port) for f in self._config.forwarders],
