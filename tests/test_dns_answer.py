@@ -255,3 +255,9 @@ def test_cache_never_answers_a_different_question(routes: RouteTableManager, met
                 responder(routes, Metrics()).respond(wire, tcp=False)
             cached = r.lookup(wire, tcp=False)
             assert cached == responder(routes, Metrics()).respond(wire, tcp=False)
+
+
+@pytest.mark.parametrize("domain", ["mácula.local", "a..local", "x" * 64 + ".local"])
+def test_domain_that_cannot_be_on_the_wire_is_a_clear_error(domain: str) -> None:
+    with pytest.raises(ValueError, match="not a valid DNS name"):
+        ZoneSettings.from_listen(domain=domain, ttl=5, listen_hosts=(), forwarding=False)

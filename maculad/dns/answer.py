@@ -112,7 +112,14 @@ class ZoneSettings:
 
     @classmethod
     def from_listen(cls, *, domain: str, ttl: int, listen_hosts: tuple[str, ...], forwarding: bool) -> ZoneSettings:
-        """The NS addresses are the listen addresses; a wildcard bind answers as loopback."""
+        """The NS addresses are the listen addresses; a wildcard bind answers as loopback.
+
+        Raises ValueError for a domain that cannot be a DNS name on the wire."""
+        d = domain.lower().rstrip(".")
+        labels = d.split(".")
+        if not d.isascii() or len(d) > 253 or any(not 0 < len(lb) <= 63 for lb in labels):
+            raise ValueError(f"domain {domain!r} is not a valid DNS name (ASCII labels of 1-63 characters; "
+                             "write internationalised names in their xn-- form)")
         addrs: list[str] = []
         for host in listen_hosts:
             try:
@@ -123,7 +130,7 @@ class ZoneSettings:
                 ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
             if str(ip) not in addrs:
                 addrs.append(str(ip))
-        return cls(domain=domain.lower().rstrip("."), ttl=ttl, ns_addresses=tuple(addrs) or ("127.0.0.1",),
+        return cls(domain=d, ttl=ttl, ns_addresses=tuple(addrs) or ("127.0.0.1",),
                    forwarding=forwarding)
 
 
