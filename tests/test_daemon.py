@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,144 @@ def test_a_port_in_use_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert rc == 1
     assert f"127.0.0.153:{ports['dns']}" in d.logs()
     assert "Traceback" not in d.logs()
+
+
+class EchoServer:
+    """A threaded TCP echo backend on a free port."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: Any) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def echo_roundtrip(conn: Any, payload: bytes) -> bytes:
+    conn.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_reload_under_live_traffic_keeps_open_connections(tmp_path: Path) -> None:
+    import socket
+
+    echo = EchoServer()
+    route = f'[[route]]\nname = "echo"\nip = "127.0.10.200"\nhttp = "127.0.0.1:{echo.port}"\n'
+    text, ports = base_config(tmp_path, extra=route)
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text(text)
+    d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    try:
+        d.wait_ready(ports["metrics"])
+        conn = socket.create_connection(("127.0.10.200", ports["http"]), timeout=5)
+        assert echo_roundtrip(conn, b"before") == b"before"
+        cfg.write_text(text + '[[route]]\nname = "more"\nhttp = "127.0.0.1:9"\n')
+        rc, out, _ = maculactl(tmp_path, "reload", "--json")
+        assert rc == 0 and json.loads(out)["changed"] == ["routes"]
+        assert echo_roundtrip(conn, b"after good reload") == b"after good reload"
+        assert dig(ports["dns"], "more.macula.local").startswith("127.0.10.")
+        cfg.write_text(text.replace('pool = "127.0.10.0/24"', 'pool = "nonsense"'))
+        rc, _, err = maculactl(tmp_path, "reload")
+        assert rc == 1 and "proxy.pool" in err and "nothing changed" in err
+        assert echo_roundtrip(conn, b"after broken reload") == b"after broken reload"
+        assert dig(ports["dns"], "more.macula.local").startswith("127.0.10.")
+        with socket.create_connection(("127.0.10.200", ports["http"]), timeout=5) as fresh:
+            assert echo_roundtrip(fresh, b"new connection") == b"new connection"
+        conn.close()
+    finally:
+        d.stop()
+        echo.close()
+
+
+def maculactl(tmp: Path, *args: str) -> tuple[int, str, str]:
+    import sys
+
+    exe = Path(sys.executable).parent / "maculactl"
+    p = subprocess.run([str(exe), "--socket", str(tmp / "maculad.sock"), *args],
+                       capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_maculactl_against_the_real_daemon(daemon: tuple[Maculad, dict[str, int], Path]) -> None:
+    d, ports, cfg = daemon
+    tmp = cfg.parent
+    rc, out, _ = maculactl(tmp, "status", "--json")
+    assert rc == 0
+    status = json.loads(out)
+    assert status["ready"] is True and status["routes"]["count"] == 5
+    assert status["dns_listen"] == [f"127.0.0.153:{ports['dns']}"]
+    rc, out, _ = maculactl(tmp, "routes")
+    assert rc == 0 and "grafana.macula.local" in out and "config" in out
+    rc, out, _ = maculactl(tmp, "dns", "grafana", "--json")
+    answer = json.loads(out)
+    assert rc == 0 and answer["answer"] == dig(ports["dns"], "grafana.macula.local")
+    assert answer["route"]["source"] == "config"
+    rc, out, _ = maculactl(tmp, "dns", "nothing-here", "--json")
+    assert json.loads(out)["rcode"] == "NXDOMAIN"
+    rc, _, err = maculactl(tmp, "restart", "grafana")
+    assert rc == 1 and "Docker tier is not enabled" in err
+    d.stop()
+    rc, out, err = maculactl(tmp, "status")
+    assert rc == 3 and out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_sd_notify_ready_watchdog_reloading_stopping(tmp_path: Path) -> None:
+    import socket
+
+    text, _ = base_config(tmp_path, extra=ROUTES)
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text(text)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
+    d = Maculad(cfg, log=tmp_path / "maculad.log", env=env).start()
+    messages: list[str] = []
+
+    def until(pred: Any) -> None:
+        while not any(pred(m) for m in messages):
+            messages.append(notify.recv(4096).decode())
+
+    try:
+        until(lambda m: "READY=1" in m)
+        until(lambda m: m.startswith("STATUS=") and "5 routes" in m)
+        until(lambda m: "WATCHDOG=1" in m)
+        messages.clear()
+        d.signal(signal.SIGHUP)
+        until(lambda m: "RELOADING=1" in m and "MONOTONIC_USEC=" in m)
+        until(lambda m: "READY=1" in m)
+        d.signal(signal.SIGTERM)
+        until(lambda m: "STOPPING=1" in m)
+        assert d.wait(30) == 0
+    finally:
+        d.stop()
+        notify.close()

@@ -1,8 +1,8 @@
 """The Grafana dashboard uses only metrics maculad exports, checked against a live /metrics.
 
-By default the exposition is served over real HTTP from a fresh `Metrics()` registry (families
-without samples still appear in `# TYPE` lines). Set MACULAD_METRICS_URL (e.g.
-http://127.0.0.1:9469/metrics) to check against a running daemon instead.
+By default the test starts the real daemon (`maculad run` on free ports) and reads its /metrics
+(families without samples still appear in `# TYPE` lines). Set MACULAD_METRICS_URL (e.g.
+http://127.0.0.1:9469/metrics) to check against a daemon that is already running instead.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from maculad.config import load_config
 from maculad.observability.metrics import Metrics
+from tests.support.daemon import Maculad, base_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "config" / "grafana" / "maculad-dashboard.json"
@@ -37,21 +37,22 @@ SUFFIXES = {
 
 
 @pytest.fixture(scope="module")
-def exposition() -> Iterator[str]:
+def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("MACULAD_METRICS_URL")
     if url:
         with urllib.request.urlopen(url, timeout=10) as resp:
             yield resp.read().decode()
         return
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=Metrics().registry)
+    tmp = tmp_path_factory.mktemp("dashboard")
+    text, ports = base_config(tmp, extra='[[route]]\nname = "grafana"\nhttp = "127.0.0.2:3000"\n')
+    (tmp / "maculad.toml").write_text(text)
+    daemon = Maculad(tmp / "maculad.toml", log=tmp / "maculad.log").start()
     try:
-        port = server.server_port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        daemon.wait_ready(ports["metrics"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10) as resp:
             yield resp.read().decode()
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+        daemon.stop()
 
 
 def sample_names(text: str) -> set[str]:
