@@ -16,7 +16,6 @@ stop sources and supervisors → stop the control and metrics endpoints.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import time
@@ -30,7 +29,7 @@ from maculad.component import Component
 from maculad.config import Config, ConfigError, load_config
 from maculad.control.api import ControlError, ServiceAction
 from maculad.control.server import ControlServer
-from maculad.control.views import config_view
+from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
 from maculad.docker.tier import DockerTier, docker_components
 from maculad.events import EventBus
@@ -42,7 +41,6 @@ from maculad.providers.kubernetes import KubernetesProvider
 from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
-from maculad.routes.model import Route
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable, qualify
 from maculad.supervise.cluster import ClusterSupervisor
@@ -51,19 +49,6 @@ from maculad.tasks import TaskOwner
 log = structlog.get_logger("maculad")
 
 STOP_TIMEOUT = 5.0
-
-
-def route_json(route: Route) -> dict[str, Any]:
-    return {
-        "name": route.name,
-        "ip": route.ip,
-        "source": route.source,
-        "origin": route.origin,
-        "service": route.service,
-        "ports": [
-            {"proto": p.proto, "port": p.port, "backend": str(p.backend)} for p in route.ports
-        ],
-    }
 
 
 class Daemon:
@@ -388,13 +373,7 @@ class Daemon:
         }
 
     def routes(self) -> dict[str, Any]:
-        table = self.table.current
-        return {
-            "version": table.version,
-            "domain": table.domain,
-            "routes": [route_json(r) for r in table.routes],
-            "conflicts": [dataclasses.asdict(c) for c in table.conflicts],
-        }
+        return table_view(self.table.current)
 
     def services(self) -> list[dict[str, Any]]:
         return self.docker.services() if self.docker is not None else []
@@ -440,14 +419,14 @@ class Daemon:
         route = table.lookup(n)
         if route is None:
             return {"name": n, "rcode": "NXDOMAIN", "answer": None, "route": None,
-                    "conflicts": [dataclasses.asdict(c) for c in table.conflicts if c.name == n]}
+                    "conflicts": [conflict_view(c) for c in table.conflicts if c.name == n]}
         return {
             "name": n,
             "rcode": "NOERROR",
             "answer": route.ip,
             "ttl": self.config.dns.ttl,
-            "route": route_json(route),
-            "conflicts": [dataclasses.asdict(c) for c in table.conflicts if c.name == route.name],
+            "route": route_view(route),
+            "conflicts": [conflict_view(c) for c in table.conflicts if c.name == route.name],
         }
 
     async def follow_events(self, *, replay: int) -> AsyncIterator[dict[str, Any]]:

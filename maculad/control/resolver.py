@@ -19,13 +19,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, get_args
 
 from maculad.routes.model import Backend
+from maculad.routes.store import atomic_write
 
 ResolverBackend = Literal["systemd-resolved", "networkmanager", "macos"]
 RESOLVER_BACKENDS: tuple[str, ...] = get_args(ResolverBackend)
@@ -129,18 +129,7 @@ def under(root: Path, path: PurePosixPath) -> Path:
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"), mode)
 
 
 def _read(path: Path) -> str | None:
