@@ -28,7 +28,7 @@ from maculad import __version__
 from maculad.component import Component
 from maculad.config import Config, ConfigError, load_config
 from maculad.control.api import ControlError, ServiceAction
-from maculad.control.server import ControlServer
+from maculad.control.server import ControlServer, ControlSocketError
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
 from maculad.docker.tier import DockerTier, docker_components
@@ -94,12 +94,11 @@ class Daemon:
         except BaseException as exc:
             log.error("startup_failed", error=str(exc))
             await self.shutdown()
-            if isinstance(exc, OSError | ConfigError | ValueError):
+            if isinstance(exc, OSError | ConfigError | ValueError | ControlSocketError):
                 return 1
             raise
-        reloader = asyncio.create_task(self._reload_loop(), name="maculad:reload-signal")
+        self.owner.spawn("reload-signal", self._reload_loop, stage="meta")
         await self._stop.wait()
-        reloader.cancel()
         await self.shutdown()
         if self._fatal:
             log.error("stopped_after_fatal_error", task=self._fatal)
