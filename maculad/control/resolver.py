@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, get_args
 
 from maculad.routes.model import Backend
-from maculad.routes.store import atomic_write
+from maculad.fsutil import atomic_write
 
 ResolverBackend = Literal["systemd-resolved", "networkmanager", "macos"]
 RESOLVER_BACKENDS: tuple[str, ...] = get_args(ResolverBackend)
