@@ -223,27 +223,21 @@ class ContainerSupervisor:
 
     async def start_service(self, name: str) -> list[dict[str, Any]]:
         """`maculactl start`: clear a stop or give-up and start (after the dependencies are ready)."""
-        units = self._find(name)
-        now = self._clock()
-        for u in units:
-            assert u.tracker is not None
-            u.tracker.on_start_requested(now)
-            u.failed_due_to = None
-            self._schedule(u, "start", now, "manual")  # a running container answers 304: harmless
-        self._events.publish("service_start", service=name, by="request")
-        await self._run_due(now, wait=True)
-        return self._summary(name)
+        return await self._request(name, "start", "service_start")  # a running container answers 304
 
     async def restart_service(self, name: str) -> list[dict[str, Any]]:
         """`maculactl restart`: restart now (a stopped service is started)."""
+        return await self._request(name, "restart", "service_restart_requested")
+
+    async def _request(self, name: str, action: ActionKind, event: str) -> list[dict[str, Any]]:
         units = self._find(name)
         now = self._clock()
         for u in units:
             assert u.tracker is not None
             u.tracker.on_start_requested(now)
             u.failed_due_to = None
-            self._schedule(u, "restart", now, "manual")  # the engine starts a stopped container
-        self._events.publish("service_restart_requested", service=name, by="request")
+            self._schedule(u, action, now, "manual")
+        self._events.publish(event, service=name, by="request")
         await self._run_due(now, wait=True)
         return self._summary(name)
 
