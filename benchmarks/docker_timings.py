@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from maculad.config import LogConfig, parse_config  # noqa: E402
 from maculad.docker.api import AiodockerAPI, resolve_endpoint  # noqa: E402
 from maculad.docker.model import ContainerEvent  # noqa: E402
-from maculad.docker.tier import docker_components  # noqa: E402
+from maculad.docker.tier import DockerTier  # noqa: E402
 from maculad.events import EventBus  # noqa: E402
 from maculad.observability.logging import configure_logging  # noqa: E402
 from maculad.observability.metrics import Metrics  # noqa: E402
@@ -116,7 +116,7 @@ async def main(rounds: int, routes_n: int, spacing: float) -> None:
     routes = RouteTableManager(domain=cfg.domain, pool=cfg.proxy.pool, store=AllocationStore(state_dir=tmp),
                                metrics=metrics)
     owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: None)
-    tier = docker_components(config=cfg, routes=routes, metrics=metrics, events=EventBus(), labels=[label])
+    tier = DockerTier(config=cfg, routes=routes, metrics=metrics, events=EventBus(), labels=[label])
     dns_server: Any = None
     try:
         from maculad.dns.server import DNSServer

@@ -31,7 +31,7 @@ from maculad.control.api import ControlError, ServiceAction
 from maculad.control.server import ControlServer, ControlSocketError
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
-from maculad.docker.tier import DockerTier, docker_components
+from maculad.docker.tier import DockerTier
 from maculad.events import EventBus
 from maculad.observability import sdnotify
 from maculad.observability.http import MetricsServer
@@ -138,19 +138,6 @@ class Daemon:
                  metrics=str(cfg.metrics.listen) if cfg.metrics.listen else None,
                  control=str(cfg.control.socket))
         self.events.publish("ready", routes=len(self.table.current.routes))
-
-    async def _start_sources(self, cfg: Config) -> None:
-        if cfg.docker.enabled:
-            self.docker = docker_components(config=cfg, routes=self.table, metrics=self.metrics,
-                                            events=self.events)
-            await self.docker.start(self.owner)
-        if cfg.kubernetes.enabled:
-            self.kubernetes = KubernetesProvider(config=cfg, routes=self.table, metrics=self.metrics,
-                                                 events=self.events)
-            await self.kubernetes.start(self.owner)
-        if cfg.kind.manage:
-            self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events)
-            await self.cluster.start(self.owner)
 
     async def _stop_sources(self) -> None:
         for attr in ("cluster", "kubernetes", "docker"):
@@ -318,7 +305,7 @@ class Daemon:
                 setattr(self, attr, None)
             changed.append(section)
         if any(s in changed for s in ("docker", "kubernetes", "kind")):
-            await self._start_missing_sources(new)
+            await self._start_sources(new)
         if self.relay is not None:
             await self.relay.wait_reconciled()
         self.metrics.reloads.labels(result="applied").inc()
@@ -327,18 +314,18 @@ class Daemon:
         log.info("reloaded", changed=changed)
         return {"ok": True, "changed": changed}
 
-    async def _start_missing_sources(self, cfg: Config) -> None:
+    async def _start_sources(self, cfg: Config) -> None:
+        """Start every enabled source that is not running; forget the routes of disabled ones."""
         if cfg.docker.enabled and self.docker is None:
-            self.docker = docker_components(config=cfg, routes=self.table, metrics=self.metrics,
-                                            events=self.events)
+            self.docker = DockerTier(config=cfg, routes=self.table, metrics=self.metrics, events=self.events)
             await self.docker.start(self.owner)
-        if not cfg.docker.enabled:
+        if not cfg.docker.enabled and self.table.specs("docker"):
             self.table.update("docker", [])
         if cfg.kubernetes.enabled and self.kubernetes is None:
             self.kubernetes = KubernetesProvider(config=cfg, routes=self.table, metrics=self.metrics,
                                                  events=self.events)
             await self.kubernetes.start(self.owner)
-        if not cfg.kubernetes.enabled:
+        if not cfg.kubernetes.enabled and self.table.specs("kubernetes"):
             self.table.update("kubernetes", [])
         if cfg.kind.manage and self.cluster is None:
             self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events)

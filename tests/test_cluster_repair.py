@@ -21,11 +21,6 @@ async def env(tmp_path: Path) -> AsyncIterator[ClusterEnv]:
         yield e
 
 
-def kind_calls(e: ClusterEnv, *command: str) -> int:
-    assert e.kind is not None
-    return e.kind.count(*command)
-
-
 async def test_stopped_node_is_started_and_kubeconfig_reexported(env: ClusterEnv) -> None:
     env.setup()
     env.start_registry()
@@ -34,7 +29,7 @@ async def test_stopped_node_is_started_and_kubeconfig_reexported(env: ClusterEnv
     node = f"{env.cluster}-control-plane"
     before = inspect(node)
     assert before is not None
-    exports_before = kind_calls(env, "export", "kubeconfig")
+    exports_before = env.kind_calls("export", "kubeconfig")
     env.kubeconfig.unlink()  # a fresh export must bring it back
 
     docker("stop", "-t", "2", node)
@@ -46,10 +41,10 @@ async def test_stopped_node_is_started_and_kubeconfig_reexported(env: ClusterEnv
     assert after is not None and after["State"]["Running"]
     assert after["Id"] == before["Id"]  # started, not recreated
     assert after["State"]["StartedAt"] != before["State"]["StartedAt"]
-    assert kind_calls(env, "export", "kubeconfig") > exports_before
+    assert env.kind_calls("export", "kubeconfig") > exports_before
     assert env.kubeconfig.exists()
-    assert kind_calls(env, "create", "cluster") == 1
-    assert kind_calls(env, "delete", "cluster") == 0
+    assert env.kind_calls("create", "cluster") == 1
+    assert env.kind_calls("delete", "cluster") == 0
     assert r.sample("maculad_cluster_actions_total", cluster=env.cluster, action="start") == 1
     assert r.sample("maculad_cluster_recreations_total", cluster=env.cluster) == 0
     starts = [e for e in r.events.recent(500) if e["kind"] == "cluster_action" and e["action"] == "start"]
@@ -74,8 +69,8 @@ async def test_removed_node_leads_to_a_recreated_cluster(env: ClusterEnv) -> Non
     assert cluster_containers(env.cluster) == [cp, worker]
     new_cp = inspect(cp)
     assert new_cp is not None and new_cp["Id"] != old_cp["Id"]
-    assert kind_calls(env, "delete", "cluster") == 1
-    assert kind_calls(env, "create", "cluster") == 2
+    assert env.kind_calls("delete", "cluster") == 1
+    assert env.kind_calls("create", "cluster") == 2
     st = r.sup.status()
     assert st["recreations"] == 1
     recreated = [e for e in r.events.recent(500) if e["kind"] == "cluster_action" and e["action"] == "recreate"]
@@ -93,7 +88,7 @@ async def test_removed_node_is_not_recreated_when_recreate_is_off(env: ClusterEn
     docker("rm", "-f", f"{env.cluster}-worker")
     await wait_for(lambda: r.sup.status()["state"] == "degraded", 20, "the cluster to be degraded")
     assert "kind.recreate = false" in r.sup.status()["reason"]
-    assert kind_calls(env, "delete", "cluster") == 0
+    assert env.kind_calls("delete", "cluster") == 0
     assert cluster_containers(env.cluster) == [f"{env.cluster}-control-plane"]
 
 
@@ -112,12 +107,12 @@ async def test_give_up_after_the_start_limit_then_recreate_on_request(env: Clust
     assert st["restart"]["state"] == "failed"
     assert "cluster_gave_up" in r.event_kinds()
     assert r.sample("maculad_cluster_actions_total", cluster=env.cluster, action="give_up") == 1
-    attempts = kind_calls(env, "create", "cluster")
+    attempts = env.kind_calls("create", "cluster")
     assert attempts == 3
     assert cluster_containers(env.cluster) == []
     # given up: no more attempts
-    await wait_for(lambda: kind_calls(env, "get", "clusters") >= 8, 20, "more reconcile passes")
-    assert kind_calls(env, "create", "cluster") == attempts
+    await wait_for(lambda: env.kind_calls("get", "clusters") >= 8, 20, "more reconcile passes")
+    assert env.kind_calls("create", "cluster") == attempts
 
     await r.sup.recreate("requested by the test")
     await wait_for(lambda: r.sup.status()["state"] == "ready", 30, "the cluster to be ready")
@@ -145,4 +140,4 @@ async def test_recreate_on_request_of_a_healthy_cluster(env: ClusterEnv) -> None
     recreated = [e for e in r.events.recent(500) if e["kind"] == "cluster_action" and e["action"] == "recreate"]
     assert [e["reason"] for e in recreated] == ["requested with maculactl cluster recreate"]
     await wait_for(lambda: r.sup.status()["state"] == "ready", 30, "the cluster to be ready again")
-    assert kind_calls(env, "delete", "cluster") == 1
+    assert env.kind_calls("delete", "cluster") == 1

@@ -31,11 +31,6 @@ async def env(tmp_path: Path) -> AsyncIterator[ClusterEnv]:
         yield e
 
 
-def kind_calls(e: ClusterEnv, *command: str) -> int:
-    assert e.kind is not None
-    return e.kind.count(*command)
-
-
 async def test_missing_cluster_is_created(env: ClusterEnv) -> None:
     env.setup()
     env.start_registry()
@@ -63,8 +58,8 @@ async def test_missing_cluster_is_created(env: ClusterEnv) -> None:
     assert st["kubeconfig"] == str(env.kubeconfig)
     kubeconfig = yaml.safe_load(env.kubeconfig.read_text())
     assert f"kind-{env.cluster}" in [c["name"] for c in kubeconfig["contexts"]]
-    assert kind_calls(env, "create", "cluster") == 1
-    assert kind_calls(env, "delete", "cluster") == 0
+    assert env.kind_calls("create", "cluster") == 1
+    assert env.kind_calls("delete", "cluster") == 0
     assert r.sample("maculad_cluster_ready", cluster=env.cluster) == 1
     assert r.sample("maculad_cluster_state", cluster=env.cluster, state="ready") == 1
     assert r.sample("maculad_cluster_state", cluster=env.cluster, state="absent") == 0
@@ -132,7 +127,7 @@ async def test_registry_reconnected_when_it_leaves_the_kind_network(env: Cluster
     await wait_for(lambda: r.sample("maculad_cluster_actions_total", cluster=env.cluster,
                                     action="connect_registry") == 2, 20, "maculad to reconnect the registry")
     assert on_kind()
-    assert kind_calls(env, "create", "cluster") == 1
+    assert env.kind_calls("create", "cluster") == 1
 
 
 async def test_healthy_cluster_is_left_alone_across_restarts(env: ClusterEnv) -> None:
@@ -161,8 +156,8 @@ async def test_healthy_cluster_is_left_alone_across_restarts(env: ClusterEnv) ->
         assert info is not None and before[name] is not None
         assert info["Id"] == before[name]["Id"]
         assert info["State"]["StartedAt"] == before[name]["State"]["StartedAt"]
-    assert kind_calls(env, "create", "cluster") == 1
-    assert kind_calls(env, "delete", "cluster") == 0
+    assert env.kind_calls("create", "cluster") == 1
+    assert env.kind_calls("delete", "cluster") == 0
 
 
 async def test_dry_run_on_a_missing_cluster_changes_nothing(env: ClusterEnv) -> None:
@@ -170,7 +165,7 @@ async def test_dry_run_on_a_missing_cluster_changes_nothing(env: ClusterEnv) -> 
     env.start_registry()
     r = await env.run(env.config(dry_run=True))
     await wait_for(lambda: r.sup.status()["dry_run_plans"], 20, "a dry-run plan")
-    await wait_for(lambda: kind_calls(env, "get", "clusters") >= 3, 20, "a few reconcile passes")
+    await wait_for(lambda: env.kind_calls("get", "clusters") >= 3, 20, "a few reconcile passes")
     st = r.sup.status()
     assert st["state"] == "absent"
     assert "would create" in st["reason"]
@@ -199,7 +194,7 @@ async def test_dry_run_on_a_stopped_node_only_reports(env: ClusterEnv) -> None:
     calls_before = len(env.kind.calls())
     r = await env.run(env.config(dry_run=True))
     await wait_for(lambda: r.sup.status()["dry_run_plans"], 20, "a dry-run plan")
-    await wait_for(lambda: kind_calls(env, "get", "clusters") >= 3, 20, "a few reconcile passes")
+    await wait_for(lambda: env.kind_calls("get", "clusters") >= 3, 20, "a few reconcile passes")
     st = r.sup.status()
     assert st["state"] == "degraded"
     assert st["dry_run_plans"][0]["action"] == "start"
@@ -221,4 +216,4 @@ async def test_ingress_not_available_keeps_the_cluster_degraded_until_it_is(env:
     assert st["api_ready"] is True
     env.api.make_available()
     await wait_for(lambda: r.sup.status()["state"] == "ready", 30, "the cluster to be ready")
-    assert kind_calls(env, "create", "cluster") == 1
+    assert env.kind_calls("create", "cluster") == 1

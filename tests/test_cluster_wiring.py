@@ -162,12 +162,8 @@ async def test_load_manifest_from_path_file_url_and_http(tmp_path: Path) -> None
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeClusterAPI]:
-    api = FakeClusterAPI()
-    await api.start()
-    try:
+    async with FakeClusterAPI() as api:
         yield api
-    finally:
-        await api.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from maculad.config import parse_config
-from maculad.docker.tier import docker_components
+from maculad.docker.tier import DockerTier
 from maculad.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
@@ -111,7 +111,7 @@ async def test_no_engine_keeps_running_and_says_why(tmp_path: Path) -> None:
     routes = RouteTableManager(domain=cfg.domain, pool=cfg.proxy.pool, store=AllocationStore(state_dir=tmp_path),
                                metrics=metrics)
     owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: None)
-    tier = docker_components(config=cfg, routes=routes, metrics=metrics, events=EventBus())
+    tier = DockerTier(config=cfg, routes=routes, metrics=metrics, events=EventBus())
     await tier.start(owner)
     try:
         await wait_for(lambda: tier.status()["reason"] and "nope.sock" in tier.status()["reason"], 10,

@@ -208,12 +208,8 @@ async def test_env_is_passed(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def fake_api() -> AsyncIterator[FakeClusterAPI]:
-    api = FakeClusterAPI()
-    await api.start()
-    try:
+    async with FakeClusterAPI() as api:
         yield api
-    finally:
-        await api.stop()
 
 
 @pytest.mark.docker

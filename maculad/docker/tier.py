@@ -1,6 +1,6 @@
 """The Docker tier as one component: inventory + provider + supervisor + bring-up.
 
-`docker_components(...)` is the one factory the daemon calls. The tier owns a
+`DockerTier(...)` is what the daemon builds. The tier owns a
 single `DockerInventory` (one event stream, one list) that the label provider,
 the container supervisor and compose bring-up all consume. `start(owner)`
 spawns their four loops on the daemon's `TaskOwner`; `stop()` cancels them and
@@ -112,18 +112,3 @@ class DockerTier:
             "supervisor": self.supervisor.status(),
             "compose": self.compose.status(),
         }
-
-
-def docker_components(
-    *,
-    config: Config,
-    routes: RouteTableManager,
-    metrics: Metrics,
-    events: EventBus,
-    api: DockerAPI | None = None,
-    labels: Sequence[str] = (),
-    stage: str = "sources",
-) -> DockerTier:
-    """The Docker tier for the daemon: `tier = docker_components(...)`, then `await tier.start(owner)`."""
-    return DockerTier(config=config, routes=routes, metrics=metrics, events=events, api=api, labels=labels,
-                      stage=stage)

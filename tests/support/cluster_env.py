@@ -132,6 +132,11 @@ class ClusterEnv:
     def manifest(self) -> Path:
         return self.tmp / "ingress.yaml"
 
+    def kind_calls(self, *command: str) -> int:
+        """How many times the stand-in kind ran `command`."""
+        assert self.kind is not None
+        return self.kind.count(*command)
+
     def setup(self, *, workers: int = 0) -> None:
         self.kind = install_fake_kind(self.tmp / "bin", api_server=self.api.url, token=self.api.token,
                                       image=IMAGE)

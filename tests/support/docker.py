@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from maculad.config import Config, parse_config
-from maculad.docker.tier import DockerTier, docker_components
+from maculad.docker.tier import DockerTier
 from maculad.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
@@ -156,8 +156,8 @@ async def make_tier(tmp_path: Path, docker_scope: DockerScope) -> AsyncIterator[
                                    store=AllocationStore(state_dir=cfg.state_dir), metrics=metrics)
         fatal: list[str] = []
         owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: fatal.append(name))
-        tier = docker_components(config=cfg, routes=routes, metrics=metrics, events=events,
-                                 labels=[docker_scope.label])
+        tier = DockerTier(config=cfg, routes=routes, metrics=metrics, events=events,
+                           labels=[docker_scope.label])
         await tier.start(owner)
         h = Harness(tier, routes, metrics, events, owner, fatal)
         made.append(h)
