@@ -33,7 +33,7 @@ from pathlib import Path
 from maculad.config import ControlConfig
 from maculad.control.server import ControlServer
 from maculad.observability.metrics import Metrics
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 from tests.support.control_target import TableTarget
 import uvloop
 

@@ -34,16 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from maculad.config import LogConfig, parse_config  # noqa: E402
-from maculad.docker.api import AiodockerAPI, resolve_endpoint  # noqa: E402
-from maculad.docker.model import ContainerEvent  # noqa: E402
-from maculad.docker.tier import DockerTier  # noqa: E402
-from maculad.events import EventBus  # noqa: E402
+from maculad.adapters.docker.api import AiodockerAPI, resolve_endpoint  # noqa: E402
+from maculad.adapters.docker.model import ContainerEvent  # noqa: E402
+from maculad.app.docker_tier import DockerTier  # noqa: E402
+from maculad.core.events import EventBus  # noqa: E402
 from maculad.observability.logging import configure_logging  # noqa: E402
 from maculad.observability.metrics import Metrics  # noqa: E402
 from maculad.routes.manager import RouteTableManager  # noqa: E402
 from maculad.routes.store import AllocationStore  # noqa: E402
 from maculad.routes.table import RouteTable  # noqa: E402
-from maculad.tasks import TaskOwner  # noqa: E402
+from maculad.core.tasks import TaskOwner  # noqa: E402
 
 IMAGE = "maculad-test/busybox:latest"
 

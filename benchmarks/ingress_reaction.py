@@ -66,13 +66,14 @@ def rss_mib() -> float:
 
 async def serve(args: argparse.Namespace) -> None:
     from maculad.config import Config, DNSConfig, KubernetesConfig, ProxyConfig
-    from maculad.events import EventBus
+    from maculad.core.events import EventBus
     from maculad.observability.metrics import Metrics
     from maculad.providers.kubernetes import KubernetesProvider
     from maculad.routes.manager import RouteTableManager
-    from maculad.routes.model import Backend, RouteSpec
+    from maculad.routes.model import RouteSpec
+    from maculad.core.net import Backend
     from maculad.routes.store import AllocationStore
-    from maculad.tasks import TaskOwner
+    from maculad.core.tasks import TaskOwner
 
     try:
         from maculad.dns.server import DNSServer

@@ -29,7 +29,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _run(cfg: Config) -> int:
-    from maculad.daemon import Daemon
+    from maculad.app.daemon import Daemon
     from maculad.observability.logging import configure_logging
 
     configure_logging(cfg.log)

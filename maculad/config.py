@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from maculad.routes.model import Backend
-from maculad.routes.table import qualify
+from maculad.core.names import check_domain, qualify
+from maculad.core.net import Backend, parse_hostport, pin_problem
+from maculad.core.restart import RESTART_POLICIES, RestartPolicyName, parse_restart
 
-RestartPolicyName = Literal["always", "on-failure", "unless-stopped", "no"]
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -318,25 +318,10 @@ def _kind(v: object) -> str:
 
 
 def _parse_hostport(text: str, err: Any, *, what: str = "address") -> Backend:
-    s = text.strip()
-    if s.startswith("["):
-        host, sep, rest = s[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise err(f"{text!r} is not a valid [IPv6]:port {what}")
-        port_s = rest[1:]
-    else:
-        host, sep, port_s = s.rpartition(":")
-        if not sep or not host:
-            raise err(f"{text!r} is not a host:port {what} (a port is required)")
-        if ":" in host:
-            raise err(f"{text!r}: write IPv6 addresses as [addr]:port")
     try:
-        port = int(port_s)
-    except ValueError:
-        raise err(f"{text!r}: port {port_s!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise err(f"{text!r}: port {port} is out of range 0..65535")
-    return Backend(host, port)
+        return parse_hostport(text, what=what)
+    except ValueError as exc:
+        raise err(str(exc)) from None
 
 
 def _ip_literal(addr: Backend, err: Any) -> None:
@@ -361,28 +346,12 @@ def _backoff(sec: _Section, default: BackoffConfig) -> BackoffConfig:
     return b
 
 
-_RESTART = get_args(RestartPolicyName)
-
-
-def parse_restart(text: str) -> tuple[RestartPolicyName, int | None]:
-    """`on-failure:3` → ("on-failure", 3). Raises ValueError with the reason."""
-    name, _, count = text.strip().partition(":")
-    if name not in _RESTART:
-        raise ValueError(f"{text!r} is not a restart policy ({', '.join(_RESTART)}, on-failure:N)")
-    if count:
-        if name != "on-failure":
-            raise ValueError(f"{text!r}: only on-failure takes a retry count")
-        if not count.isdigit():
-            raise ValueError(f"{text!r}: the retry count must be a whole number")
-        return "on-failure", int(count)
-    return name, None  # type: ignore[return-value]
-
-
 def parse_config(data: Mapping[str, Any], *, file: str, base: Path) -> Config:
     top = _Section(file, "", data, base)
-    domain = top.str_("domain", "macula.local").strip().lower().rstrip(".")
-    if not domain or any(not lbl for lbl in domain.split(".")):
-        raise top.error("domain", f"{domain!r} is not a domain name")
+    try:
+        domain = check_domain(top.str_("domain", "macula.local"))
+    except ValueError as exc:
+        raise top.error("domain", str(exc)) from None
     state_dir = top.path("state_dir", Path("/var/lib/maculad"))
 
     s = top.sub("dns")
@@ -479,7 +448,7 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path) -> Config:
         ),
         compose_project=project,
         compose_command=tuple(compose_cmd),
-        default_restart=s.literal("default_restart", "unless-stopped", _RESTART),
+        default_restart=s.literal("default_restart", "unless-stopped", RESTART_POLICIES),
         backoff=bo,
         services=services,
     )
@@ -559,12 +528,9 @@ def _routes(top: _Section, domain: str, proxy: ProxyConfig) -> tuple[RouteConfig
             raise s.error("name", str(exc)) from None
         ip = s.opt_str("ip", None)
         if ip is not None:
-            try:
-                addr = ipaddress.IPv4Address(ip)
-            except ValueError:
-                raise s.error("ip", f"{ip!r} is not an IPv4 address") from None
-            if not addr.is_loopback and not proxy.allow_non_loopback:
-                raise s.error("ip", f"{ip} is not a loopback address (set proxy.allow_non_loopback = true)")
+            problem = pin_problem(ip, allow_non_loopback=proxy.allow_non_loopback)
+            if problem is not None:
+                raise s.error("ip", problem)
         rc = RouteConfig(
             name=name,
             ip=ip,

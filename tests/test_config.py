@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from maculad.config import ConfigError, load_config, parse_restart
-from maculad.routes.model import Backend
+from maculad.config import ConfigError, load_config
+from maculad.core.restart import parse_restart
+from maculad.core.net import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +74,9 @@ tcp = { 5432 = "[::1]:5432" }
 MISTAKES = [
     ("not toml = = 1", "", "is not valid TOML"),
     ('domain = 5', "domain", "must be a string"),
+    ('domain = "mácula.local"', "domain", "not a valid DNS name"),
+    ('domain = "a..local"', "domain", "not a valid DNS name"),
+    (f'domain = "{"x" * 64}.local"', "domain", "not a valid DNS name"),
     ('bogus = 1', "bogus", "unknown key"),
     ('[dns]\nttl = "5"', "dns.ttl", "must be an integer"),
     ('[dns]\nttl = -1', "dns.ttl", "out of range"),

@@ -20,7 +20,7 @@ import pytest
 from maculad.config import ControlConfig
 from maculad.control.server import ControlServer, ControlSocketError
 from maculad.observability.metrics import Metrics
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 from tests.conftest import require
 from tests.support.control_target import TableTarget, python_for_others, short_dir, write_config
 

@@ -22,7 +22,7 @@ from maculad.config import DNSConfig
 from maculad.dns.server import DNSServer
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from tests.conftest import require
 from tests.support.dns import (
     BIG_COUNT,
@@ -330,7 +330,7 @@ async def test_every_listen_address_and_bind_errors(
         busy = next(p for t, h, p in bound if t == "udp" and h == "127.0.0.1")
         taken = DNSServer(config=DNSConfig(listen=(Backend("127.0.0.3", 0), Backend("127.0.0.1", busy))),
                           domain=DOMAIN, routes=routes, metrics=Metrics())
-        from maculad.tasks import TaskOwner
+        from maculad.core.tasks import TaskOwner
         with pytest.raises(OSError, match=f"udp 127.0.0.1:{busy}"):
             await taken.start(TaskOwner(metrics=metrics, on_fatal=lambda n, e: None))
         assert taken.bound() == []  # the first address it had bound was released

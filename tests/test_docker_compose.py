@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from maculad.config import load_config
-from maculad.docker.model import ContainerInfo, HostBinding, parse_time
+from maculad.adapters.docker.model import ContainerInfo, HostBinding, parse_time
 from maculad.providers.docker_labels import build_routes
 from tests.conftest import require
 from tests.support.docker import (

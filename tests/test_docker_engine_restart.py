@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from tests.support.docker import (
     DockerScope,
     Harness,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from maculad.docker.model import (
+from maculad.adapters.docker.model import (
     ContainerInfo,
     Dependency,
     HostBinding,
@@ -16,7 +16,8 @@ from maculad.docker.model import (
     service_name,
 )
 from maculad.providers.docker_labels import build_routes, pick_backend
-from maculad.routes.model import Backend, PortMap
+from maculad.routes.model import PortMap
+from maculad.core.net import Backend
 
 DOMAIN = "macula.local"
 

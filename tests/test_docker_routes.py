@@ -8,13 +8,13 @@ from pathlib import Path
 import aiohttp
 
 from maculad.config import parse_config
-from maculad.docker.tier import DockerTier
-from maculad.events import EventBus
+from maculad.app.docker_tier import DockerTier
+from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 from tests.support.docker import (
     DockerScope,
     docker_cli,

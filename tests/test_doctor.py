@@ -39,7 +39,7 @@ from maculad.control.doctor import (
     real_probes,
     run_checks,
 )
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from tests.conftest import require
 
 DNS_IP = "127.0.0.153"

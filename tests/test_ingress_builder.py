@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from maculad.providers.base import port_maps
 from maculad.providers.ingress import build_ingress_routes, ingress_class_of, ingress_key
-from maculad.routes.model import Backend, RouteSpec
+from maculad.routes.model import RouteSpec
+from maculad.core.net import Backend
 from maculad.routes.table import build_table
 from tests.support.fake_k8s import FakeKubeAPI
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from maculad.supervise.kind import (
+from maculad.adapters.kind import (
     ClusterExists,
     ClusterNotFound,
     DockerUnavailable,

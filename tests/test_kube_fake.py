@@ -1,4 +1,4 @@
-"""The fake API server speaks what kubernetes-asyncio expects, and `maculad.kube.client`
+"""The fake API server speaks what kubernetes-asyncio expects, and `maculad.adapters.kube.client`
 builds clients from real kubeconfig files (or explains why it cannot)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
-from maculad.kube.client import KubeClientError, api_client, new_api_client, readyz
+from maculad.adapters.kube.client import KubeClientError, api_client, new_api_client, readyz
 from tests.support.fake_k8s import CONFIGMAPS, INGRESSES, FakeKubeAPI
 
 

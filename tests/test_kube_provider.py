@@ -24,15 +24,16 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from structlog.testing import capture_logs
 
 from maculad.config import BackoffConfig, Config, KubernetesConfig, ProxyConfig
-from maculad.events import EventBus
-from maculad.kube.client import api_client
+from maculad.core.events import EventBus
+from maculad.adapters.kube.client import api_client
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
 from maculad.providers.kubernetes import KubernetesProvider
 from maculad.routes.manager import RouteTableManager
-from maculad.routes.model import Backend, RouteSpec
+from maculad.routes.model import RouteSpec
+from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 from tests.support.fake_k8s import INGRESSES, FakeKubeAPI
 
 DOMAIN = "macula.local"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from maculad.config import BackoffConfig, RestartPolicyName
+from maculad.config import BackoffConfig
+from maculad.core.restart import RestartPolicyName
 from maculad.supervise.policy import RestartPolicy, RestartTracker
 
 FAST = BackoffConfig(initial=0.1, factor=2.0, cap=1.0, reset_after=10.0, start_limit=5, start_limit_window=60.0)

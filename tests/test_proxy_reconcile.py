@@ -14,8 +14,8 @@ import pytest
 from maculad.observability.metrics import Metrics
 from maculad.proxy.platform import AliasPlatform, Argv
 from maculad.proxy.relay import Relay
-from maculad.routes.model import Backend
-from maculad.tasks import TaskOwner
+from maculad.core.net import Backend
+from maculad.core.tasks import TaskOwner
 from tests.support.proxy import TcpEcho, dead_port, make_manager, proxy_config, route, running_relay, wait_for
 
 async def _open(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:

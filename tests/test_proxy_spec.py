@@ -23,7 +23,8 @@ from maculad.proxy.platform import (
 from maculad.proxy.relay import bind_reason, bind_socket
 from maculad.proxy.spec import ListenerSpec, Target, desired_listeners, plan, refusal
 from maculad.proxy.stats import classify
-from maculad.routes.model import Backend, PortMap, RouteSpec
+from maculad.routes.model import PortMap, RouteSpec
+from maculad.core.net import Backend
 from maculad.routes.table import build_table
 
 CFG = ProxyConfig(http_port=80, https_port=443)

@@ -18,7 +18,7 @@ import uvloop
 from aiohttp import web
 
 from maculad.proxy import tcp as tcp_mod
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from tests.support.proxy import (
     aiohttp_backend,
     dead_port,

@@ -7,7 +7,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from tests.support.proxy import (
     UdpEcho,
     free_port,

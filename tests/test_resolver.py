@@ -20,7 +20,7 @@ from maculad.control.resolver import (
     resolver_plan,
     uninstall,
 )
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from tests.support.control_target import write_config
 
 MACULACTL = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "maculactl"

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
-from maculad.routes.model import Backend, PortMap, RouteSpec, Source
+from maculad.routes.model import PortMap, RouteSpec, Source
+from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
-from maculad.routes.table import build_table, qualify
+from maculad.routes.table import build_table
+from maculad.core.names import qualify
 
 POOL = ipaddress.IPv4Network("127.0.10.0/24")
 D = "macula.local"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from maculad.events import EventBus
+from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 
 async def test_a_dying_task_is_restarted_and_counted() -> None:

@@ -43,7 +43,7 @@ from maculad.control.resolver import (
     uninstall,
     write_hosts,
 )
-from maculad.routes.model import Backend
+from maculad.core.net import Backend, parse_hostport
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -197,14 +197,8 @@ class Snapshot:
 
 
 def _parse_addr(text: str) -> Backend | None:
-    s = text.strip()
-    if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        port = rest.lstrip(":")
-    else:
-        host, _, port = s.rpartition(":")
     try:
-        return Backend(host, int(port)) if host else None
+        return parse_hostport(text)
     except ValueError:
         return None
 

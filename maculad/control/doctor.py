@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from maculad.routes.model import Backend
+from maculad.core.net import Backend, parse_hostport
 
 Level = Literal["ok", "warn", "fail", "skip"]
 Proto = Literal["tcp", "udp"]
@@ -492,8 +492,8 @@ def docker_ping(env: dict[str, str] | None = None, *, timeout: float = 3.0) -> s
             conn.sock = s
         elif host.startswith("tcp://"):
             hp = host[len("tcp://"):]
-            h, _, p = hp.rpartition(":")
-            conn = http.client.HTTPConnection(h, int(p), timeout=timeout)
+            b = parse_hostport(hp)
+            conn = http.client.HTTPConnection(b.host, b.port, timeout=timeout)
         else:
             return f"DOCKER_HOST={host!r} is not unix:// or tcp://"
         try:

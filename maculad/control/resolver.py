@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, get_args
 
-from maculad.routes.model import Backend
-from maculad.fsutil import atomic_write
+from maculad.core.net import Backend
+from maculad.core.fsutil import atomic_write
 
 ResolverBackend = Literal["systemd-resolved", "networkmanager", "macos"]
 RESOLVER_BACKENDS: tuple[str, ...] = get_args(ResolverBackend)

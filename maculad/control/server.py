@@ -35,7 +35,7 @@ from maculad.config import ControlConfig
 from maculad.control.api import ControlError, ControlTarget, ServiceAction
 from maculad.control.peercred import Access, Decision, authorize, peer_groups, read_peercred, resolve_group
 from maculad.observability.metrics import Metrics
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.control")
 

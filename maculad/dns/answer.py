@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from maculad.core.names import check_domain
 from maculad.dns.codes import (
     CLASS_ANY,
     CLASS_IN,
@@ -115,11 +116,7 @@ class ZoneSettings:
         """The NS addresses are the listen addresses; a wildcard bind answers as loopback.
 
         Raises ValueError for a domain that cannot be a DNS name on the wire."""
-        d = domain.lower().rstrip(".")
-        labels = d.split(".")
-        if not d.isascii() or len(d) > 253 or any(not 0 < len(lb) <= 63 for lb in labels):
-            raise ValueError(f"domain {domain!r} is not a valid DNS name (ASCII labels of 1-63 characters; "
-                             "write internationalised names in their xn-- form)")
+        d = check_domain(domain)
         addrs: list[str] = []
         for host in listen_hosts:
             try:

@@ -23,7 +23,7 @@ import structlog
 
 from maculad.dns.wire import check_upstream, is_truncated
 from maculad.observability.metrics import Metrics
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 
 log = structlog.get_logger("maculad.dns.forward")
 

@@ -38,6 +38,7 @@ from typing import Any, Protocol, cast
 import structlog
 
 from maculad.config import DNSConfig
+from maculad.core.net import format_hostport as _fmt
 from maculad.dns import batch
 from maculad.dns.codes import SERVFAIL, qtype_label, rcode_label
 from maculad.dns.fastpath import Forward, Responder, settings_from
@@ -46,7 +47,7 @@ from maculad.dns.wire import fit_forwarded, reply_rcode, simple_reply
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.dns")
 
@@ -250,8 +251,6 @@ class DNSServer:
         return self._latency_tcp if tcp else self._latency_udp
 
 
-def _fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _UDPListener(Protocol):

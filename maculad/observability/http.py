@@ -14,8 +14,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from maculad.observability.metrics import Metrics
-from maculad.routes.model import Backend
-from maculad.tasks import TaskOwner
+from maculad.core.net import Backend
+from maculad.core.tasks import TaskOwner
 
 
 class MetricsServer:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from maculad.routes.model import Backend, PortMap
+from maculad.routes.model import PortMap
+from maculad.core.net import Backend
 
 
 class Provider(Protocol):

@@ -14,7 +14,7 @@ import asyncio
 
 import structlog
 
-from maculad.docker.inventory import DockerInventory, InventoryUpdate
+from maculad.adapters.docker.inventory import DockerInventory, InventoryUpdate
 from maculad.providers.docker_labels import LabelError, build_routes
 from maculad.routes.manager import RouteTableManager
 

@@ -25,11 +25,12 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from maculad.config import parse_restart
-from maculad.docker.model import ContainerInfo, HostBinding, service_name
+from maculad.core.names import qualify
+from maculad.core.net import Backend, pin_problem
+from maculad.core.restart import parse_restart
+from maculad.adapters.docker.model import ContainerInfo, HostBinding, service_name
 from maculad.providers.base import port_maps
-from maculad.routes.model import Backend, RouteSpec
-from maculad.routes.table import qualify
+from maculad.routes.model import RouteSpec
 
 PREFIX = "macula."
 KNOWN = {"macula.host", "macula.http", "macula.https", "macula.ip", "macula.restart"}
@@ -141,13 +142,10 @@ def _route(info: ContainerInfo, host: str, *, domain: str, http_port: int, https
                    "or macula.udp.<port>")
     ip = labels.get("macula.ip")
     if ip is not None:
-        try:
-            addr = ipaddress.IPv4Address(ip.strip())
-        except ValueError:
-            raise _Bad(f"macula.ip={ip!r} is not an IPv4 address") from None
-        if not addr.is_loopback and not allow_non_loopback:
-            raise _Bad(f"macula.ip={ip!r} is not a loopback address")
-        ip = str(addr)
+        ip = ip.strip()
+        problem = pin_problem(ip, allow_non_loopback=allow_non_loopback)
+        if problem is not None:
+            raise _Bad(f"macula.ip: {problem}")
     restart = labels.get("macula.restart")
     if restart is not None:
         try:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from maculad.routes.model import PortMap, RouteSpec
-from maculad.routes.table import qualify
+from maculad.core.names import qualify
 
 CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from typing import Any, cast
 
@@ -46,13 +45,14 @@ import structlog
 from kubernetes_asyncio.client import ApiClient, NetworkingV1Api
 
 from maculad.config import BackoffConfig, Config
-from maculad.events import EventBus
-from maculad.kube.client import KubeClientError, close_api_client, new_api_client
+from maculad.core.backoff import Backoff
+from maculad.core.events import EventBus
+from maculad.adapters.kube.client import KubeClientError, close_api_client, new_api_client
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
 from maculad.providers.ingress import IngressRoutes, Skip, combine, ingress_key, ingress_routes
 from maculad.routes.manager import RouteTableManager
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.providers.kubernetes")
 
@@ -67,27 +67,6 @@ class WatchGone(Exception):
 
 class WatchBroken(Exception):
     """The stream failed in a way that warrants a reconnect with backoff."""
-
-
-class Backoff:
-    """Capped exponential backoff with "equal jitter": half fixed, half random."""
-
-    def __init__(self, cfg: BackoffConfig, *, rng: random.Random | None = None) -> None:
-        self._cfg = cfg
-        self._attempt = 0
-        self._rng = rng or random.Random()
-
-    @property
-    def attempt(self) -> int:
-        return self._attempt
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-    def next(self) -> float:
-        base = min(self._cfg.cap, self._cfg.initial * self._cfg.factor ** self._attempt)
-        self._attempt = min(self._attempt + 1, 64)
-        return base / 2 + self._rng.uniform(0, base / 2)
 
 
 class KubernetesProvider:
@@ -185,7 +164,8 @@ class KubernetesProvider:
 
     async def run(self) -> None:
         """List, watch, resume, relist — forever; only cancellation ends it."""
-        backoff = Backoff(self._backoff_cfg)
+        cfg = self._backoff_cfg
+        backoff = Backoff(initial=cfg.initial, cap=cfg.cap, factor=cfg.factor, jitter=True)
         while True:
             try:
                 api = await new_api_client(kubeconfig=self._cfg.kubeconfig, context=self._cfg.context)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import structlog
 
 from maculad.config import ProxyConfig
+from maculad.core.backoff import Backoff
 from maculad.observability.metrics import Metrics
 from maculad.proxy.platform import AliasError, LoopbackPlatform, default_platform
 from maculad.proxy.spec import ListenerSpec, Target, desired_listeners, plan
@@ -42,7 +43,7 @@ from maculad.proxy.tcp import TcpListener
 from maculad.proxy.udp import UdpListener
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.proxy")
 
@@ -124,7 +125,7 @@ class Entry:
 
 
 class Relay:
-    """The `proxy` component (maculad.component.Component)."""
+    """The `proxy` component (maculad.core.component.Component)."""
 
     name = "proxy"
 
@@ -325,7 +326,7 @@ class Relay:
 
     def _bind_failed(self, e: Entry, exc: OSError) -> None:
         code, reason = bind_reason(exc)
-        delay = min(RETRY_INITIAL * (2 ** max(0, e.attempts - 1)), self._ctx.config.bind_retry_max)
+        delay = Backoff(initial=RETRY_INITIAL, cap=self._ctx.config.bind_retry_max).delay(max(0, e.attempts - 1))
         e.state = "failed"
         e.last_error = f"cannot bind {e.spec.address}: {reason}"
         e.retry_at = time.monotonic() + delay

@@ -11,13 +11,13 @@ first, then add, and update targets in place. No I/O here.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from maculad.config import ProxyConfig
-from maculad.routes.model import Backend, Proto
+from maculad.core.net import Backend, bind_problem, format_hostport
+from maculad.routes.model import Proto
 from maculad.routes.table import RouteTable
 
 Kind = Literal["http", "https", "tcp", "udp"]
@@ -33,8 +33,7 @@ class ListenerSpec:
 
     @property
     def address(self) -> str:
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"{host}:{self.port}/{self.proto}"
+        return f"{format_hostport(self.ip, self.port)}/{self.proto}"
 
     @property
     def port_label(self) -> str:
@@ -66,18 +65,8 @@ class Plan:
 
 
 def refusal(ip: str, *, allow_non_loopback: bool) -> str | None:
-    """Why the relay must not bind `ip`, or None."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return f"{ip!r} is not an IP address"
-    if addr.is_unspecified:
-        return f"{ip} is a wildcard address; the relay binds only a route's own IP"
-    if addr.is_multicast:
-        return f"{ip} is a multicast address"
-    if not addr.is_loopback and not allow_non_loopback:
-        return f"{ip} is not a loopback address (set proxy.allow_non_loopback = true to allow)"
-    return None
+    """Why the relay must not bind `ip`, or None (the loopback rule of core.net)."""
+    return bind_problem(ip, allow_non_loopback=allow_non_loopback)
 
 
 def kind_of(proto: Proto, port: int, config: ProxyConfig) -> Kind:

@@ -49,10 +49,6 @@ class RouteTableManager:
     def current(self) -> RouteTable:
         return self._current
 
-    @property
-    def allocations(self) -> dict[str, str]:
-        return dict(self._allocations)
-
     def specs(self, source: Source) -> tuple[RouteSpec, ...]:
         return self._specs.get(source, ())
 

@@ -11,23 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from maculad.core.net import Backend
+
 Source = Literal["config", "docker", "kubernetes"]
 Proto = Literal["tcp", "udp"]
 
 #: When two providers claim one name, the lower number wins.
 SOURCE_PRIORITY: dict[Source, int] = {"config": 0, "docker": 1, "kubernetes": 2}
 SOURCES: tuple[Source, ...] = ("config", "docker", "kubernetes")
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Backend:
-    """Where a listener relays to: a host (IP or name) and a port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from maculad.fsutil import atomic_write
+from maculad.core.fsutil import atomic_write
 
 log = structlog.get_logger("maculad.routes.store")
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from maculad.core.net import pin_problem
 from maculad.routes.model import SOURCE_PRIORITY, Conflict, Route, RouteSpec, Source
 
 
@@ -120,14 +121,9 @@ def build_table(
         if spec.ip is None:
             unpinned.append(spec)
             continue
-        problem: str | None = None
-        try:
-            addr = ipaddress.IPv4Address(spec.ip)
-        except ValueError:
-            problem = f"pinned IP {spec.ip!r} is not an IPv4 address"
-        else:
-            if not addr.is_loopback and not allow_non_loopback:
-                problem = f"pinned IP {spec.ip} is not a loopback address"
+        problem = pin_problem(spec.ip, allow_non_loopback=allow_non_loopback)
+        if problem is not None:
+            problem = f"pinned IP {problem}"
         owner = ip_owner.get(spec.ip)
         if problem is None and owner is not None:
             problem = f"pinned IP {spec.ip} is already used by {owner.origin}"
@@ -225,30 +221,3 @@ def _ip_int(ip: str) -> int | None:
 def _in_pool(ip: str, lo: int, hi: int) -> bool:
     n = _ip_int(ip)
     return n is not None and lo <= n <= hi
-
-
-def qualify(name: str, domain: str) -> str:
-    """`grafana` → `grafana.macula.local`; a full name under the domain stays.
-
-    Raises ValueError for names outside the domain or with invalid labels.
-    """
-    n = name.strip().lower().rstrip(".")
-    if not n:
-        raise ValueError("empty name")
-    d = domain.lower().rstrip(".")
-    if n != d and not n.endswith("." + d):
-        n = f"{n}.{d}"
-    wildcard = n.startswith("*.")
-    labels = (n[2:] if wildcard else n).split(".")
-    for label in labels:
-        if not label or len(label) > 63:
-            raise ValueError(f"invalid label {label!r} in {name!r}")
-        if label.startswith("-") or label.endswith("-"):
-            raise ValueError(f"label {label!r} in {name!r} starts or ends with '-'")
-        if not all(c.isascii() and (c.isalnum() or c in "-_") for c in label):
-            raise ValueError(f"label {label!r} in {name!r} has characters outside [a-z0-9-_]")
-    if len(n) > 253:
-        raise ValueError(f"name {name!r} is longer than 253 characters")
-    if n == d:
-        raise ValueError(f"{name!r} is the domain apex itself, not a name below it")
-    return n

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,7 +35,8 @@ from typing import Any
 import structlog
 
 from maculad.config import Config
-from maculad.events import EventBus
+from maculad.core.events import EventBus
+from maculad.core.fsutil import atomic_write
 from maculad.observability.metrics import Metrics
 from maculad.supervise.cluster_nodes import KIND_NETWORK, AiodockerNodes, Node, NodeDocker, NodeDockerError
 from maculad.supervise.cluster_plan import (
@@ -63,9 +63,9 @@ from maculad.supervise.cluster_wiring import (
     parse_manifest,
     registry_configmap,
 )
-from maculad.supervise.kind import KindBinary, KindCLI, KindError
+from maculad.adapters.kind import KindBinary, KindCLI, KindError
 from maculad.supervise.policy import RestartPolicy, RestartTracker
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 __all__ = ["ClusterSupervisor", "KubeOpener", "NodeDocker"]
 
@@ -565,10 +565,8 @@ class ClusterSupervisor:
         if self._kc.dry_run:
             return  # dry-run writes nothing, not even its own memory
         try:
-            self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"cluster": self._cluster, "nodes": known}, sort_keys=True))
-            os.replace(tmp, self._state_file)
+            atomic_write(self._state_file,
+                         json.dumps({"cluster": self._cluster, "nodes": known}, sort_keys=True).encode())
         except OSError as exc:
             log.warning("cluster_state_not_saved", file=str(self._state_file), error=str(exc))
 

@@ -29,7 +29,6 @@ ClusterState = Literal["absent", "creating", "starting", "ready", "degraded", "f
 CLUSTER_STATES: tuple[ClusterState, ...] = ("absent", "creating", "starting", "ready", "degraded", "failed")
 
 PlanAction = Literal["none", "wait", "create", "recreate", "start", "export_kubeconfig", "hold", "blind"]
-REPAIRS: frozenset[str] = frozenset({"create", "recreate", "start"})
 
 _STOPPED = frozenset({"exited", "created", "paused"})
 _TRANSIENT = frozenset({"restarting", "removing"})
@@ -63,10 +62,6 @@ class Plan:
     action: PlanAction
     reason: str = ""
     nodes: tuple[str, ...] = ()
-
-    @property
-    def is_repair(self) -> bool:
-        return self.action in REPAIRS
 
 
 _STATE_FOR: dict[PlanAction, ClusterState] = {

@@ -10,7 +10,7 @@ available" test.
 
 I/O: `KubeTransport` is the one boundary to the API server (method, path,
 query, body → status and decoded body); `KubeSession` implements it over
-kubernetes-asyncio's `ApiClient`, built by `maculad.kube.client` (the same
+kubernetes-asyncio's `ApiClient`, built by `maculad.adapters.kube.client` (the same
 kubeconfig handling as the Ingress provider: certificates, tokens, exec
 plugins, never writing the file back). `Applier` does
 server-side apply (PATCH with `application/apply-patch+yaml`,
@@ -322,7 +322,7 @@ class KubeSession:
     @classmethod
     async def open(cls, kubeconfig: Path, context: str | None) -> KubeSession:
         """A session for `context` of `kubeconfig`, built the same way as the Ingress provider's."""
-        from maculad.kube.client import KubeClientError, new_api_client
+        from maculad.adapters.kube.client import KubeClientError, new_api_client
 
         try:
             client = await new_api_client(kubeconfig=kubeconfig, context=context)
@@ -360,7 +360,7 @@ class KubeSession:
             return status, text
 
     async def close(self) -> None:
-        from maculad.kube.client import close_api_client
+        from maculad.adapters.kube.client import close_api_client
 
         await close_api_client(self._client)
 

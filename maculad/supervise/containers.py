@@ -36,13 +36,22 @@ from typing import Any, Literal
 
 import structlog
 
-from maculad.config import DockerConfig, parse_restart
-from maculad.docker.api import ContainerNotFound, DockerAPI, DockerAPIError, DockerUnavailable
-from maculad.docker.inventory import DockerInventory, InventoryUpdate
-from maculad.docker.model import COMPOSE_ONEOFF, ContainerEvent, ContainerInfo, Dependency, parse_time, service_name
-from maculad.events import EventBus
+from maculad.config import DockerConfig
+from maculad.core.restart import parse_restart
+from maculad.adapters.docker.api import ContainerNotFound, DockerAPI, DockerAPIError, DockerUnavailable
+from maculad.adapters.docker.inventory import DockerInventory, InventoryUpdate
+from maculad.adapters.docker.model import (
+    COMPOSE_ONEOFF,
+    ContainerEvent,
+    ContainerInfo,
+    Dependency,
+    parse_time,
+    service_name,
+)
+from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
-from maculad.supervise.policy import STATES, Decision, RestartPolicy, RestartTracker
+from maculad.supervise.policy import Decision, RestartPolicy, RestartTracker
+from maculad.core.restart import STATES
 
 log = structlog.get_logger("maculad.supervise.containers")
 

@@ -17,10 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from maculad.config import BackoffConfig, RestartPolicyName
+from maculad.config import BackoffConfig
+from maculad.core.backoff import Backoff
+from maculad.core.restart import RestartPolicyName, State
 
-State = Literal["starting", "running", "backoff", "failed", "stopped"]
-STATES: tuple[State, ...] = ("starting", "running", "backoff", "failed", "stopped")
 Action = Literal["none", "restart", "give_up"]
 
 
@@ -50,11 +50,12 @@ class RestartTracker:
     held: bool = False
     """Stopped on request (`maculactl stop`): nothing restarts it until a start is requested."""
     running_since: float | None = None
-    _next_delay: float = field(default=0.0, repr=False)
+    _backoff: Backoff = field(init=False, repr=False)
     _restarts: deque[float] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
-        self._next_delay = self.policy.backoff.initial
+        b = self.policy.backoff
+        self._backoff = Backoff(initial=b.initial, cap=b.cap, factor=b.factor)
 
     # ------------------------------------------------------------------ events
 
@@ -64,7 +65,7 @@ class RestartTracker:
         self.held = False
         self.failures = 0
         self._restarts.clear()
-        self._next_delay = self.policy.backoff.initial
+        self._backoff.reset()
         self.delay = 0.0
         self._set("starting", "start requested")
 
@@ -87,7 +88,7 @@ class RestartTracker:
         """Called now and then: a run that has lasted `reset_after` resets the backoff."""
         if (self.state == "running" and self.running_since is not None
                 and now - self.running_since >= self.policy.backoff.reset_after):
-            self._next_delay = self.policy.backoff.initial
+            self._backoff.reset()
             self.failures = 0
 
     def on_stopped_by_user(self, now: float) -> None:
@@ -166,8 +167,7 @@ class RestartTracker:
                       f"(start limit); last: {why}")
             return Decision("give_up", reason=self.reason)
         self._restarts.append(now)
-        self.delay = self._next_delay
-        self._next_delay = min(self._next_delay * b.factor, b.cap)
+        self.delay = self._backoff.next()
         self._set("backoff", f"{why}; restarting in {self.delay:g}s")
         return Decision("restart", delay=self.delay, reason=why)
 

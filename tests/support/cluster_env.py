@@ -26,10 +26,10 @@ from typing import Any
 import yaml
 
 from maculad.config import Config, parse_config
-from maculad.events import EventBus
+from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.supervise.cluster import ClusterSupervisor
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 from tests.conftest import require
 from tests.support.fake_k8s_cluster import FakeClusterAPI
 from tests.support.fake_kind import CLUSTER_LABEL, FakeKind, install_fake_kind

@@ -18,7 +18,7 @@ from typing import Any
 from maculad.config import Config, ConfigError, load_config
 from maculad.control.api import ControlError, ServiceAction
 from maculad.control.views import config_view, table_view
-from maculad.events import EventBus
+from maculad.core.events import EventBus
 from maculad.providers.static import config_routes
 from maculad.routes.table import RouteTable, build_table
 

@@ -17,9 +17,10 @@ from maculad.config import DNSConfig
 from maculad.dns.server import DNSServer
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
-from maculad.routes.model import Backend, PortMap, RouteSpec
+from maculad.routes.model import PortMap, RouteSpec
+from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 DOMAIN = "macula.local"
 

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from maculad.config import Config, parse_config
-from maculad.docker.tier import DockerTier
-from maculad.events import EventBus
+from maculad.app.docker_tier import DockerTier
+from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,9 +27,10 @@ from maculad.providers.base import port_maps
 from maculad.proxy.relay import Relay
 from maculad.proxy.platform import LoopbackPlatform
 from maculad.routes.manager import RouteTableManager
-from maculad.routes.model import Backend, RouteSpec
+from maculad.routes.model import RouteSpec
+from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 DOMAIN = "macula.local"
 

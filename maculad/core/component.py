@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 
 class Component(Protocol):

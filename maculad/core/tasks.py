@@ -13,14 +13,33 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import structlog
 
-from maculad.observability.metrics import Metrics
+from maculad.core.backoff import Backoff
 
-log = structlog.get_logger("maculad.tasks")
+log = structlog.get_logger("maculad.core.tasks")
 
 TaskFactory = Callable[[], Awaitable[None]]
+
+#: A task that ran this long before dying restarts after the initial delay again.
+STABLE_RUN = 60.0
+
+
+class _Inc(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Labelled(Protocol):
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> _Inc: ...
+
+
+class TaskMetrics(Protocol):
+    """What the owner counts (observability.metrics.Metrics has it): restarts per task."""
+
+    @property
+    def task_restarts(self) -> _Labelled: ...
 
 
 @dataclass(slots=True)
@@ -38,7 +57,7 @@ class TaskOwner:
     def __init__(
         self,
         *,
-        metrics: Metrics,
+        metrics: TaskMetrics,
         on_fatal: Callable[[str, BaseException | None], None],
         backoff_initial: float = 0.5,
         backoff_cap: float = 30.0,
@@ -58,7 +77,7 @@ class TaskOwner:
         info.task = asyncio.create_task(self._guard(info, factory), name=f"maculad:{name}")
 
     async def _guard(self, info: TaskInfo, factory: TaskFactory) -> None:
-        delay = self._initial
+        backoff = Backoff(initial=self._initial, cap=self._cap)
         while True:
             started = time.monotonic()
             info.started_at = time.time()
@@ -76,13 +95,13 @@ class TaskOwner:
             if not info.restart:
                 self._on_fatal(info.name, error)
                 return
-            if time.monotonic() - started > 60:
-                delay = self._initial
+            if time.monotonic() - started > STABLE_RUN:
+                backoff.reset()
+            delay = backoff.next()
             info.restarts += 1
             self._metrics.task_restarts.labels(task=info.name).inc()
             log.warning("task_restarting", task=info.name, delay=round(delay, 3), restarts=info.restarts)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self._cap)
 
     async def stop_stage(self, stage: str, *, timeout: float = 5.0) -> None:
         """Cancel every task of `stage` and wait (at most `timeout`) for them to finish."""
@@ -102,9 +121,6 @@ class TaskOwner:
             return
         info.task.cancel()
         await asyncio.wait([info.task], timeout=timeout)
-
-    def has(self, name: str) -> bool:
-        return name in self._tasks
 
     def status(self) -> list[dict[str, object]]:
         return [

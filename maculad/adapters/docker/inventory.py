@@ -26,11 +26,12 @@ from typing import Literal
 
 import structlog
 
-from maculad.docker.api import ContainerNotFound, DockerAPI, DockerAPIError, DockerUnavailable
-from maculad.docker.model import ContainerEvent, ContainerInfo
+from maculad.core.backoff import Backoff
+from maculad.adapters.docker.api import ContainerNotFound, DockerAPI, DockerAPIError, DockerUnavailable
+from maculad.adapters.docker.model import ContainerEvent, ContainerInfo
 from maculad.observability.metrics import Metrics
 
-log = structlog.get_logger("maculad.docker.inventory")
+log = structlog.get_logger("maculad.adapters.docker.inventory")
 
 UpdateKind = Literal["relist", "event", "disconnected"]
 
@@ -116,7 +117,7 @@ class DockerInventory:
     # ------------------------------------------------------------------ loop
 
     async def run(self) -> None:
-        delay = self._initial
+        backoff = Backoff(initial=self._initial, cap=self._cap)
         first = True
         while True:
             try:
@@ -131,7 +132,8 @@ class DockerInventory:
             first = False
             was_connected = self.connected
             if self.connected_since is not None and time.monotonic() - self.connected_since > 10:
-                delay = self._initial
+                backoff.reset()
+            delay = backoff.next()
             self.connected = False
             self.connected_since = None
             self.synced.clear()
@@ -143,7 +145,6 @@ class DockerInventory:
                 log.info("docker_unavailable", endpoint=self._api.endpoint, error=self.last_error,
                          retry_in=round(delay, 3))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self._cap)
 
     async def _session(self, *, reconnect: bool) -> None:
         async with asyncio.timeout(self._call_timeout):

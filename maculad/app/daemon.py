@@ -25,14 +25,14 @@ from typing import Any
 import structlog
 
 from maculad import __version__
-from maculad.component import Component
+from maculad.core.component import Component
 from maculad.config import Config, ConfigError, load_config
 from maculad.control.api import ControlError, ServiceAction
 from maculad.control.server import ControlServer, ControlSocketError
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
-from maculad.docker.tier import DockerTier
-from maculad.events import EventBus
+from maculad.app.docker_tier import DockerTier
+from maculad.core.events import EventBus
 from maculad.observability import sdnotify
 from maculad.observability.http import MetricsServer
 from maculad.observability.logging import configure_logging
@@ -42,9 +42,10 @@ from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
-from maculad.routes.table import RouteTable, qualify
+from maculad.routes.table import RouteTable
+from maculad.core.names import qualify
 from maculad.supervise.cluster import ClusterSupervisor
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad")
 
@@ -94,7 +95,7 @@ class Daemon:
         except BaseException as exc:
             log.error("startup_failed", error=str(exc))
             await self.shutdown()
-            if isinstance(exc, OSError | ConfigError | ValueError | ControlSocketError):
+            if isinstance(exc, OSError | ConfigError | ControlSocketError):
                 return 1
             raise
         self.owner.spawn("reload-signal", self._reload_loop, stage="meta")

@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Protocol
 import aiodocker
 import aiohttp
 
-from maculad.docker.model import ContainerEvent, ContainerInfo, parse_event, parse_inspect
+from maculad.adapters.docker.model import ContainerEvent, ContainerInfo, parse_event, parse_inspect
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 

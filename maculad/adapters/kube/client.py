@@ -23,7 +23,7 @@ import structlog
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config import ConfigException, load_kube_config
 
-log = structlog.get_logger("maculad.kube")
+log = structlog.get_logger("maculad.adapters.kube")
 
 
 class KubeClientError(Exception):

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import structlog
 
-from maculad.docker.inventory import DockerInventory, InventoryUpdate
+from maculad.core.backoff import Backoff
+from maculad.adapters.docker.inventory import DockerInventory, InventoryUpdate
 
-log = structlog.get_logger("maculad.docker.compose")
+log = structlog.get_logger("maculad.adapters.docker.compose")
 
 
 class ComposeError(Exception):
@@ -151,19 +152,19 @@ class ComposeBringUp:
     async def run(self) -> None:
         if not self._files:
             await asyncio.Event().wait()  # nothing to bring up: idle until cancelled
-        delay = self._initial
+        backoff = Backoff(initial=self._initial, cap=self._cap)
         while True:
             await self._relisted.wait()
             self._relisted.clear()
             try:
                 await self.ensure_up()
                 self.last_error = None
-                delay = self._initial
+                backoff.reset()
             except ComposeError as exc:
                 self.last_error = str(exc)
+                delay = backoff.next()
                 log.error("compose_up_failed", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._cap)
                 self._relisted.set()
 
     async def ensure_up(self) -> None:

@@ -19,17 +19,17 @@ from typing import Any
 import structlog
 
 from maculad.config import Config
-from maculad.docker.api import AiodockerAPI, DockerAPI, resolve_endpoint
-from maculad.docker.compose import ComposeBringUp
-from maculad.docker.inventory import DockerInventory
-from maculad.events import EventBus
+from maculad.adapters.docker.api import AiodockerAPI, DockerAPI, resolve_endpoint
+from maculad.adapters.docker.compose import ComposeBringUp
+from maculad.adapters.docker.inventory import DockerInventory
+from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.providers.docker import DockerProvider
 from maculad.routes.manager import RouteTableManager
 from maculad.supervise.containers import ContainerSupervisor
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
-log = structlog.get_logger("maculad.docker")
+log = structlog.get_logger("maculad.adapters.docker")
 
 TASKS = ("docker.inventory", "docker.provider", "docker.supervisor", "docker.compose")
 

@@ -1,0 +1,7 @@
+"""The bottom layer: rules every other part calls, each with one owner.
+
+`names` (qualify, the domain rule), `net` (`Backend`, host:port, the loopback
+and pin rules), `backoff`, `restart` (the restart-policy vocabulary), `tasks`,
+`events`, `fsutil`. Nothing here imports anything else of maculad, and nothing
+here needs more than the standard library and structlog.
+"""

@@ -1,0 +1,78 @@
+"""Addresses: `Backend`, host:port text, and the two address rules.
+
+- `format_hostport` / `parse_hostport`: the one spelling of host:port
+  (`[v6]:port` for IPv6), used by config, status, DNS and the relay.
+- `bind_problem` is the loopback rule: which IPs the relay may bind (its
+  own loopback IPs, others only with `proxy.allow_non_loopback`).
+- `pin_problem` is the pin rule: a pinned route IP must be an IPv4 address the
+  relay may bind. Every source (config, Docker labels) and the route table
+  ask it, so a bad pin gets the same reason wherever it was written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+def format_hostport(host: str, port: int) -> str:
+    """`127.0.0.1:80`, `[::1]:80`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Backend:
+    """Where a listener relays to (or a socket binds): a host (IP or name) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return format_hostport(self.host, self.port)
+
+
+def parse_hostport(text: str, *, what: str = "address") -> Backend:
+    """`host:port` or `[v6]:port` → Backend; ValueError with the reason (naming `what`)."""
+    s = text.strip()
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{text!r} is not a valid [IPv6]:port {what}")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = s.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r} is not a host:port {what} (a port is required)")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write IPv6 addresses as [addr]:port")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"{text!r}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range 0..65535")
+    return Backend(host, port)
+
+
+def bind_problem(ip: str, *, allow_non_loopback: bool) -> str | None:
+    """Why the relay must not bind `ip` (the loopback rule), or None."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IP address"
+    if addr.is_unspecified:
+        return f"{ip} is a wildcard address; the relay binds only a route's own IP"
+    if addr.is_multicast:
+        return f"{ip} is a multicast address"
+    if not addr.is_loopback and not allow_non_loopback:
+        return f"{ip} is not a loopback address (set proxy.allow_non_loopback = true to allow)"
+    return None
+
+
+def pin_problem(ip: str, *, allow_non_loopback: bool) -> str | None:
+    """Why `ip` cannot be a route's pinned IP (the pin rule), or None."""
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IPv4 address"
+    return bind_problem(ip, allow_non_loopback=allow_non_loopback)
