@@ -11,7 +11,7 @@ import pytest
 from maculad.config import ConfigError, load_config
 from maculad.core.backoff import Backoff
 from maculad.core.names import check_domain, qualify
-from maculad.core.net import Backend, bind_problem, format_hostport, parse_hostport, pin_problem
+from maculad.core.net import Backend, bind_problem, format_hostport, loopback_problem, parse_hostport, pin_problem
 from maculad.core.restart import parse_restart
 from maculad.dns.answer import ZoneSettings
 from maculad.adapters.docker.model import parse_inspect
@@ -84,7 +84,7 @@ def _table_reason(ip: str) -> str:
     return conflict.reason
 
 
-@pytest.mark.parametrize("ip", ["10.0.0.1", "nope", "0.0.0.0", "224.0.0.1", "::1"])
+@pytest.mark.parametrize("ip", ["10.0.0.1", "nope", "192.0.2.1", "::1"])
 def test_a_bad_pin_gets_one_verdict_from_every_source(tmp_path: Path, ip: str) -> None:
     reason = pin_problem(ip, allow_non_loopback=False)
     assert reason is not None
@@ -93,12 +93,16 @@ def test_a_bad_pin_gets_one_verdict_from_every_source(tmp_path: Path, ip: str) -
     assert _table_reason(ip).startswith(f"pinned IP {reason}")
 
 
-def test_the_pin_rule_is_the_loopback_rule_for_ipv4() -> None:
-    for ip in ("127.0.0.9", "10.0.0.1", "0.0.0.0", "224.0.0.1"):
+def test_pins_and_binds_share_the_loopback_rule() -> None:
+    for ip in ("127.0.0.9", "10.0.0.1", "192.0.2.1"):
         for allow in (False, True):
-            assert pin_problem(ip, allow_non_loopback=allow) == bind_problem(ip, allow_non_loopback=allow)
+            assert pin_problem(ip, allow_non_loopback=allow) == bind_problem(ip, allow_non_loopback=allow) \
+                == loopback_problem(ip, allow_non_loopback=allow)
     assert pin_problem("127.0.0.9", allow_non_loopback=False) is None
     assert bind_problem("::1", allow_non_loopback=False) is None
+    # a wildcard pin passes where non-loopback is allowed; the relay then refuses to bind it
+    assert pin_problem("0.0.0.0", allow_non_loopback=True) is None
+    assert "wildcard" in (bind_problem("0.0.0.0", allow_non_loopback=True) or "")
 
 
 def test_backoff_doubles_to_the_cap_and_resets() -> None:

@@ -2,11 +2,13 @@
 
 - `format_hostport` / `parse_hostport`: the one spelling of host:port
   (`[v6]:port` for IPv6), used by config, status, DNS and the relay.
-- `bind_problem` is the loopback rule: which IPs the relay may bind (its
-  own loopback IPs, others only with `proxy.allow_non_loopback`).
-- `pin_problem` is the pin rule: a pinned route IP must be an IPv4 address the
-  relay may bind. Every source (config, Docker labels) and the route table
-  ask it, so a bad pin gets the same reason wherever it was written.
+- `loopback_problem` is the loopback rule: route IPs are loopback IPs, others
+  only with `proxy.allow_non_loopback`.
+- `pin_problem` is the pin rule: a pinned route IP is an IPv4 address under the
+  loopback rule. Every source (config, Docker labels) and the route table ask
+  it, so a bad pin gets the same reason wherever it was written.
+- `bind_problem`: what the relay refuses to bind (wildcards, multicast, and the
+  loopback rule).
 """
 
 from __future__ import annotations
@@ -54,8 +56,15 @@ def parse_hostport(text: str, *, what: str = "address") -> Backend:
     return Backend(host, port)
 
 
+def loopback_problem(ip: str, *, allow_non_loopback: bool) -> str | None:
+    """The loopback rule: routes live on loopback IPs unless `proxy.allow_non_loopback`. `ip` is a valid IP."""
+    if not allow_non_loopback and not ipaddress.ip_address(ip).is_loopback:
+        return f"{ip} is not a loopback address (set proxy.allow_non_loopback = true to allow)"
+    return None
+
+
 def bind_problem(ip: str, *, allow_non_loopback: bool) -> str | None:
-    """Why the relay must not bind `ip` (the loopback rule), or None."""
+    """Why the relay must not bind `ip`, or None: never a wildcard or multicast address, and the loopback rule."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -64,15 +73,16 @@ def bind_problem(ip: str, *, allow_non_loopback: bool) -> str | None:
         return f"{ip} is a wildcard address; the relay binds only a route's own IP"
     if addr.is_multicast:
         return f"{ip} is a multicast address"
-    if not addr.is_loopback and not allow_non_loopback:
-        return f"{ip} is not a loopback address (set proxy.allow_non_loopback = true to allow)"
-    return None
+    return loopback_problem(ip, allow_non_loopback=allow_non_loopback)
 
 
 def pin_problem(ip: str, *, allow_non_loopback: bool) -> str | None:
-    """Why `ip` cannot be a route's pinned IP (the pin rule), or None."""
+    """Why `ip` cannot be a route's pinned IP (the pin rule: an IPv4 address, and the loopback rule), or None.
+
+    A pin that passes but cannot be bound (a wildcard with non-loopback allowed) gets its route and
+    DNS answer; the relay refuses the listener with `bind_problem`'s reason, shown in status."""
     try:
         ipaddress.IPv4Address(ip)
     except ValueError:
         return f"{ip!r} is not an IPv4 address"
-    return bind_problem(ip, allow_non_loopback=allow_non_loopback)
+    return loopback_problem(ip, allow_non_loopback=allow_non_loopback)
