@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -144,6 +146,28 @@ class KindConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PowerDNSConfig:
+    """The team's PowerDNS: publish maculad's names there, answer in-zone names from it.
+
+    `api_key` holds the secret read from `api_key_file` (or given inline); it is
+    kept out of repr so it never reaches a log line or `maculactl status`."""
+
+    enabled: bool = False
+    api: str = "http://127.0.0.1:8081"
+    api_key: str = field(default="", repr=False)
+    api_key_file: Path | None = None
+    server_id: str = "localhost"
+    zone: str = ""                       # "" → the domain
+    dns: Backend | None = Backend("127.0.0.1", 5399)
+    publish: bool = True
+    publish_address: str | None = None
+    owner_id: str = ""                   # "" → maculad-<hostname>
+    timeout: float = 5.0
+    resync_interval: float = 60.0
+    backoff: BackoffConfig = BackoffConfig(initial=0.5, cap=30.0, reset_after=0.0, start_limit=0)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: LogFormat = "auto"
@@ -162,6 +186,7 @@ class Config:
     docker: DockerConfig = DockerConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     kind: KindConfig = KindConfig()
+    powerdns: PowerDNSConfig = PowerDNSConfig()
     log: LogConfig = LogConfig()
 
 
@@ -346,7 +371,8 @@ def _backoff(sec: _Section, default: BackoffConfig) -> BackoffConfig:
     return b
 
 
-def parse_config(data: Mapping[str, Any], *, file: str, base: Path) -> Config:
+def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readable: bool = False) -> Config:
+    """`world_readable`: the config file can be read by others (then an inline secret is refused)."""
     top = _Section(file, "", data, base)
     try:
         domain = check_domain(top.str_("domain", "macula.local"))
@@ -491,6 +517,8 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path) -> Config:
         raise s.error("cluster", f"{kind.cluster!r} is not a valid kind cluster name")
     s.done()
 
+    powerdns = _powerdns(top.sub("powerdns"), domain=domain, world_readable=world_readable)
+
     s = top.sub("log")
     logc = LogConfig(
         level=s.literal("level", "info", ("debug", "info", "warning", "error")),
@@ -502,8 +530,73 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path) -> Config:
     top.done()
     return Config(
         path=Path(file), domain=domain, state_dir=state_dir, dns=dns, proxy=proxy, metrics=metrics,
-        control=control, routes=routes, docker=docker, kubernetes=kube, kind=kind, log=logc,
+        control=control, routes=routes, docker=docker, kubernetes=kube, kind=kind, powerdns=powerdns, log=logc,
     )
+
+
+def _powerdns(s: _Section, *, domain: str, world_readable: bool) -> PowerDNSConfig:
+    d = PowerDNSConfig()
+    enabled = s.bool_("enabled", False)
+    api = s.str_("api", d.api).strip().rstrip("/")
+    scheme, sep, rest = api.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+        raise s.error("api", f"{api!r} is not an http(s)://host:port URL (the /api/v1 path is added by maculad)")
+    key_file = s.opt_path("api_key_file", None)
+    inline = s.opt_str("api_key", None)
+    if inline is not None and key_file is not None:
+        raise s.error("api_key", "give api_key_file or api_key, not both")
+    key = ""
+    if inline is not None:
+        if world_readable:
+            raise s.error("api_key", "refused: the config file is readable by others; put the key in "
+                                     "api_key_file (mode 0600) or chmod o-r the config file")
+        key = inline.strip()
+    elif key_file is not None and enabled:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise s.error("api_key_file", f"{key_file} cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise s.error("api_key_file", f"{key_file} is not UTF-8 text") from None
+        if not key:
+            raise s.error("api_key_file", f"{key_file} is empty")
+    if key and any(c in key for c in "\r\n\0"):
+        raise s.error("api_key_file" if key_file else "api_key", "the key must be one line")
+    if enabled and not key:
+        raise s.error("api_key_file", "is required when powerdns.enabled = true (or api_key)")
+    server_id = s.str_("server_id", d.server_id).strip()
+    if not server_id or not all(c.isalnum() or c in "-_." for c in server_id):
+        raise s.error("server_id", f"{server_id!r} is not a PowerDNS server id (letters, digits, '-', '_', '.')")
+    zone = s.str_("zone", domain).strip().lower().rstrip(".")
+    if zone != domain and not zone.endswith("." + domain) and not domain.endswith("." + zone):
+        raise s.error("zone", f"{zone!r} is neither the domain {domain!r}, below it nor above it")
+    if not zone or any(not lbl or len(lbl) > 63 for lbl in zone.split(".")):
+        raise s.error("zone", f"{zone!r} is not a zone name")
+    dns = s.addr("dns", d.dns)
+    if dns is not None:
+        _ip_literal(dns, lambda r: s.error("dns", r))
+    publish = s.bool_("publish", True)
+    addr = s.opt_str("publish_address", None)
+    if addr is not None:
+        try:
+            addr = str(ipaddress.IPv4Address(addr.strip()))
+        except ValueError:
+            raise s.error("publish_address", f"{addr!r} is not an IPv4 address") from None
+    if enabled and publish and addr is None:
+        raise s.error("publish_address", "is required when powerdns.publish = true (the address other "
+                                         "machines and clusters reach this one at)")
+    owner = s.str_("owner_id", "").strip() or f"maculad-{socket.gethostname().split('.')[0] or 'host'}"
+    if not all(c.isalnum() or c in "-_." for c in owner) or len(owner) > 100:
+        raise s.error("owner_id", f"{owner!r}: use letters, digits, '-', '_' and '.' (at most 100)")
+    cfg = PowerDNSConfig(
+        enabled=enabled, api=api, api_key=key, api_key_file=key_file, server_id=server_id, zone=zone,
+        dns=dns, publish=publish, publish_address=addr, owner_id=owner,
+        timeout=s.float_("timeout", d.timeout, 0.1, 300),
+        resync_interval=s.float_("resync_interval", d.resync_interval, 1, 86400),
+        backoff=_backoff(s.sub("backoff"), d.backoff),
+    )
+    s.done()
+    return cfg
 
 
 def _routes(top: _Section, domain: str, proxy: ProxyConfig) -> tuple[RouteConfig, ...]:
@@ -586,4 +679,8 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"is not valid TOML: {exc}") from None
-    return parse_config(data, file=file, base=p.resolve().parent)
+    try:
+        world_readable = bool(p.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        world_readable = True
+    return parse_config(data, file=file, base=p.resolve().parent, world_readable=world_readable)

@@ -177,6 +177,41 @@ class Metrics:
         )
         self.k8s_connected = Gauge(f"{p}_kubernetes_connected", "1 while the Ingress watch streams", registry=r)
 
+        # PowerDNS
+        self.powerdns_connected = Gauge(
+            f"{p}_powerdns_connected", "1 while the PowerDNS API answers and accepts the key", registry=r
+        )
+        self.powerdns_syncs = Counter(
+            f"{p}_powerdns_syncs_total", "Zone reconcile rounds (list, diff, patch), by result", ["result"],
+            registry=r,
+        )
+        self.powerdns_patches = Counter(
+            f"{p}_powerdns_patches_total", "PATCH requests sent to the PowerDNS zone", registry=r
+        )
+        self.powerdns_rrset_changes = Counter(
+            f"{p}_powerdns_rrset_changes_total", "RRsets replaced or deleted in the PowerDNS zone", registry=r
+        )
+        self.powerdns_sync_duration = Histogram(
+            f"{p}_powerdns_sync_duration_seconds", "Time for one successful reconcile round",
+            buckets=_CONNECT_BUCKETS, registry=r,
+        )
+        self.powerdns_records_owned = Gauge(
+            f"{p}_powerdns_records_owned", "Names maculad owns (A + owner TXT) in the PowerDNS zone", registry=r
+        )
+        self.powerdns_conflicts = Gauge(
+            f"{p}_powerdns_conflicts", "Names maculad wants in PowerDNS but someone else owns", registry=r
+        )
+        self.powerdns_last_sync = Gauge(
+            f"{p}_powerdns_last_sync_timestamp_seconds", "Unix time of the last successful reconcile", registry=r
+        )
+        self.powerdns_backoff = Gauge(
+            f"{p}_powerdns_backoff_seconds", "Current retry delay after a failed reconcile (0: none)", registry=r
+        )
+        self.powerdns_lookups = Counter(
+            f"{p}_powerdns_lookups_total", "In-zone names maculad does not own, asked of PowerDNS's DNS port",
+            ["result"], registry=r,
+        )
+
         # control
         self.control_requests = Counter(
             f"{p}_control_requests_total", "Control socket requests", ["endpoint", "status"], registry=r

@@ -1,0 +1,1 @@
+"""Publishers: the route table pushed out to other systems (PowerDNS)."""
