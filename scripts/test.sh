@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian/Ubuntu machine, then run them.
-#   Debian packages: Python venv, Docker engine, dig, dnsperf, dnsmasq, nginx (stream), wrk, busybox-static
+#   Debian packages: Python venv, Docker engine, dig, dnsperf, dnsmasq, nginx (stream), wrk, busybox-static,
+#                    PowerDNS (pdns-server + pdns-backend-sqlite3; the tests run their own pdns_server)
 #   Services:        dockerd (started in the background when none answers)
 #   Python:          a venv in .venv with the pinned dependencies (requirements.lock)
 #   Checks:          ruff, mypy --strict on maculad/, then pytest (a run with no test fails)
@@ -11,7 +12,8 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 log() { printf '\n=== %s\n' "$*"; }
 
 PACKAGES=(python3 python3-venv python3-dev gcc docker.io bind9-dnsutils dnsperf dnsmasq-base nginx
-          libnginx-mod-stream wrk busybox-static openssl iproute2 procps systemd ca-certificates)
+          libnginx-mod-stream wrk busybox-static openssl iproute2 procps systemd ca-certificates
+          pdns-server pdns-backend-sqlite3 sqlite3)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -146,3 +146,58 @@ def test_restart_policy_parsing() -> None:
     for bad in ("never", "always:3", "on-failure:x", ""):
         with pytest.raises(ValueError):
             parse_restart(bad)
+
+
+# --- [powerdns] ---------------------------------------------------------------
+
+
+def _pdns(tmp_path: Path, body: str, *, mode: int = 0o600) -> Path:
+    p = write(tmp_path, "[powerdns]\n" + body)
+    p.chmod(mode)
+    return p
+
+
+def test_powerdns_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "domain = \"macula.local\"\n"))
+    p = cfg.powerdns
+    assert not p.enabled and p.api == "http://127.0.0.1:8081" and p.server_id == "localhost"
+    assert p.zone == "macula.local" and p.dns == Backend("127.0.0.1", 5399) and p.publish
+    assert p.owner_id.startswith("maculad-")
+
+
+def test_powerdns_key_from_file_is_kept_out_of_repr(tmp_path: Path) -> None:
+    key = tmp_path / "pdns.key"
+    key.write_text("s3cret\n")
+    cfg = load_config(_pdns(tmp_path, f'enabled = true\napi_key_file = "{key}"\npublish_address = "10.0.0.1"\n'
+                                      'zone = "Macula.Local."\nowner_id = "laptop-1"\n'))
+    assert cfg.powerdns.api_key == "s3cret" and cfg.powerdns.zone == "macula.local"
+    assert "s3cret" not in repr(cfg)
+
+
+@pytest.mark.parametrize(("body", "key", "reason"), [
+    ('enabled = true\npublish_address = "10.0.0.1"\n', "powerdns.api_key_file", "is required"),
+    ('enabled = true\napi_key_file = "nope.key"\npublish_address = "10.0.0.1"\n', "powerdns.api_key_file",
+     "cannot be read"),
+    ('enabled = true\napi_key = "k"\n', "powerdns.publish_address", "is required"),
+    ('api = "127.0.0.1:8081"\n', "powerdns.api", "http(s)://host:port"),
+    ('api = "http://127.0.0.1:8081/api/v1"\n', "powerdns.api", "added by maculad"),
+    ('publish_address = "fd00::1"\n', "powerdns.publish_address", "not an IPv4"),
+    ('zone = "example.org"\n', "powerdns.zone", "neither the domain"),
+    ('dns = "pdns.local:53"\n', "powerdns.dns", "not an IP address"),
+    ('server_id = "a/b"\n', "powerdns.server_id", "server id"),
+    ('owner_id = "me, you"\n', "powerdns.owner_id", "letters, digits"),
+    ('api_key = "a"\napi_key_file = "b"\n', "powerdns.api_key", "not both"),
+    ('surprise = 1\n', "powerdns.surprise", "unknown key"),
+])
+def test_powerdns_errors(tmp_path: Path, body: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(_pdns(tmp_path, body))
+    assert e.value.key == key and reason in e.value.reason
+
+
+def test_powerdns_inline_key_refused_when_others_can_read_the_file(tmp_path: Path) -> None:
+    body = 'enabled = true\napi_key = "k"\npublish_address = "10.0.0.1"\n'
+    with pytest.raises(ConfigError) as e:
+        load_config(_pdns(tmp_path, body, mode=0o644))
+    assert e.value.key == "powerdns.api_key" and "readable by others" in e.value.reason
+    assert load_config(_pdns(tmp_path, body, mode=0o640)).powerdns.api_key == "k"

@@ -162,3 +162,14 @@ async def test_bring_up_and_dependency_order(tmp_path: Path, docker_scope: Docke
     await wait_for(lambda: container_state(app).get("Running") and unit(h2, "app").get("state") == "running",
                    30, "the app to be restarted once db is healthy")
     assert h2.fatal == []
+
+
+def test_platform_powerdns_publishes_api_and_dns_where_maculad_looks() -> None:
+    doc = json.loads(compose("-f", str(PLATFORM), "config", "--format", "json").stdout)
+    published = {(p["host_ip"], int(p["published"]), p.get("protocol", "tcp"))
+                 for p in doc["services"]["powerdns"]["ports"]}
+    d = load_config(REPO / "config" / "maculad.toml").powerdns
+    api_host, api_port = d.api.split("://")[1].split(":")
+    assert (api_host, int(api_port), "tcp") in published
+    assert d.dns is not None
+    assert {(d.dns.host, d.dns.port, "udp"), (d.dns.host, d.dns.port, "tcp")} <= published

@@ -10,6 +10,7 @@ import pytest
 from maculad.publishers.powerdns import (
     Change,
     RRset,
+    WILDCARD_REPLACEMENT,
     ZoneFormatError,
     guarded_name,
     owner_text,
@@ -169,7 +170,8 @@ def test_not_owner_records(content: str) -> None:
 
 def test_parse_zone_reads_powerdns_listing() -> None:
     z = parse_zone({"rrsets": [
-        {"name": "Grafana.Macula.Local.", "type": "A", "ttl": 60, "records": [{"content": "1.2.3.4", "disabled": False}],
+        {"name": "Grafana.Macula.Local.", "type": "A", "ttl": 60,
+         "records": [{"content": "1.2.3.4", "disabled": False}],
          "comments": []},
         {"name": "commented.macula.local.", "type": "A", "ttl": 60, "records": [], "comments": [{"content": "x"}]},
     ]})
@@ -187,3 +189,18 @@ def test_parse_zone_reads_powerdns_listing() -> None:
 def test_parse_zone_refuses_bad_shapes(data: Any) -> None:
     with pytest.raises(ZoneFormatError):
         parse_zone(data)
+
+
+def test_external_dns_manifest_has_its_own_owner_and_the_new_format() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    docs = list(yaml.safe_load_all((Path(__file__).resolve().parents[1] / "config/external-dns/external-dns.yaml")
+                                   .read_text()))
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    owner = [a.split("=", 1)[1] for a in args if a.startswith("--txt-owner-id=")]
+    assert owner and not owner[0].startswith("maculad-")
+    assert "--txt-new-format-only" in args and "--provider=pdns" in args and "--registry=txt" in args
+    assert f"--txt-wildcard-replacement={WILDCARD_REPLACEMENT}" in args

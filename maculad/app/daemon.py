@@ -26,7 +26,7 @@ import structlog
 
 from maculad import __version__
 from maculad.core.component import Component
-from maculad.config import Config, ConfigError, load_config
+from maculad.config import Config, ConfigError, PowerDNSConfig, load_config
 from maculad.control.api import ControlError, ServiceAction
 from maculad.control.server import ControlServer, ControlSocketError
 from maculad.control.views import config_view, conflict_view, route_view, table_view
@@ -38,6 +38,8 @@ from maculad.observability.http import MetricsServer
 from maculad.observability.logging import configure_logging
 from maculad.observability.metrics import Metrics
 from maculad.providers.kubernetes import KubernetesProvider
+from maculad.publishers.powerdns_sync import PowerDNSPublisher
+from maculad.adapters.powerdns import PowerDNSAPI
 from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
@@ -78,6 +80,7 @@ class Daemon:
         self.docker: DockerTier | None = None
         self.kubernetes: KubernetesProvider | None = None
         self.cluster: ClusterSupervisor | None = None
+        self.powerdns: PowerDNSPublisher | None = None
         self.control: ControlServer | None = None
         self.metrics_server: MetricsServer | None = None
         self._ready = False
@@ -117,12 +120,14 @@ class Daemon:
             await self.metrics_server.start(self.owner)
         self.table.update("config", config_routes(cfg))
 
-        self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics)
+        self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
+                             **_peer(cfg.powerdns))
         await self.dns.start(self.owner)
         self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics,
                            service_restarting=self._service_restarting)
         await self.relay.start(self.owner)
         await self._start_sources(cfg)
+        await self._start_powerdns(cfg)
         self.control = ControlServer(config=cfg.control, target=self, metrics=self.metrics)
         await self.control.start(self.owner)
 
@@ -160,7 +165,8 @@ class Daemon:
             grace = self.config.proxy.drain_grace
             await _bounded(self.relay.stop(), what="proxy", timeout=grace + STOP_TIMEOUT)
         await self._stop_sources()
-        for stage in ("sources", "supervisors", "proxy", "dns"):
+        await self._stop_powerdns()
+        for stage in ("sources", "supervisors", "publishers", "proxy", "dns"):
             await self.owner.stop_stage(stage, timeout=STOP_TIMEOUT)
         if self.control is not None:
             await _bounded(self.control.stop(), what="control")
@@ -170,6 +176,20 @@ class Daemon:
         for leftover in sorted({str(t["stage"]) for t in self.owner.status()}):
             await self.owner.stop_stage(leftover, timeout=STOP_TIMEOUT)
         log.info("stopped")
+
+    async def _start_powerdns(self, cfg: Config) -> None:
+        if cfg.powerdns.enabled and self.powerdns is None:
+            p = cfg.powerdns
+            api = PowerDNSAPI(api=p.api, api_key=p.api_key, server_id=p.server_id, timeout=p.timeout)
+            self.powerdns = PowerDNSPublisher(config=p, ttl=cfg.dns.ttl, routes=self.table, api=api,
+                                              metrics=self.metrics)
+            await self.powerdns.start(self.owner)
+
+    async def _stop_powerdns(self) -> None:
+        if self.powerdns is not None:
+            await self.owner.stop("powerdns-sync")
+            await _bounded(self.powerdns.stop(), what="powerdns")
+            self.powerdns = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -212,6 +232,9 @@ class Daemon:
             parts.append(f"{up}/{len(svcs)} services running")
         if self.cluster is not None:
             parts.append(f"cluster {self.cluster.status().get('state', '?')}")
+        if self.powerdns is not None:
+            parts.append("PowerDNS " + ("in sync" if self.powerdns.last_error is None and self.powerdns.connected
+                                        else "not in sync"))
         return ", ".join(parts)
 
     def _on_table(self, table: RouteTable) -> None:
@@ -279,11 +302,19 @@ class Daemon:
             if old.dns.listen != new.dns.listen:
                 await self.dns.stop()
                 self.dns = DNSServer(config=new.dns, domain=new.domain, routes=self.table,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, **_peer(new.powerdns))
                 await self.dns.start(self.owner)
             else:
                 self.dns.reconfigure(new.dns)
             changed.append("dns")
+        if _peer(old.powerdns) != _peer(new.powerdns) and self.dns is not None:
+            self.dns.set_peer(**_peer(new.powerdns))
+            changed.append("powerdns.dns")
+        if (old.powerdns, old.dns.ttl) != (new.powerdns, new.dns.ttl) and (old.powerdns.enabled
+                                                                          or new.powerdns.enabled):
+            await self._stop_powerdns()
+            await self._start_powerdns(new)
+            changed.append("powerdns")
         if old.proxy != new.proxy and self.relay is not None:
             self.relay.reconfigure(new.proxy)
             changed.append("proxy")
@@ -337,7 +368,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         cfg = self.config
         comps: dict[str, Any] = {}
-        for attr in ("metrics_server", "dns", "relay", "docker", "kubernetes", "cluster", "control"):
+        for attr in ("metrics_server", "dns", "relay", "docker", "kubernetes", "cluster", "powerdns", "control"):
             comp = getattr(self, attr)
             if comp is not None:
                 try:
@@ -360,7 +391,15 @@ class Daemon:
         }
 
     def routes(self) -> dict[str, Any]:
-        return table_view(self.table.current)
+        view = table_view(self.table.current)
+        if self.powerdns is not None:
+            view["powerdns_conflicts"] = self.powerdns.status()["conflicts"]
+        return view
+
+    def powerdns_status(self) -> dict[str, Any]:
+        if self.powerdns is None:
+            raise ControlError(409, "PowerDNS is not enabled ([powerdns] enabled = false)")
+        return self.powerdns.status()
 
     def services(self) -> list[dict[str, Any]]:
         return self.docker.services() if self.docker is not None else []
@@ -419,6 +458,13 @@ class Daemon:
     async def follow_events(self, *, replay: int) -> AsyncIterator[dict[str, Any]]:
         async for event in self.events.follow(replay=replay):
             yield event
+
+
+def _peer(p: PowerDNSConfig) -> dict[str, Any]:
+    """The DNS server's PowerDNS arguments: ask PowerDNS about in-zone names no route has."""
+    if p.enabled and p.dns is not None:
+        return {"peer": p.dns, "peer_zone": p.zone}
+    return {"peer": None, "peer_zone": None}
 
 
 async def _bounded(coro: Any, *, what: str, timeout: float = STOP_TIMEOUT) -> None:

@@ -40,6 +40,9 @@ class ControlTarget(Protocol):
     async def cluster_recreate(self) -> dict[str, Any]:
         """Delete and create the cluster now (409 when kind management is off)."""
 
+    def powerdns_status(self) -> dict[str, Any]:
+        """Connected, last sync, records owned, conflicts (409 when PowerDNS is not enabled)."""
+
     def dns_lookup(self, name: str) -> dict[str, Any]:
         """What maculad answers for `name` and which provider owns it."""
 

@@ -147,9 +147,43 @@ def render_routes(data: Any) -> str:
         out.append("")
         out.append(f"conflicts ({len(conflicts)}):")
         out.append(table(conflicts, pick_columns(conflicts, ["kind", "name", "loser", "winner", "reason"])))
+    pdns = data.get("powerdns_conflicts", []) if isinstance(data, dict) else []
+    if pdns:
+        out.append("")
+        out.append(f"PowerDNS conflicts ({len(pdns)}): names someone else owns in the zone; "
+                   "maculad answers them locally and leaves PowerDNS alone")
+        out.append(table(pdns, pick_columns(pdns, ["name", "route", "owner", "reason"])))
     if isinstance(data, dict) and "version" in data:
         out.append(f"\ntable version {data['version']}")
     return "\n".join(out)
+
+
+def _ago(ts: Any) -> str:
+    if not isinstance(ts, int | float) or isinstance(ts, bool):
+        return "never"
+    return f"{max(0.0, time.time() - ts):.1f}s ago"
+
+
+def render_powerdns(data: Any) -> str:
+    if not isinstance(data, dict):
+        return render_tree(data)
+    lines = [
+        f"api          {data.get('api')}  (server {data.get('server_id')}, zone {data.get('zone')})",
+        f"connected    {'yes' if data.get('connected') else 'no'}",
+        f"last sync    {_ago(data.get('last_sync'))}",
+        f"owner id     {data.get('owner_id')}",
+        f"publishing   {data.get('publish_address') if data.get('publish') else 'off'}",
+        f"records      {data.get('records_owned', 0)} names owned, {data.get('patches_sent', 0)} PATCH sent",
+        f"answers      in-zone names maculad does not own from {data.get('dns') or '(off)'}",
+    ]
+    if data.get("last_error"):
+        retry = data.get("retry_in_seconds")
+        lines.append(f"error        {data['last_error']}" + (f" (retry in {retry}s)" if retry else ""))
+    conflicts = data.get("conflicts") or []
+    lines.append(f"conflicts    {len(conflicts)}")
+    if conflicts:
+        lines.append(table(conflicts, pick_columns(conflicts, ["name", "route", "owner", "reason"])))
+    return "\n".join(lines)
 
 
 def render_services(data: Any) -> str:
@@ -301,6 +335,12 @@ def cmd_cluster(ctx: Ctx) -> int:
 def cmd_dns(ctx: Ctx) -> int:
     ctx.emit(ctx.client.get("/v1/dns", {"name": ctx.args.name}), render_tree)
     return EXIT_OK
+
+
+def cmd_powerdns(ctx: Ctx) -> int:
+    data = ctx.client.get("/v1/powerdns")
+    ctx.emit(data, render_powerdns)
+    return EXIT_OK if isinstance(data, dict) and not data.get("last_error") else EXIT_FAIL
 
 
 def cmd_reload(ctx: Ctx) -> int:
@@ -473,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("events", parents=[common], help="recent events; --follow to stream")
     ev.add_argument("--follow", "-f", action="store_true")
     ev.add_argument("--replay", type=int, default=None, help="how many past events to show first")
+    pd = sub.add_parser("powerdns", parents=[common], help="the PowerDNS zone: connected, last sync, conflicts")
+    pd.add_argument("powerdns_command", choices=["status"], nargs="?", default="status")
     sub.add_parser("reload", parents=[common], help="re-read the config and apply it")
     sub.add_parser("doctor", parents=[common, cfg], help="check the installation and explain")
     h = sub.add_parser("hosts", parents=[common, cfg], help="an /etc/hosts block for the routes")
@@ -494,7 +536,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "status": cmd_status, "routes": cmd_routes, "services": cmd_services,
     "start": cmd_service_action, "stop": cmd_service_action, "restart": cmd_service_action,
     "cluster": cmd_cluster, "dns": cmd_dns, "reload": cmd_reload, "events": cmd_events,
-    "doctor": cmd_doctor, "hosts": cmd_hosts, "resolver": cmd_resolver,
+    "doctor": cmd_doctor, "hosts": cmd_hosts, "resolver": cmd_resolver, "powerdns": cmd_powerdns,
 }
 
 

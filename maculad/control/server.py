@@ -205,6 +205,7 @@ class ControlServer:
         app.router.add_get("/v1/cluster", self._cluster)
         app.router.add_post("/v1/cluster/recreate", self._cluster_recreate)
         app.router.add_get("/v1/dns", self._dns)
+        app.router.add_get("/v1/powerdns", self._powerdns)
         app.router.add_get("/v1/events", self._events)
         app.router.add_post("/v1/reload", self._reload)
         return app
@@ -291,6 +292,9 @@ class ControlServer:
     async def _cluster_recreate(self, request: web.Request) -> web.Response:
         log.info("control_cluster_recreate")
         return _json(await self._target.cluster_recreate())
+
+    async def _powerdns(self, request: web.Request) -> web.Response:
+        return _json(self._target.powerdns_status())
 
     async def _dns(self, request: web.Request) -> web.Response:
         name = request.query.get("name", "").strip().lower().rstrip(".")

@@ -11,6 +11,8 @@ addresses, the empty non-terminals between route names and the apex); then
 - SOA and NS at the apex; the NS target `ns.<domain>` has the listen addresses
   as A/AAAA records (a route of that name takes precedence);
 - ANY: one RRset only (RFC 8482) — the A record, or the SOA at the apex;
+- a name in the zone that no route has, with PowerDNS configured (`peer_zone`):
+  a `peer` decision — the transport asks PowerDNS's DNS port (dns/peer.py);
 - names outside the zone: forwarded when forwarders exist, else REFUSED
   (maculad is never an open resolver); zone transfers and other classes: REFUSED.
 
@@ -58,6 +60,11 @@ class NS:
 
 
 @dataclass(frozen=True, slots=True)
+class CNAME:
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
 class SOA:
     mname: str
     rname: str
@@ -68,7 +75,7 @@ class SOA:
     minimum: int
 
 
-RData = A | AAAA | NS | SOA
+RData = A | AAAA | NS | SOA | CNAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,7 @@ class Decision:
     authority: tuple[RR, ...] = ()
     additional: tuple[RR, ...] = ()
     forward: bool = False
+    peer: bool = False   # with forward: ask PowerDNS's DNS port (an in-zone name maculad does not own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +118,12 @@ class ZoneSettings:
     ttl: int
     ns_addresses: tuple[str, ...] = ("127.0.0.1",)
     forwarding: bool = False
+    #: names below this zone that maculad does not know are looked up in PowerDNS (None: NXDOMAIN)
+    peer_zone: str | None = None
 
     @classmethod
-    def from_listen(cls, *, domain: str, ttl: int, listen_hosts: tuple[str, ...], forwarding: bool) -> ZoneSettings:
+    def from_listen(cls, *, domain: str, ttl: int, listen_hosts: tuple[str, ...], forwarding: bool,
+                    peer_zone: str | None = None) -> ZoneSettings:
         """The NS addresses are the listen addresses; a wildcard bind answers as loopback.
 
         Raises ValueError for a domain that cannot be a DNS name on the wire."""
@@ -128,7 +139,7 @@ class ZoneSettings:
             if str(ip) not in addrs:
                 addrs.append(str(ip))
         return cls(domain=d, ttl=ttl, ns_addresses=tuple(addrs) or ("127.0.0.1",),
-                   forwarding=forwarding)
+                   forwarding=forwarding, peer_zone=peer_zone.lower().rstrip(".") if peer_zone else None)
 
 
 #: SOA timers; nothing transfers this zone, they are there to be well-formed.
@@ -150,6 +161,7 @@ class ZoneView:
     ns_a: tuple[RR, ...]
     ns_aaaa: tuple[RR, ...]
     empty_non_terminals: frozenset[str]
+    peer_suffix: str | None = None
 
     @classmethod
     def build(cls, table: RouteTable, settings: ZoneSettings) -> ZoneView:
@@ -190,6 +202,7 @@ class ZoneView:
             ns_a=ns_a,
             ns_aaaa=ns_aaaa,
             empty_non_terminals=frozenset(ents),
+            peer_suffix="." + settings.peer_zone if settings.peer_zone else None,
         )
 
 
@@ -197,6 +210,7 @@ class ZoneView:
 
 _REFUSED = Decision(rcode=REFUSED, aa=False)
 _FORWARD = Decision(rcode=NOERROR, aa=False, forward=True)
+_PEER = Decision(rcode=NOERROR, aa=True, forward=True, peer=True)
 
 
 def in_zone(labels: tuple[bytes, ...], view: ZoneView) -> bool:
@@ -244,4 +258,6 @@ def answer(q: Question, view: ZoneView) -> Decision:
 
     if name in view.empty_non_terminals:
         return Decision(rcode=NOERROR, aa=True, authority=negative)
+    if view.peer_suffix is not None and ("." + name).endswith(view.peer_suffix):
+        return _PEER  # published by someone else, perhaps: PowerDNS knows
     return Decision(rcode=NXDOMAIN, aa=True, authority=negative)

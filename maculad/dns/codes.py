@@ -4,6 +4,7 @@ from __future__ import annotations
 
 QTYPE_A = 1
 QTYPE_NS = 2
+QTYPE_CNAME = 5
 QTYPE_SOA = 6
 QTYPE_HINFO = 13
 QTYPE_AAAA = 28

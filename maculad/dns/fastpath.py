@@ -19,7 +19,7 @@ TCP ones are not, so they never share entries):
   point at the question by compression pointer, so they follow its case — and
   then lands in `exact` too.
 
-Only answers decided from the zone are cached (not forwards, not FORMERR for
+Only answers decided from the zone are cached (not forwards, not PowerDNS lookups, not FORMERR for
 garbage). Both caches are bounded (oldest entry evicted) and cleared when the
 route table or the settings change: `invalidate()` runs as a route-table
 listener, synchronously with the swap, and the slow path and `lookup` also
@@ -71,6 +71,7 @@ class Forward:
     packet: bytes
     limit: int
     tcp: bool
+    peer: bool = False   # an in-zone name for PowerDNS, not a name for the forwarders
 
 
 class AnswerCache:
@@ -119,12 +120,13 @@ class AnswerCache:
         return len(self.exact) + len(self.normalized)
 
 
-def settings_from(config: DNSConfig, domain: str) -> ZoneSettings:
+def settings_from(config: DNSConfig, domain: str, *, peer_zone: str | None = None) -> ZoneSettings:
     return ZoneSettings.from_listen(
         domain=domain,
         ttl=config.ttl,
         listen_hosts=tuple(a.host for a in config.listen),
         forwarding=bool(config.forwarders),
+        peer_zone=peer_zone,
     )
 
 
@@ -218,7 +220,7 @@ class Responder:
         else:
             decision = answer(Question(labels=q.labels, qtype=q.qtype, qclass=q.qclass), self.view)
             if decision.forward:
-                return Forward(query=q, packet=packet, limit=limit, tcp=tcp)
+                return Forward(query=q, packet=packet, limit=limit, tcp=tcp, peer=decision.peer)
         reply, truncated = encode(q, decision, limit=limit, ra=self._settings.forwarding)
         if truncated:
             counters.truncated += 1

@@ -18,6 +18,7 @@ import asyncio
 import secrets
 import struct
 import time
+from typing import Any
 
 import structlog
 
@@ -54,12 +55,15 @@ class Forwarder:
         timeout: float,
         metrics: Metrics,
         max_in_flight: int = 1024,
+        counter: Any = None,
     ) -> None:
+        """`counter`: the labelled Counter (label `result`) to count in; default dns_forwarded."""
         self.upstreams = upstreams
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self._result = {r: metrics.dns_forwarded.labels(result=r) for r in ("ok", "timeout", "error", "overload")}
+        family = counter if counter is not None else metrics.dns_forwarded
+        self._result = {r: family.labels(result=r) for r in ("ok", "timeout", "error", "overload")}
 
     async def resolve(self, packet: bytes) -> bytes | None:
         if not self.upstreams:

@@ -43,8 +43,10 @@ from maculad.dns import batch
 from maculad.dns.codes import SERVFAIL, qtype_label, rcode_label
 from maculad.dns.fastpath import Forward, Responder, settings_from
 from maculad.dns.forward import Forwarder
+from maculad.dns.peer import PeerLookup
 from maculad.dns.wire import fit_forwarded, reply_rcode, simple_reply
 from maculad.observability.metrics import Metrics
+from maculad.routes.model import Backend
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
 from maculad.core.tasks import TaskOwner
@@ -72,14 +74,20 @@ class DNSServer:
         metrics: Metrics,
         tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
         udp_batch: bool | None = None,
+        peer: Backend | None = None,
+        peer_zone: str | None = None,
     ) -> None:
-        """`udp_batch`: serve UDP with recvmmsg/sendmmsg (batch.py); None = wherever available."""
+        """`udp_batch`: serve UDP with recvmmsg/sendmmsg (batch.py); None = wherever available.
+        `peer`, `peer_zone`: PowerDNS's DNS listener and zone, for in-zone names no route has."""
         self._config = config
         self.tcp_idle_timeout = tcp_idle_timeout
         self._domain = domain
         self._routes = routes
         self._metrics = metrics
+        self.peer: PeerLookup | None = None
+        self._peer_zone: str | None = None
         self.responder = Responder(settings=settings_from(config, domain), routes=routes, counters=metrics.dns)
+        self.set_peer(peer, peer_zone)
         self.forwarder = Forwarder(upstreams=config.forwarders, timeout=config.forward_timeout, metrics=metrics)
         self._udp: list[tuple[_UDPListener, str, int]] = []
         self.udp_batch = batch.available() if udp_batch is None else udp_batch and batch.available()
@@ -188,6 +196,8 @@ class DNSServer:
             "domain": self._domain,
             "ttl": self._config.ttl,
             "forwarders": [_fmt(f.host, f.port) for f in self._config.forwarders],
+            "powerdns": ({"dns": _fmt(self.peer.upstream.host, self.peer.upstream.port), "zone": self.peer.zone,
+                          "in_flight": self.peer.forwarder.in_flight} if self.peer is not None else None),
             "table_version": self.responder.version,
             "queries": sum(c.queries.values()),
             "fastpath_hits": c.fastpath_hits,
@@ -208,10 +218,24 @@ class DNSServer:
         self._config = config
         self.forwarder.upstreams = config.forwarders
         self.forwarder.timeout = config.forward_timeout
-        self.responder.configure(settings_from(config, self._domain))
+        self.responder.configure(settings_from(config, self._domain, peer_zone=self._peer_zone))
+        if self.peer is not None:
+            self.peer.ttl_cap = config.ttl
+            self.peer.forwarder.timeout = config.forward_timeout
         log.info("dns_reconfigured", ttl=config.ttl, forwarders=len(config.forwarders),
                  needs_restart=needs_restart)
         return needs_restart
+
+    def set_peer(self, upstream: Backend | None, zone: str | None) -> None:
+        """Answer in-zone names no route has from PowerDNS at `upstream` (None: NXDOMAIN as before)."""
+        if upstream is None or not zone:
+            self.peer, self._peer_zone = None, None
+        else:
+            self._peer_zone = zone
+            self.peer = PeerLookup(upstream=upstream, zone=zone, timeout=self._config.forward_timeout,
+                                   ttl_cap=self._config.ttl, soa=lambda: self.responder.view.soa,
+                                   metrics=self._metrics, ra=lambda: self.responder.settings.forwarding)
+        self.responder.configure(settings_from(self._config, self._domain, peer_zone=self._peer_zone))
 
     # --- shared by the transports ---------------------------------------------------
 
@@ -234,6 +258,18 @@ class DNSServer:
 
     async def _forward(self, job: Forward, send: Callable[[bytes], None]) -> None:
         q = job.query
+        if job.peer:
+            peer = self.peer
+            if peer is None:  # switched off between decision and now
+                reply = simple_reply(q, SERVFAIL, ra=True)
+            else:
+                reply = await peer.reply(q, job.packet, limit=job.limit)
+            self._metrics.dns.queries[(qtype_label(q.qtype), rcode_label(reply_rcode(reply)))] += 1
+            try:
+                send(reply)
+            except Exception:
+                self.bug("peer_send")
+            return
         upstream = await self.forwarder.resolve(job.packet)
         if upstream is None:
             reply = simple_reply(q, SERVFAIL, ra=True)

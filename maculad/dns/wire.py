@@ -21,7 +21,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from maculad.dns.answer import AAAA, NS, RR, SOA, A, Decision, RData
+from maculad.dns.answer import AAAA, CNAME, NS, RR, SOA, A, Decision, RData
 from maculad.dns.codes import (
     AA,
     CD,
@@ -34,6 +34,7 @@ from maculad.dns.codes import (
     QR,
     QTYPE_A,
     QTYPE_AAAA,
+    QTYPE_CNAME,
     QTYPE_NS,
     QTYPE_OPT,
     QTYPE_SOA,
@@ -253,7 +254,7 @@ class _Writer:
             self.buf += ipaddress.IPv4Address(data.ip).packed
         elif isinstance(data, AAAA):
             self.buf += ipaddress.IPv6Address(data.ip).packed
-        elif isinstance(data, NS):
+        elif isinstance(data, NS | CNAME):
             self.name(data.target)
         elif isinstance(data, SOA):
             self.name(data.mname)
@@ -275,6 +276,8 @@ def _rtype(data: RData) -> int:
         return QTYPE_AAAA
     if isinstance(data, NS):
         return QTYPE_NS
+    if isinstance(data, CNAME):
+        return QTYPE_CNAME
     return QTYPE_SOA
 
 

@@ -86,6 +86,9 @@ class TableTarget:
         self.bus.publish("cluster_recreated", cluster=status["cluster"])
         return {**status, "recreated": True}
 
+    def powerdns_status(self) -> dict[str, Any]:
+        raise ControlError(409, "PowerDNS is not enabled ([powerdns] enabled = false)")
+
     def dns_lookup(self, name: str) -> dict[str, Any]:
         route = self.table.lookup(name)
         if route is None:

@@ -1,7 +1,8 @@
 """A real PowerDNS Authoritative server (Debian pdns-server + gsqlite3) on loopback free ports.
 
 `PowerDNS(tmp).start()` creates the SQLite database from the packaged schema, writes a
-pdns.conf (api=yes, webserver and DNS on 127.0.0.1, free ports) and runs `pdns_server
+pdns.conf (api=yes, webserver and DNS on 127.0.0.1, free ports; caches at PowerDNS's
+defaults — its API purges them for a zone it changes) and runs `pdns_server
 --daemon=no --guardian=no` as a child process. `stop()` and `start()` again keep the
 database, so a test can take PowerDNS away and bring it back. The `api()` helper talks
 to its HTTP API with the stdlib, independent of maculad's own adapter.
@@ -66,11 +67,6 @@ class PowerDNS:
             "webserver-allow-from=127.0.0.0/8\n"
             "local-address=127.0.0.1\n"
             f"local-port={self.dns_port}\n"
-            "cache-ttl=0\n"
-            "negquery-cache-ttl=0\n"
-            "query-cache-ttl=0\n"
-            "zone-cache-refresh-interval=0\n"
-            "consistent-backends=yes\n"
             "loglevel=4\n"
             f"socket-dir={root}\n"
         )
