@@ -92,8 +92,15 @@ class PowerDNSAPI:
         headers = {"Content-Type": "application/json"} if data is not None else None
         try:
             async with self._session.request(method, url, data=data, headers=headers) as resp:
-                raw = await resp.content.read(MAX_BODY + 1)
                 status = resp.status
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        break
+                    chunks.append(chunk)
+                raw = b"".join(chunks)
         except TimeoutError:
             self._count(method, "timeout")
             raise PowerDNSError("unreachable", f"PowerDNS API at {self.base} did not answer in time") from None
@@ -103,7 +110,7 @@ class PowerDNSAPI:
                                 f"PowerDNS API at {self.base} is unreachable: {exc or type(exc).__name__}") from None
         except asyncio.CancelledError:
             raise
-        if len(raw) > MAX_BODY:
+        if size > MAX_BODY:
             self._count(method, "error")
             raise PowerDNSError("format", f"PowerDNS sent more than {MAX_BODY} bytes for {method} {url}")
         self._count(method, str(status))
