@@ -21,7 +21,8 @@ from maculad.publishers.powerdns import (
     unquote_txt,
     wanted,
 )
-from maculad.routes.model import Backend, PortMap, RouteSpec, Source
+from maculad.core.net import Backend
+from maculad.routes.model import PortMap, RouteSpec, Source
 from maculad.routes.table import RouteTable, build_table
 
 ZONE = "macula.local"

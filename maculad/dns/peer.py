@@ -29,7 +29,7 @@ from maculad.dns.codes import NOERROR, NXDOMAIN, SERVFAIL
 from maculad.dns.forward import Forwarder
 from maculad.dns.wire import ParsedQuery, encode, simple_reply
 from maculad.observability.metrics import Metrics
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 
 _KEEP = {1: "A", 28: "AAAA", 5: "CNAME"}
 

@@ -46,7 +46,7 @@ from maculad.dns.forward import Forwarder
 from maculad.dns.peer import PeerLookup
 from maculad.dns.wire import fit_forwarded, reply_rcode, simple_reply
 from maculad.observability.metrics import Metrics
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
 from maculad.core.tasks import TaskOwner

@@ -31,7 +31,7 @@ from maculad.config import PowerDNSConfig
 from maculad.observability.metrics import Metrics
 from maculad.publishers.powerdns import Plan, ZoneConflict, ZoneFormatError, parse_zone, plan, wanted
 from maculad.routes.table import RouteTable
-from maculad.tasks import TaskOwner
+from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.powerdns")
 
