@@ -4,6 +4,7 @@ and a small real upstream resolver (dnslib on UDP + TCP) to forward to."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import contextlib
 import struct
@@ -221,8 +222,11 @@ class Upstream:
                     reply = bytes(tc.pack())
                 self.t.sendto(reply, addr)  # type: ignore[attr-defined]
 
-        self._udp, _ = await loop.create_datagram_endpoint(UDP, local_addr=(host, 0))
-        self.port = self._udp.get_extra_info("sockname")[1]
+        async def bind_udp() -> None:
+            self._udp, _ = await loop.create_datagram_endpoint(UDP, local_addr=(host, 0))
+            self.port = self._udp.get_extra_info("sockname")[1]
+
+        await bind_udp()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
@@ -239,7 +243,16 @@ class Upstream:
             finally:
                 writer.close()
 
-        self._tcp = await asyncio.start_server(handle, host, self.port)
+        for attempt in range(20):  # the free UDP port may be some TCP connection's port: pick another
+            try:
+                self._tcp = await asyncio.start_server(handle, host, self.port)
+                return self
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
+                assert self._udp is not None
+                self._udp.close()
+                await bind_udp()
         return self
 
     async def stop(self) -> None:
