@@ -103,32 +103,58 @@ class Metrics:
         # relay
         self.proxy_connections = Counter(
             f"{p}_proxy_connections_total", "Connections (TCP) or sessions (UDP) accepted",
-            ["route", "port"], registry=r,
+            ["horizon", "route", "port"], registry=r,
         )
         self.proxy_active = Gauge(
-            f"{p}_proxy_active_connections", "Relayed TCP connections open now", ["route", "port"], registry=r
+            f"{p}_proxy_active_connections", "Relayed TCP connections open now", ["horizon", "route", "port"],
+            registry=r,
         )
         self.proxy_bytes = Counter(
             f"{p}_proxy_bytes_total", "Bytes relayed; in = client to backend, out = backend to client",
-            ["route", "port", "direction"], registry=r,
+            ["horizon", "route", "port", "direction"], registry=r,
         )
         self.proxy_upstream_errors = Counter(
             f"{p}_proxy_upstream_errors_total", "Backend connections that failed, by reason",
-            ["route", "port", "reason"], registry=r,
+            ["horizon", "route", "port", "reason"], registry=r,
         )
         self.proxy_connect_latency = Histogram(
             f"{p}_proxy_connect_duration_seconds", "Time to connect to the backend",
-            ["route"], buckets=_CONNECT_BUCKETS, registry=r,
+            ["horizon", "route"], buckets=_CONNECT_BUCKETS, registry=r,
         )
         self.proxy_udp_sessions = Gauge(
-            f"{p}_proxy_udp_sessions", "UDP relay sessions open now", ["route", "port"], registry=r
+            f"{p}_proxy_udp_sessions", "UDP relay sessions open now", ["horizon", "route", "port"], registry=r
         )
         self.proxy_listeners = Gauge(
-            f"{p}_proxy_listeners", "Relay listeners, by state (serving, failed)", ["state"], registry=r
+            f"{p}_proxy_listeners", "Relay listeners, by state (serving, failed)", ["horizon", "state"], registry=r
+        )
+        self.proxy_unrouted = Counter(
+            f"{p}_proxy_unrouted_connections_total",
+            "Connections on a name-routed address (G:80/443) that named no known route, by reason",
+            ["horizon", "port", "reason"], registry=r,
         )
         self.proxy_listener_errors = Counter(
             f"{p}_proxy_listener_errors_total", "Failed attempts to bind a relay listener",
             ["address", "reason"], registry=r,
+        )
+
+        # horizons
+        self.horizon_up = Gauge(
+            f"{p}_horizon_up", "1 while the horizon serves (DNS and relay on its address)", ["horizon"], registry=r
+        )
+        self.horizon_info = Gauge(
+            f"{p}_horizon_info", "1 for the horizon's address and state, with the reason when it is off",
+            ["horizon", "address", "state", "reason"], registry=r,
+        )
+        self.horizon_port_conflicts = Gauge(
+            f"{p}_horizon_port_conflicts", "Extra ports the horizon cannot serve (claimed by several routes)",
+            ["horizon"], registry=r,
+        )
+        self.coredns_block = Gauge(
+            f"{p}_coredns_block_applied", "1 while the maculad block is in kube-system/coredns as wanted", registry=r
+        )
+        self.coredns_writes = Counter(
+            f"{p}_coredns_writes_total", "Writes of the CoreDNS ConfigMap, by action (add, update, remove, error)",
+            ["action"], registry=r,
         )
 
         # services (Docker tier) and cluster

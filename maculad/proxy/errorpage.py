@@ -6,6 +6,10 @@ is known to be restarting) with a short plain-text page naming the host, the
 backend and the reason, and closes (`Connection: close`). The host comes from
 the request's Host header when it is a sane name, else the route's name; both
 are sanitised so nothing from the network is echoed verbatim.
+
+On an address that routes by Host header (the container horizon's G:80), a
+name no route answers gets `not_found` (404, naming it) and a request that
+names no host at all gets `bad_request` (400, saying why).
 """
 
 from __future__ import annotations
@@ -63,3 +67,28 @@ def render(*, status: int, host: str, backend: str, reason: str, service: str | 
         "\r\n"
     )
     return head.encode("ascii") + data
+
+
+def _page(status: str, body: str) -> bytes:
+    data = body.encode("utf-8", "replace")
+    head = (
+        f"HTTP/1.1 {status}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(data)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n"
+        "Server: maculad\r\n"
+        "\r\n"
+    )
+    return head.encode("ascii") + data
+
+
+def not_found(*, host: str, address: str, why: str = "no route has this name") -> bytes:
+    """404 for a Host no route answers (`host` must already be a sanitised DNS name)."""
+    return _page("404 Not Found", f"404 Not Found\n\n{host}: {why} (asked at {address}).\n\n-- maculad\n")
+
+
+def bad_request(*, reason: str, address: str) -> bytes:
+    """400 for a request on a Host-routed address that names no host."""
+    return _page("400 Bad Request", f"400 Bad Request\n\n{address} routes by the Host header: {reason}.\n\n"
+                                    "-- maculad\n")

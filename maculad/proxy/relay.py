@@ -36,6 +36,7 @@ import structlog
 from maculad.config import ProxyConfig
 from maculad.core.backoff import Backoff
 from maculad.observability.metrics import Metrics
+from maculad.proxy.demux import DemuxListener
 from maculad.proxy.platform import AliasError, LoopbackPlatform, default_platform
 from maculad.proxy.spec import ListenerSpec, Target, desired_listeners, plan
 from maculad.proxy.stats import Context, ListenerStats
@@ -53,6 +54,9 @@ STATES: tuple[State, ...] = ("starting", "serving", "failed", "draining")
 BACKLOG = 1024
 RETRY_INITIAL = 0.25
 FLUSH_INTERVAL = 2.0
+
+#: The listeners one horizon wants for a table (the host horizon: `spec.desired_listeners`).
+Planner = Callable[[RouteTable, ProxyConfig], dict[ListenerSpec, Target]]
 
 _BIND_HINTS = {
     errno.EADDRINUSE: "address already in use",
@@ -112,7 +116,7 @@ class Entry:
             "proto": self.spec.proto,
             "port": self.spec.port,
             "kind": self.target.kind,
-            "backend": str(self.target.backend),
+            "backend": "per name" if self.target.kind in ("by-host", "by-sni") else str(self.target.backend),
             "service": self.target.service,
             "state": self.state,
             "last_error": self.last_error,
@@ -137,7 +141,13 @@ class Relay:
         metrics: Metrics,
         service_restarting: Callable[[str], bool] = lambda _s: False,
         platform: LoopbackPlatform | None = None,
+        horizon: str = "host",
+        planner: Planner = desired_listeners,
     ) -> None:
+        """`horizon` labels the metrics and names the tasks; `planner` chooses the listeners."""
+        self.horizon = horizon
+        self._planner = planner
+        self._tasks_prefix = "proxy" if horizon == "host" else f"proxy.{horizon}"
         self._ctx = Context(config=config, metrics=metrics, service_restarting=service_restarting)
         self._routes = routes
         self._metrics = metrics
@@ -164,8 +174,8 @@ class Relay:
         self._subscribed = True
         self._bump()
         await self._reconcile_once()
-        owner.spawn("proxy.reconcile", self._reconcile_loop, stage=self.name)
-        owner.spawn("proxy.metrics", self._flush_loop, stage=self.name)
+        owner.spawn(f"{self._tasks_prefix}.reconcile", self._reconcile_loop, stage="proxy")
+        owner.spawn(f"{self._tasks_prefix}.metrics", self._flush_loop, stage="proxy")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -173,8 +183,8 @@ class Relay:
             self._routes.remove_listener(self._on_table)
             self._subscribed = False
         if self._owner is not None:
-            await self._owner.stop("proxy.reconcile")
-            await self._owner.stop("proxy.metrics")
+            await self._owner.stop(f"{self._tasks_prefix}.reconcile")
+            await self._owner.stop(f"{self._tasks_prefix}.metrics")
         for e in self._entries.values():
             if e.retry is not None:
                 e.retry.cancel()
@@ -257,7 +267,7 @@ class Relay:
     async def _apply(self) -> None:
         table = self._routes.current
         config = self._ctx.config
-        desired = desired_listeners(table, config)
+        desired = self._planner(table, config)
         p = plan({s: e.target for s, e in self._entries.items()}, desired)
         for spec in p.remove:
             self._retire(self._entries.pop(spec), config.drain_grace)
@@ -281,7 +291,7 @@ class Relay:
         self._set_gauges()
 
     def _stats(self, spec: ListenerSpec, target: Target) -> ListenerStats:
-        return ListenerStats(metrics=self._metrics, route=target.route, port=spec.port_label)
+        return ListenerStats(metrics=self._metrics, route=target.route, port=spec.port_label, horizon=self.horizon)
 
     # -- binding
 
@@ -300,7 +310,10 @@ class Relay:
             self._bind_failed(e, exc)
             return
         impl: TcpListener | UdpListener
-        if spec.proto == "tcp":
+        if target.kind in ("by-host", "by-sni"):
+            impl = DemuxListener(spec=spec, target=target, stats=e.stats, ctx=self._ctx,
+                                 table=lambda: self._routes.current, horizon=self.horizon)
+        elif spec.proto == "tcp":
             impl = TcpListener(spec=spec, target=target, stats=e.stats, ctx=self._ctx)
         else:
             impl = UdpListener(spec=spec, target=target, stats=e.stats, ctx=self._ctx)
@@ -399,4 +412,4 @@ class Relay:
         for e in [*self._entries.values(), *self._draining]:
             counts[e.state] += 1
         for state, n in counts.items():
-            self._metrics.proxy_listeners.labels(state=state).set(n)
+            self._metrics.proxy_listeners.labels(horizon=self.horizon, state=state).set(n)

@@ -20,7 +20,8 @@ from maculad.core.net import Backend, bind_problem, format_hostport
 from maculad.routes.model import Proto
 from maculad.routes.table import RouteTable
 
-Kind = Literal["http", "https", "tcp", "udp"]
+#: by-host / by-sni: a listener that picks the route per connection (proxy/demux.py)
+Kind = Literal["http", "https", "tcp", "udp", "by-host", "by-sni"]
 
 
 @dataclass(frozen=True, slots=True, order=True)

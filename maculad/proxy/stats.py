@@ -43,6 +43,22 @@ class Context:
         except Exception:
             return False
 
+class _Null:
+    """A metric child that records nothing (a listener that routes per connection has no route)."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+_NULL = _Null()
+
+
 class ListenerStats:
     __slots__ = (
         "_errors",
@@ -51,6 +67,7 @@ class ListenerStats:
         "bytes_in",
         "bytes_out",
         "connections",
+        "horizon",
         "latency",
         "metrics",
         "port",
@@ -58,18 +75,28 @@ class ListenerStats:
         "udp_sessions",
     )
 
-    def __init__(self, *, metrics: Metrics, route: str, port: str) -> None:
+    def __init__(self, *, metrics: Metrics, route: str, port: str, horizon: str = "host") -> None:
         self.metrics = metrics
         self.route = route
         self.port = port
-        self.connections: Any = metrics.proxy_connections.labels(route=route, port=port)
-        self.active: Any = metrics.proxy_active.labels(route=route, port=port)
-        self.bytes_in: Any = metrics.proxy_bytes.labels(route=route, port=port, direction="in")
-        self.bytes_out: Any = metrics.proxy_bytes.labels(route=route, port=port, direction="out")
-        self.latency: Any = metrics.proxy_connect_latency.labels(route=route)
-        self.udp_sessions: Any = metrics.proxy_udp_sessions.labels(route=route, port=port)
+        self.horizon = horizon
         self._errors: dict[str, Any] = {}
         self._logged: dict[str, tuple[float, int]] = {}
+        self.connections: Any = _NULL
+        self.active: Any = _NULL
+        self.bytes_in: Any = _NULL
+        self.bytes_out: Any = _NULL
+        self.latency: Any = _NULL
+        self.udp_sessions: Any = _NULL
+        if not route:  # see _Null
+            return
+        labels = {"horizon": horizon, "route": route, "port": port}
+        self.connections = metrics.proxy_connections.labels(**labels)
+        self.active = metrics.proxy_active.labels(**labels)
+        self.bytes_in = metrics.proxy_bytes.labels(**labels, direction="in")
+        self.bytes_out = metrics.proxy_bytes.labels(**labels, direction="out")
+        self.latency = metrics.proxy_connect_latency.labels(horizon=horizon, route=route)
+        self.udp_sessions = metrics.proxy_udp_sessions.labels(**labels)
 
     def log_allowed(self, reason: str) -> int | None:
         """Rate-limit backend-failure logs: the first per reason, then one per LOG_EVERY seconds.
@@ -86,7 +113,8 @@ class ListenerStats:
     def upstream_error(self, reason: str) -> None:
         child = self._errors.get(reason)
         if child is None:
-            child = self.metrics.proxy_upstream_errors.labels(route=self.route, port=self.port, reason=reason)
+            child = self.metrics.proxy_upstream_errors.labels(horizon=self.horizon, route=self.route, port=self.port,
+                                                              reason=reason)
             self._errors[reason] = child
         child.inc()
 

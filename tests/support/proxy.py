@@ -24,7 +24,8 @@ from aiohttp import web
 from maculad.config import ProxyConfig
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
-from maculad.proxy.relay import Relay
+from maculad.proxy.relay import Planner, Relay
+from maculad.proxy.spec import desired_listeners
 from maculad.proxy.platform import LoopbackPlatform
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import RouteSpec
@@ -117,6 +118,9 @@ class RelayHarness:
         raise AssertionError(f"no listener {ip}:{port}/{proto} in {self.relay.status()}")
 
     def sample(self, name: str, **labels: str) -> float:
+        """A sample of the relay's metrics; the relay metrics' `horizon` label is `host` unless given."""
+        if name.startswith("maculad_proxy_") and "listener_errors" not in name:
+            labels.setdefault("horizon", "host")
         v = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if v is None else float(v)
 
@@ -128,6 +132,8 @@ async def running_relay(
     config: ProxyConfig | None = None,
     service_restarting: Callable[[str], bool] = lambda _s: False,
     platform: LoopbackPlatform | None = None,
+    horizon: str = "host",
+    planner: Planner | None = None,
 ) -> AsyncIterator[RelayHarness]:
     cfg = config or proxy_config()
     metrics = Metrics()
@@ -135,7 +141,7 @@ async def running_relay(
     fatal: list[str] = []
     owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: fatal.append(f"{name}: {exc!r}"))
     relay = Relay(config=cfg, routes=routes, metrics=metrics, service_restarting=service_restarting,
-                  platform=platform)
+                  platform=platform, horizon=horizon, planner=planner or desired_listeners)
     if specs_of:
         routes.update("config", [f(cfg) for f in specs_of])
     await relay.start(owner)

@@ -1,0 +1,176 @@
+"""One address, many names: the Host-header / SNI routed TCP listener (G:80, G:443).
+
+A `DemuxListener` accepts like `TcpListener`, but its connections start in a
+peek state: they read (and keep) the first bytes until `peek.py` finds the
+name — the HTTP Host header on a `by-host` listener, the TLS SNI on a
+`by-sni` one — within `MAX_PEEK` bytes and `PEEK_TIMEOUT` seconds. The name
+is looked up in the current route table (exact name, then wildcards) and the
+route's backend for the host horizon's http (or https) front port becomes the
+connection's target; from there it is the ordinary L4 relay of tcp.py: the
+peeked bytes are written to the backend first, then both directions are
+relayed untouched, with the same flow control, half-close, dead-backend page
+and metrics (counted under the route it reached).
+
+A name no route answers (or a route without that kind of backend) gets, on
+HTTP, a short 404 page naming it (400 when the request names no host); a TLS
+client gets a closed connection (FIN), as no certificate could be right.
+Those connections are counted in `maculad_proxy_unrouted_connections_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from maculad.proxy import errorpage
+from maculad.proxy.peek import MAX_PEEK, Found, NeedMore, NoName, Peek, peek_http_host, peek_sni
+from maculad.proxy.spec import Target
+from maculad.proxy.stats import ListenerStats
+from maculad.proxy.tcp import _CLOSED, _CONNECTING, ClientProtocol, TcpListener, _tune
+from maculad.routes.table import RouteTable
+
+log = structlog.get_logger("maculad.proxy")
+
+#: Seconds a connection may take to name its host.
+PEEK_TIMEOUT = 10.0
+_PEEK = 10
+_MAX_STATS = 4096
+
+
+class DemuxProtocol(ClientProtocol):
+    __slots__ = ("counted",)
+
+    listener: DemuxListener
+
+    def __init__(self, listener: DemuxListener) -> None:
+        super().__init__(listener)
+        self.state = _PEEK
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        _tune(transport)
+        self.listener.opened(self)
+        self.head = bytearray()
+        self.timer = asyncio.get_running_loop().call_later(PEEK_TIMEOUT, self._peek_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != _PEEK:
+            super().data_received(data)
+            return
+        head = self.head
+        assert head is not None
+        head += data
+        result = self.listener.peek(head)
+        if not isinstance(result, NeedMore):
+            self._decide(result)
+
+    def eof_received(self) -> bool:
+        if self.state != _PEEK:
+            return super().eof_received()
+        self.client_eof = True
+        result = self.listener.peek(self.head or b"")
+        self._decide(NoName("the client closed before naming a host") if isinstance(result, NeedMore) else result)
+        return True
+
+    def _peek_timeout(self) -> None:
+        self.timer = None
+        if self.state == _PEEK:
+            self.listener.unrouted("timeout")
+            self._refuse(None)
+
+    def _decide(self, result: Peek) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        head = bytes(self.head or b"")
+        if isinstance(result, NoName):
+            self.listener.unrouted("no-name")
+            self._refuse(errorpage.bad_request(reason=result.reason, address=self.listener.spec.address)
+                         if self.listener.http else None)
+            return
+        assert isinstance(result, Found)
+        target, why = self.listener.route_for(result.name)
+        if target is None:
+            self.listener.unrouted("unknown-host")
+            self._refuse(errorpage.not_found(host=result.name, address=self.listener.spec.address, why=why)
+                         if self.listener.http else None)
+            return
+        self.target = target
+        self.stats = self.listener.stats_for(target.route)
+        self.stats.connections.inc()
+        self.stats.active.inc()
+        self.counted = True
+        self.head = None
+        self.pending = bytearray(head)
+        self.state = _CONNECTING
+        self.transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(self._connect())
+
+    def _refuse(self, page: bytes | None) -> None:
+        if self.state == _CLOSED:
+            return
+        if page is not None:
+            self.transport.write(page)
+        self._linger()
+
+
+class DemuxListener(TcpListener):
+    """A TCP listener whose connections pick their route by name (kind `by-host` or `by-sni`)."""
+
+    def __init__(self, *, table: Callable[[], RouteTable], horizon: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._table = table
+        self.horizon = horizon
+        self.http = self.target.kind == "by-host"
+        self.peek: Callable[[bytes | bytearray], Peek] = peek_http_host if self.http else peek_sni
+        self._stats: dict[str, ListenerStats] = {}
+        self._unrouted = {r: self.ctx.metrics.proxy_unrouted.labels(horizon=horizon, port=self.spec.port_label,
+                                                                    reason=r)
+                          for r in ("unknown-host", "no-name", "timeout")}
+        assert MAX_PEEK > 0
+
+    async def start(self, sock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: DemuxProtocol(self), sock=sock)
+
+    def route_for(self, name: str) -> tuple[Target | None, str]:
+        """The target for `name`, or None and why not."""
+        route = self._table().lookup(name)
+        if route is None:
+            return None, "no route has this name"
+        cfg = self.ctx.config
+        port = cfg.http_port if self.http else cfg.https_port
+        backend = route.backend_for("tcp", port)
+        if backend is None:
+            return None, f"the route {route.name} has no {'HTTP' if self.http else 'TLS'} backend"
+        return Target(route=route.name, backend=backend, kind="http" if self.http else "https",
+                      service=route.service), ""
+
+    def stats_for(self, route: str) -> ListenerStats:
+        stats = self._stats.get(route)
+        if stats is None:
+            if len(self._stats) >= _MAX_STATS:
+                self._stats.clear()
+            stats = ListenerStats(metrics=self.ctx.metrics, route=route, port=self.spec.port_label,
+                                  horizon=self.horizon)
+            self._stats[route] = stats
+        return stats
+
+    def unrouted(self, reason: str) -> None:
+        self._unrouted[reason].inc()
+
+    def opened(self, conn: ClientProtocol) -> None:
+        self.conns.add(conn)
+
+    def closed(self, conn: ClientProtocol) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            if isinstance(conn, DemuxProtocol) and conn.counted:
+                conn.flush()
+                conn.stats.active.dec()
+        if not self.conns and self._drained is not None:
+            self._drained.set()
