@@ -168,6 +168,20 @@ class PowerDNSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainersConfig:
+    """The container horizon on G, the Docker bridge gateway (see maculad/horizons/)."""
+
+    enabled: bool = False
+    address: str = "auto"
+    #: names outside the domain, for Docker clients only; None = the host's resolvers (/etc/resolv.conf)
+    forwarders: tuple[Backend, ...] | None = None
+    #: keep the `# BEGIN maculad` block in kube-system/coredns (when Kubernetes is enabled)
+    coredns: bool = True
+    coredns_interval: float = 10.0
+    network_interval: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: LogFormat = "auto"
@@ -187,6 +201,7 @@ class Config:
     kubernetes: KubernetesConfig = KubernetesConfig()
     kind: KindConfig = KindConfig()
     powerdns: PowerDNSConfig = PowerDNSConfig()
+    containers: ContainersConfig = ContainersConfig()
     log: LogConfig = LogConfig()
 
 
@@ -519,6 +534,34 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
 
     powerdns = _powerdns(top.sub("powerdns"), domain=domain, world_readable=world_readable)
 
+    s = top.sub("containers")
+    address = s.str_("address", "auto").strip()
+    if address != "auto":
+        try:
+            if ipaddress.ip_address(address).version != 4:
+                raise ValueError
+        except ValueError:
+            raise s.error("address", f"{address!r} is neither \"auto\" nor an IPv4 address") from None
+    fw_raw = s.get("forwarders")
+    forwarders: tuple[Backend, ...] | None = None
+    if fw_raw is not None and fw_raw != "auto":
+        s.seen.discard("forwarders")
+        forwarders = s.addrs("forwarders", ())
+        for i, a in enumerate(forwarders):
+            _ip_literal(a, lambda r, i=i: s.error(f"forwarders[{i}]", r))
+    containers = ContainersConfig(
+        enabled=s.bool_("enabled", docker.enabled),
+        address=address,
+        forwarders=forwarders,
+        coredns=s.bool_("coredns", True),
+        coredns_interval=s.float_("coredns_interval", 10.0, 0.05, 86400),
+        network_interval=s.float_("network_interval", 5.0, 0.05, 86400),
+    )
+    if containers.enabled and not docker.enabled and address == "auto":
+        raise s.error("enabled", "the container horizon finds G through Docker: enable [docker] or set "
+                      "[containers] address")
+    s.done()
+
     s = top.sub("log")
     logc = LogConfig(
         level=s.literal("level", "info", ("debug", "info", "warning", "error")),
@@ -530,7 +573,8 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
     top.done()
     return Config(
         path=Path(file), domain=domain, state_dir=state_dir, dns=dns, proxy=proxy, metrics=metrics,
-        control=control, routes=routes, docker=docker, kubernetes=kube, kind=kind, powerdns=powerdns, log=logc,
+        control=control, routes=routes, docker=docker, kubernetes=kube, kind=kind, powerdns=powerdns,
+        containers=containers, log=logc,
     )
 
 

@@ -372,7 +372,7 @@ async def test_metrics_and_reconfigure(routes: RouteTableManager, metrics: Metri
         assert 'maculad_dns_queries_total{qtype="A",rcode="NOERROR"} 5.0' in text
         assert 'maculad_dns_queries_total{qtype="A",rcode="NXDOMAIN"} 1.0' in text
         assert 'maculad_dns_query_duration_seconds_count{transport="udp"}' in text
-        assert 'maculad_dns_listeners{transport="udp"} 1.0' in text
+        assert 'maculad_dns_listeners{horizon="host",transport="udp"} 1.0' in text
         # a live TTL change is visible at once, cached answers included
         restart = server.reconfigure(DNSConfig(listen=server._config.listen, ttl=77))
         assert restart == []

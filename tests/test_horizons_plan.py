@@ -15,7 +15,8 @@ from maculad.horizons.plan import (
     parse_networks,
 )
 from maculad.proxy.spec import ListenerSpec
-from maculad.routes.model import Backend, PortMap, RouteSpec
+from maculad.core.net import Backend
+from maculad.routes.model import PortMap, RouteSpec
 from maculad.routes.table import build_table
 
 # the shapes of Docker 20.10's GET /networks: the default bridge has no IPAM Gateway
@@ -68,16 +69,20 @@ def test_listeners_on_g() -> None:
                            allocations={}, specs={"config": [spec("grafana", PortMap("tcp", 10080, b)),
                                spec("pg", PortMap("tcp", 5432, b)),
                                spec("boot", PortMap("udp", 4433, b), PortMap("tcp", 10443, b)),
-                               spec("pg2", PortMap("tcp", 5432, b)),
+                               spec("pg2", PortMap("tcp", 5432, Backend("127.0.0.1", 2))),
                                spec("dns", PortMap("udp", 53, b)),
-                               spec("web", PortMap("tcp", 80, b))]})
+                               spec("web", PortMap("tcp", 80, b)),
+                               spec("app1", PortMap("udp", 4444, b)),
+                               spec("app2", PortMap("udp", 4444, b))]})
     listeners, conflicts = horizon_listeners(table, address="172.17.0.1", http_port=10080, https_port=10443)
     assert listeners[ListenerSpec("172.17.0.1", "tcp", 80)].kind == "by-host"
     assert listeners[ListenerSpec("172.17.0.1", "tcp", 443)].kind == "by-sni"
     assert listeners[ListenerSpec("172.17.0.1", "tcp", 443)].backend == PER_NAME
     assert listeners[ListenerSpec("172.17.0.1", "udp", 4433)].route == "boot.macula.local"
     assert set(listeners) == {ListenerSpec("172.17.0.1", "tcp", 80), ListenerSpec("172.17.0.1", "tcp", 443),
-                              ListenerSpec("172.17.0.1", "udp", 4433)}
+                              ListenerSpec("172.17.0.1", "udp", 4433), ListenerSpec("172.17.0.1", "udp", 4444)}
+    # two routes, one backend (every Ingress host → the ingress controller's QUIC port): served, no conflict
+    assert listeners[ListenerSpec("172.17.0.1", "udp", 4444)].route == "app1.macula.local"
     assert [(c.proto, c.port, c.routes) for c in conflicts] == [
         ("tcp", 80, ("web.macula.local",)),
         ("tcp", 5432, ("pg.macula.local", "pg2.macula.local")),

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("adapters",),              # Docker, Kubernetes, kind: the only I/O with other systems
     ("providers",),             # sources → whole snapshots
     ("dns", "proxy"),           # outputs of the table
-    ("supervise", "publishers"),
+    ("supervise", "publishers", "horizons"),  # horizons: which answer and listeners each address gets
     ("control",),               # the socket server and its typed shapes
     ("web",),
     ("app",),                   # the composition root, reload, the control facade; cli.py

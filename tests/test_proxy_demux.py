@@ -15,7 +15,7 @@ from pathlib import Path
 from maculad.config import ProxyConfig
 from maculad.horizons.plan import horizon_listeners
 from maculad.proxy.spec import ListenerSpec, Target
-from maculad.routes.model import Backend
+from maculad.core.net import Backend
 from maculad.routes.table import RouteTable
 from tests.support.proxy import TcpEcho, free_port, proxy_config, route, running_relay, self_signed, wait_for
 

@@ -33,6 +33,8 @@ from maculad.control.views import config_view, conflict_view, route_view, table_
 from maculad.dns.server import DNSServer
 from maculad.app.docker_tier import DockerTier
 from maculad.core.events import EventBus
+from maculad.horizons.containers import ContainerHorizon
+from maculad.horizons.plan import conflict_view as port_conflict_view
 from maculad.observability import sdnotify
 from maculad.observability.http import MetricsServer
 from maculad.observability.logging import configure_logging
@@ -77,6 +79,7 @@ class Daemon:
         self.table.add_listener(self._on_table)
         self.dns: DNSServer | None = None
         self.relay: Relay | None = None
+        self.containers: ContainerHorizon | None = None
         self.docker: DockerTier | None = None
         self.kubernetes: KubernetesProvider | None = None
         self.cluster: ClusterSupervisor | None = None
@@ -126,12 +129,16 @@ class Daemon:
         self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics,
                            service_restarting=self._service_restarting)
         await self.relay.start(self.owner)
+        self.metrics.horizon_up.labels(horizon="host").set(1)
+        await self._start_containers(cfg)
         await self._start_sources(cfg)
         await self._start_powerdns(cfg)
         self.control = ControlServer(config=cfg.control, target=self, metrics=self.metrics)
         await self.control.start(self.owner)
 
         await self.relay.wait_reconciled()
+        if self.containers is not None:
+            await self.containers.wait_reconciled()
         self._ready = True
         self.metrics.up.set(1)
         sdnotify.ready()
@@ -164,6 +171,10 @@ class Daemon:
         if self.relay is not None:
             grace = self.config.proxy.drain_grace
             await _bounded(self.relay.stop(), what="proxy", timeout=grace + STOP_TIMEOUT)
+            self.metrics.horizon_up.labels(horizon="host").set(0)
+        if self.containers is not None:
+            grace = self.config.proxy.drain_grace
+            await _bounded(self.containers.stop(), what="containers", timeout=grace + STOP_TIMEOUT)
         await self._stop_sources()
         await self._stop_powerdns()
         for stage in ("sources", "supervisors", "publishers", "proxy", "dns"):
@@ -336,6 +347,14 @@ class Daemon:
                 await _bounded(comp.stop(), what=attr)
                 setattr(self, attr, None)
             changed.append(section)
+        if (old.containers, old.docker, old.dns, old.proxy) != (new.containers, new.docker, new.dns, new.proxy):
+            if self.containers is not None:
+                await _bounded(self.containers.stop(), what="containers",
+                               timeout=old.proxy.drain_grace + STOP_TIMEOUT)
+                self.containers = None
+            await self._start_containers(new)
+            if old.containers != new.containers:
+                changed.append("containers")
         if any(s in changed for s in ("docker", "kubernetes", "kind")):
             await self._start_sources(new)
         if self.relay is not None:
@@ -345,6 +364,14 @@ class Daemon:
         self.events.publish("reload", ok=True, changed=changed)
         log.info("reloaded", changed=changed)
         return {"ok": True, "changed": changed}
+
+    async def _start_containers(self, cfg: Config) -> None:
+        """The container horizon on G; when it cannot serve it reports why and the host horizon goes on."""
+        if cfg.containers.enabled and self.containers is None:
+            self.containers = ContainerHorizon(config=cfg, routes=self.table, metrics=self.metrics)
+            await self.containers.start(self.owner)
+        if not cfg.containers.enabled:
+            self.metrics.horizon_up.labels(horizon="containers").set(0)
 
     async def _start_sources(self, cfg: Config) -> None:
         """Start every enabled source that is not running; forget the routes of disabled ones."""
@@ -368,7 +395,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         cfg = self.config
         comps: dict[str, Any] = {}
-        for attr in ("metrics_server", "dns", "relay", "docker", "kubernetes", "cluster", "powerdns", "control"):
+        for attr in ("metrics_server", "dns", "relay", "containers", "docker", "kubernetes", "cluster", "powerdns",
+                     "control"):
             comp = getattr(self, attr)
             if comp is not None:
                 try:
@@ -392,6 +420,14 @@ class Daemon:
 
     def routes(self) -> dict[str, Any]:
         view = table_view(self.table.current)
+        c = self.containers
+        view["horizons"] = {
+            "host": {"state": "on" if self.relay is not None else "off", "address": "per route"},
+            "containers": {"state": "off", "address": None, "reason": "[containers] enabled = false",
+                           "port_conflicts": []} if c is None else
+            {"state": c.status()["state"], "address": c.address, "reason": c.status()["reason"],
+             "port_conflicts": [port_conflict_view(p) for p in c.port_conflicts()]},
+        }
         if self.powerdns is not None:
             view["powerdns_conflicts"] = self.powerdns.status()["conflicts"]
         return view

@@ -153,6 +153,20 @@ def render_routes(data: Any) -> str:
         out.append(f"PowerDNS conflicts ({len(pdns)}): names someone else owns in the zone; "
                    "maculad answers them locally and leaves PowerDNS alone")
         out.append(table(pdns, pick_columns(pdns, ["name", "route", "owner", "reason"])))
+    horizons = data.get("horizons") if isinstance(data, dict) else None
+    containers = horizons.get("containers") if isinstance(horizons, dict) else None
+    if isinstance(containers, dict):
+        out.append("")
+        if containers.get("state") == "on":
+            out.append(f"container horizon on {containers.get('address')}: every name answers "
+                       f"{containers.get('address')}; :80 by Host header, :443 by SNI")
+        else:
+            out.append(f"container horizon off: {containers.get('reason')}")
+        pc = containers.get("port_conflicts") or []
+        if pc:
+            out.append(f"ports not served on {containers.get('address')} ({len(pc)}):")
+            out.append(table([{**c, "port": f"{c.get('port')}/{c.get('proto')}"} for c in pc if isinstance(c, dict)],
+                             ["port", "routes", "reason"]))
     if isinstance(data, dict) and "version" in data:
         out.append(f"\ntable version {data['version']}")
     return "\n".join(out)

@@ -14,7 +14,9 @@ addresses, the empty non-terminals between route names and the apex); then
 - a name in the zone that no route has, with PowerDNS configured (`peer_zone`):
   a `peer` decision — the transport asks PowerDNS's DNS port (dns/peer.py);
 - names outside the zone: forwarded when forwarders exist, else REFUSED
-  (maculad is never an open resolver); zone transfers and other classes: REFUSED.
+  (maculad is never an open resolver); zone transfers and other classes: REFUSED;
+- on the container horizon (`answer_address` = G) every route's A is G, the
+  address that relays every name by Host header / SNI.
 
 Encoding to bytes lives in wire.py; caching of encoded replies in fastpath.py.
 """
@@ -120,6 +122,8 @@ class ZoneSettings:
     forwarding: bool = False
     #: names below this zone that maculad does not know are looked up in PowerDNS (None: NXDOMAIN)
     peer_zone: str | None = None
+    #: The container horizon: every route answers this one address (G) instead of its own IP.
+    answer_address: str | None = None
 
     @classmethod
     def from_listen(cls, *, domain: str, ttl: int, listen_hosts: tuple[str, ...], forwarding: bool,
@@ -172,7 +176,7 @@ class ZoneView:
                              refresh=SOA_REFRESH, retry=SOA_RETRY, expire=SOA_EXPIRE, minimum=ttl))
         route = table.lookup(ns_name)
         if route is not None:
-            ns_a: tuple[RR, ...] = (RR(ns_name, ttl, A(route.ip)),)
+            ns_a: tuple[RR, ...] = (RR(ns_name, ttl, A(settings.answer_address or route.ip)),)
             ns_aaaa: tuple[RR, ...] = ()
         else:
             ips = [ipaddress.ip_address(a) for a in settings.ns_addresses]
@@ -244,7 +248,8 @@ def answer(q: Question, view: ZoneView) -> Decision:
     route = view.table.lookup(name)
     if route is not None:
         if qtype in (QTYPE_A, QTYPE_ANY):
-            return Decision(rcode=NOERROR, aa=True, answer=(RR(name, view.settings.ttl, A(route.ip)),))
+            ip = view.settings.answer_address or route.ip
+            return Decision(rcode=NOERROR, aa=True, answer=(RR(name, view.settings.ttl, A(ip)),))
         return Decision(rcode=NOERROR, aa=True, authority=negative)
 
     if name == view.ns_name:

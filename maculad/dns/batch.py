@@ -116,7 +116,7 @@ class BatchUDP:
         *,
         sock: socket.socket,
         responder: Responder,
-        forward: Callable[[Forward, Callable[[bytes], None]], None],
+        forward: Callable[[Forward, Callable[[bytes], None], str], None],
         bug: Callable[[str], None],
         latency: Any,
     ) -> None:
@@ -283,7 +283,7 @@ class BatchUDP:
             self._send_direct(out, self._address(i))
             return None
         addr = self._address(i)
-        self._forward(out, lambda reply: self._send_direct(reply, addr))
+        self._forward(out, lambda reply: self._send_direct(reply, addr), addr[0])
         return None
 
     def _address(self, i: int) -> Any:

@@ -32,7 +32,8 @@ import asyncio
 import errno
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Protocol, cast
 
 import structlog
@@ -40,7 +41,8 @@ import structlog
 from maculad.config import DNSConfig
 from maculad.core.net import format_hostport as _fmt
 from maculad.dns import batch
-from maculad.dns.codes import SERVFAIL, qtype_label, rcode_label
+from maculad.dns.codes import REFUSED, SERVFAIL, qtype_label, rcode_label
+from maculad.dns.answer import ZoneSettings
 from maculad.dns.fastpath import Forward, Responder, settings_from
 from maculad.dns.forward import Forwarder
 from maculad.dns.peer import PeerLookup
@@ -76,9 +78,18 @@ class DNSServer:
         udp_batch: bool | None = None,
         peer: Backend | None = None,
         peer_zone: str | None = None,
+        horizon: str = "host",
+        answer_address: str | None = None,
+        client_allowed: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """`udp_batch`: serve UDP with recvmmsg/sendmmsg (batch.py); None = wherever available.
-        `peer`, `peer_zone`: PowerDNS's DNS listener and zone, for in-zone names no route has."""
+        `peer`, `peer_zone`: PowerDNS's DNS listener and zone, for in-zone names no route has.
+
+        A horizon other than the host's answers every route with `answer_address` and
+        forwards only for clients `client_allowed` accepts (REFUSED for the others)."""
+        self.horizon = horizon
+        self._answer_address = answer_address
+        self._client_allowed = client_allowed
         self._config = config
         self.tcp_idle_timeout = tcp_idle_timeout
         self._domain = domain
@@ -86,7 +97,7 @@ class DNSServer:
         self._metrics = metrics
         self.peer: PeerLookup | None = None
         self._peer_zone: str | None = None
-        self.responder = Responder(settings=settings_from(config, domain), routes=routes, counters=metrics.dns)
+        self.responder = Responder(settings=self._settings(config), routes=routes, counters=metrics.dns)
         self.set_peer(peer, peer_zone)
         self.forwarder = Forwarder(upstreams=config.forwarders, timeout=config.forward_timeout, metrics=metrics)
         self._udp: list[tuple[_UDPListener, str, int]] = []
@@ -115,8 +126,8 @@ class DNSServer:
             await self.stop()
             raise
         self._sample_tick()
-        self._metrics.dns_listeners.labels(transport="udp").set(len(self._udp))
-        self._metrics.dns_listeners.labels(transport="tcp").set(len(self._tcp))
+        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="udp").set(len(self._udp))
+        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="tcp").set(len(self._tcp))
         log.info("dns_listening", listen=[f"{p}://{h}:{n}" for p, h, n in self.bound()],
                  forwarders=[f"{f.host}:{f.port}" for f in self._config.forwarders])
 
@@ -184,14 +195,16 @@ class DNSServer:
             log.info("dns_stopped")
         self._udp.clear()
         self._tcp.clear()
-        self._metrics.dns_listeners.labels(transport="udp").set(0)
-        self._metrics.dns_listeners.labels(transport="tcp").set(0)
+        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="udp").set(0)
+        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="tcp").set(0)
 
     def status(self) -> dict[str, Any]:
         self.responder.flush()
         c = self._metrics.dns
         return {
             "listen": [f"{p}://{_fmt(h, n)}" for p, h, n in self.bound()],
+            "horizon": self.horizon,
+            "answer_address": self._answer_address,
             "udp_transport": "recvmmsg" if self.udp_batch else "datagram-protocol",
             "domain": self._domain,
             "ttl": self._config.ttl,
@@ -218,7 +231,7 @@ class DNSServer:
         self._config = config
         self.forwarder.upstreams = config.forwarders
         self.forwarder.timeout = config.forward_timeout
-        self.responder.configure(settings_from(config, self._domain, peer_zone=self._peer_zone))
+        self.responder.configure(self._settings(config))
         if self.peer is not None:
             self.peer.ttl_cap = config.ttl
             self.peer.forwarder.timeout = config.forward_timeout
@@ -235,7 +248,13 @@ class DNSServer:
             self.peer = PeerLookup(upstream=upstream, zone=zone, timeout=self._config.forward_timeout,
                                    ttl_cap=self._config.ttl, soa=lambda: self.responder.view.soa,
                                    metrics=self._metrics, ra=lambda: self.responder.settings.forwarding)
-        self.responder.configure(settings_from(self._config, self._domain, peer_zone=self._peer_zone))
+        self.responder.configure(self._settings(self._config))
+
+    def _settings(self, config: DNSConfig) -> ZoneSettings:
+        s = settings_from(config, self._domain, peer_zone=self._peer_zone)
+        if self._answer_address is None:
+            return s
+        return replace(s, ns_addresses=(self._answer_address,), answer_address=self._answer_address)
 
     # --- shared by the transports ---------------------------------------------------
 
@@ -251,12 +270,13 @@ class DNSServer:
             self._last_bug_log = now
             log.exception("dns_internal_error", where=where, total=self._bugs)
 
-    def forward(self, job: Forward, send: Callable[[bytes], None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._forward(job, send))
+    def forward(self, job: Forward, send: Callable[[bytes], None], client: str) -> None:
+        """Resolve `job` upstream and `send` the reply; REFUSED for a client the guard does not allow."""
+        task = asyncio.get_running_loop().create_task(self._forward(job, send, client))
         self._forwards.add(task)
         task.add_done_callback(self._forwards.discard)
 
-    async def _forward(self, job: Forward, send: Callable[[bytes], None]) -> None:
+    async def _forward(self, job: Forward, send: Callable[[bytes], None], client: str) -> None:
         q = job.query
         if job.peer:
             peer = self.peer
@@ -269,6 +289,13 @@ class DNSServer:
                 send(reply)
             except Exception:
                 self.bug("peer_send")
+            return
+        if self._client_allowed is not None and not await self._client_allowed(client):
+            self._metrics.dns.queries[(qtype_label(q.qtype), "REFUSED")] += 1
+            try:
+                send(simple_reply(q, REFUSED, ra=False))
+            except Exception:
+                self.bug("refused_send")
             return
         upstream = await self.forwarder.resolve(job.packet)
         if upstream is None:
@@ -361,7 +388,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
             self._sendto(out, addr)
             return
         sendto = self._sendto
-        self._server.forward(out, lambda reply: sendto(reply, addr))
+        self._server.forward(out, lambda reply: sendto(reply, addr), addr[0])
 
     def error_received(self, exc: Exception) -> None:
         log.debug("dns_udp_error", error=str(exc))
@@ -373,6 +400,7 @@ class _TCPProtocol(asyncio.Protocol):
         self._responder = server.responder
         self._latency = server.latency(True)
         self._transport: asyncio.Transport | None = None
+        self._peer = ""
         self._buf = bytearray()
         self._pending = 0
         self._closed = False
@@ -384,6 +412,8 @@ class _TCPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else ""
         if len(self._server.tcp_conns) >= self._server.max_tcp_clients:
             log.debug("dns_tcp_client_cap", cap=self._server.max_tcp_clients)
             self._closed = True
@@ -442,7 +472,7 @@ class _TCPProtocol(asyncio.Protocol):
         self._pending += 1
         if self._pending >= TCP_MAX_PENDING:
             self._pause_reading()
-        self._server.forward(out, self._forwarded)
+        self._server.forward(out, self._forwarded, self._peer)
 
     def _forwarded(self, reply: bytes) -> None:
         self._pending -= 1

@@ -11,9 +11,10 @@ container horizon lives on G, the Docker bridge network's gateway:
   inside the Docker networks' subnets;
 - `horizon_listeners` is the relay plan on G: G:80 and G:443 demultiplex by
   Host header / SNI over the whole table (`DEMUX_HTTP` / `DEMUX_TLS` targets),
-  and every extra TCP/UDP port that exactly one route claims is relayed on
-  G:PORT; a port claimed by several routes, or one G serves itself (53, 80,
-  443), is a `PortConflict` instead, never a silent pick.
+  and every extra TCP/UDP port that exactly one route claims (or several with
+  the very same backend, like every Ingress host's QUIC port) is relayed on
+  G:PORT; a port claimed by routes with different backends, or one G serves
+  itself (53, 80, 443), is a `PortConflict` instead, never a silent pick.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from maculad.proxy.spec import ListenerSpec, Target
-from maculad.routes.model import Backend, Proto
+from maculad.core.net import Backend
+from maculad.routes.model import Proto
 from maculad.routes.table import RouteTable
 
 #: The ports G serves itself (a container cannot be told another DNS port).
@@ -164,10 +166,11 @@ def horizon_listeners(
         elif proto == "tcp" and port in (g_http, g_https):
             by = "Host header" if port == g_http else "TLS SNI"
             conflicts.append(PortConflict(proto, port, names, f"{address}:{port} routes by {by}"))
-        elif len(owners) > 1:
+        elif len({b for _, b, _ in owners}) > 1:
             conflicts.append(PortConflict(proto, port, names, f"{len(owners)} routes claim {port}/{proto}"))
         else:
-            name, backend, service = owners[0]
+            # one claimant, or several with the very same backend (every Ingress → the controller's UDP port)
+            name, backend, service = min(owners, key=lambda o: o[0])
             out[ListenerSpec(address, proto, port)] = Target(route=name, backend=backend,
                                                              kind="udp" if proto == "udp" else "tcp",
                                                              service=service)

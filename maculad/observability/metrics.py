@@ -97,7 +97,7 @@ class Metrics:
             f"{p}_dns_forwarded_total", "Queries outside the domain sent to forwarders", ["result"], registry=r
         )
         self.dns_listeners = Gauge(
-            f"{p}_dns_listeners", "DNS sockets serving", ["transport"], registry=r
+            f"{p}_dns_listeners", "DNS sockets serving", ["horizon", "transport"], registry=r
         )
 
         # relay

