@@ -34,8 +34,12 @@ def free_port(host: str = "127.0.0.1", *, udp_too: bool = True) -> int:
 
 
 def base_config(tmp: Path, *, dns_ip: str = "127.0.0.153", pool: str = "127.0.10.0/24",
-                extra: str = "") -> tuple[str, dict[str, Any]]:
-    """A config text for a daemon on free ports under `tmp`, and the ports chosen."""
+                extra: str = "", containers: bool = False) -> tuple[str, dict[str, Any]]:
+    """A config text for a daemon on free ports under `tmp`, and the ports chosen.
+
+    The container horizon binds the fixed ports 53/80/443 on the Docker gateway, so it is
+    off unless `containers` is true (then `extra` has the `[containers]` table and the
+    caller holds `tests.support.horizon.g_lock`)."""
     ports = {
         "dns": free_port(dns_ip),
         "metrics": free_port("127.0.0.1", udp_too=False),
@@ -60,6 +64,7 @@ socket = "{tmp / 'maculad.sock'}"
 [log]
 level = "debug"
 format = "json"
+{"" if containers else "[containers]" + chr(10) + "enabled = false"}
 {extra}
 """
     return text, ports

@@ -204,7 +204,7 @@ async def container_stack(tmp: Path, scope: DockerScope) -> AsyncIterator[Stack]
             scope.run("labelled", "-p", "127.0.0.1::8080",
                       labels={"macula.host": label_host, "macula.http": "8080"},
                       cmd=("sh", "-c", "echo labelled backend > /www/index.html; exec httpd -f -p 8080 -h /www"))
-            text, ports = base_config(tmp, extra=f"""
+            text, ports = base_config(tmp, containers=True, extra=f"""
 [docker]
 enabled = true
 [containers]
