@@ -25,7 +25,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from maculad.publishers.coredns import block
 from tests.support.docker import IMAGE, DockerScope, compose_binary
+from tests.support.fake_k8s import CONFIGMAPS
 from tests.support.horizon import (
     Stack,
     container_pid,
@@ -89,7 +91,17 @@ async def test_default_bridge_container_with_dns_g(stack: Stack) -> None:
     stack.scope.run("client", "--dns", g, cmd=("sleep", "300"))
     await check_everything_from(stack, stack.scope.name("client"))
 
+    # pods: the marked block in kube-system/coredns forwards the domain to G
+    want = block("macula.local", g)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while (stack.kube.get(CONFIGMAPS, "kube-system", "coredns") or {})["data"]["Corefile"] != \
+            ".:53 {\n    forward . /etc/resolv.conf\n    reload\n}\n" + want:
+        assert loop.time() < end, stack.daemon.logs()
+        await asyncio.sleep(0.1)
+
     status = json.loads(stack.ctl("status", "--json").stdout)
+    assert status["components"]["coredns"]["state"] == "applied"
     horizon = status["components"]["containers"]
     assert horizon["state"] == "on" and horizon["address"] == g
     metrics = stack.metrics()

@@ -44,6 +44,7 @@ from maculad.publishers.powerdns_sync import PowerDNSPublisher
 from maculad.adapters.powerdns import PowerDNSAPI
 from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
+from maculad.publishers.coredns import CoreDNSPublisher
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
@@ -82,6 +83,7 @@ class Daemon:
         self.containers: ContainerHorizon | None = None
         self.docker: DockerTier | None = None
         self.kubernetes: KubernetesProvider | None = None
+        self.coredns: CoreDNSPublisher | None = None
         self.cluster: ClusterSupervisor | None = None
         self.powerdns: PowerDNSPublisher | None = None
         self.control: ControlServer | None = None
@@ -153,7 +155,7 @@ class Daemon:
         self.events.publish("ready", routes=len(self.table.current.routes))
 
     async def _stop_sources(self) -> None:
-        for attr in ("cluster", "kubernetes", "docker"):
+        for attr in ("coredns", "cluster", "kubernetes", "docker"):
             comp: Component | None = getattr(self, attr)
             if comp is not None:
                 await _bounded(comp.stop(), what=attr)
@@ -347,6 +349,10 @@ class Daemon:
                 await _bounded(comp.stop(), what=attr)
                 setattr(self, attr, None)
             changed.append(section)
+        if (old.containers, old.kubernetes, old.domain) != (new.containers, new.kubernetes, new.domain) \
+                and self.coredns is not None:
+            await _bounded(self.coredns.stop(), what="coredns")
+            self.coredns = None
         if (old.containers, old.docker, old.dns, old.proxy) != (new.containers, new.docker, new.dns, new.proxy):
             if self.containers is not None:
                 await _bounded(self.containers.stop(), what="containers",
@@ -355,7 +361,7 @@ class Daemon:
             await self._start_containers(new)
             if old.containers != new.containers:
                 changed.append("containers")
-        if any(s in changed for s in ("docker", "kubernetes", "kind")):
+        if any(s in changed for s in ("docker", "kubernetes", "kind", "containers")) or self.coredns is None:
             await self._start_sources(new)
         if self.relay is not None:
             await self.relay.wait_reconciled()
@@ -386,6 +392,11 @@ class Daemon:
             await self.kubernetes.start(self.owner)
         if not cfg.kubernetes.enabled and self.table.specs("kubernetes"):
             self.table.update("kubernetes", [])
+        if cfg.kubernetes.enabled and self.coredns is None:
+            self.coredns = CoreDNSPublisher(
+                config=cfg, metrics=self.metrics,
+                address=lambda: self.containers.address if self.containers is not None else None)
+            await self.coredns.start(self.owner)
         if cfg.kind.manage and self.cluster is None:
             self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events)
             await self.cluster.start(self.owner)
@@ -395,8 +406,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         cfg = self.config
         comps: dict[str, Any] = {}
-        for attr in ("metrics_server", "dns", "relay", "containers", "docker", "kubernetes", "cluster", "powerdns",
-                     "control"):
+        for attr in ("metrics_server", "dns", "relay", "containers", "docker", "kubernetes", "coredns", "cluster",
+                     "powerdns", "control"):
             comp = getattr(self, attr)
             if comp is not None:
                 try:

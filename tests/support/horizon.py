@@ -24,7 +24,7 @@ from typing import Any
 from maculad.core.net import Backend
 from tests.support.daemon import Maculad, base_config, free_port
 from tests.support.docker import DockerScope, docker_cli
-from tests.support.fake_k8s import FakeKubeAPI
+from tests.support.fake_k8s import CONFIGMAPS, FakeKubeAPI
 from tests.support.proxy import TcpEcho, self_signed
 
 G_LOCK = Path("/tmp/maculad-test-g-ports.lock")
@@ -197,6 +197,8 @@ async def container_stack(tmp: Path, scope: DockerScope) -> AsyncIterator[Stack]
     await kube.start()
     kubeconfig = kube.write_kubeconfig(tmp / "kubeconfig")
     kube.create_ingress("apps", "console", ["ingress-app.macula.local"])
+    kube.create(CONFIGMAPS, {"metadata": {"name": "coredns", "namespace": "kube-system"},
+                             "data": {"Corefile": ".:53 {\n    forward . /etc/resolv.conf\n    reload\n}\n"}})
     label_host = f"labelled-{scope.uid}"
     try:
         async with HostEcho("grafana") as grafana, HostEcho("ingress") as ingress, TcpEcho(b"pg") as pg, \
@@ -210,6 +212,7 @@ enabled = true
 [containers]
 forwarders = ["127.0.0.1:{up_port}"]
 network_interval = 0.5
+coredns_interval = 0.5
 [kubernetes]
 enabled = true
 kubeconfig = "{kubeconfig}"
