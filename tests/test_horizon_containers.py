@@ -26,9 +26,11 @@ import dns.rdatatype
 import pytest
 
 from maculad.publishers.coredns import block
+from tests.support.daemon import Maculad, base_config
 from tests.support.docker import IMAGE, DockerScope, compose_binary
 from tests.support.fake_k8s import CONFIGMAPS
 from tests.support.horizon import (
+    MACULACTL,
     Stack,
     container_pid,
     container_stack,
@@ -149,3 +151,52 @@ async def test_outside_the_docker_subnets_is_refused(stack: Stack) -> None:
     assert aaaa.authority[0].rdtype == dns.rdatatype.SOA
     missing = dns.query.udp(dns.message.make_query("nope.macula.local", "A"), g, port=53, timeout=5)
     assert missing.rcode() == dns.rcode.NXDOMAIN
+
+
+async def test_doctor_says_the_horizon_is_on(stack: Stack) -> None:
+    r = await asyncio.to_thread(stack.ctl, "doctor", "--json")
+    found = {f["check"]: f for f in json.loads(r.stdout)["findings"]}
+    assert found["containers"]["level"] == "ok" and stack.g in found["containers"]["summary"]
+    routes = (await asyncio.to_thread(stack.ctl, "routes")).stdout
+    assert f"container horizon on {stack.g}" in routes
+
+
+async def test_a_horizon_that_cannot_bind_is_off_with_its_reason(tmp_path: Path) -> None:
+    """G set to an address this machine does not have: the bind fails, the horizon reports why
+    (status, metrics, doctor), and the host horizon serves on. No G port is taken, so no lock."""
+    text, ports = base_config(tmp_path, containers=True, extra="""
+[docker]
+enabled = true
+[containers]
+address = "192.0.2.200"
+network_interval = 0.2
+[[route]]
+name = "grafana"
+http = "127.0.0.1:9"
+""")
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text(text)
+    daemon = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    try:
+        await asyncio.to_thread(daemon.wait_ready, ports["metrics"])
+        sock = str(tmp_path / "maculad.sock")
+        status = json.loads(await run(str(MACULACTL), "--socket", sock, "status", "--json"))
+        horizon = status["components"]["containers"]
+        assert horizon["state"] == "off" and horizon["address"] == "192.0.2.200"
+        assert "192.0.2.200:53" in horizon["reason"], horizon
+        doctor = json.loads(await run(str(MACULACTL), "--socket", sock, "doctor", "--json", check=False))
+        finding = {f["check"]: f for f in doctor["findings"]}["containers"]
+        assert finding["level"] == "warn" and "off" in finding["summary"]
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert 'maculad_horizon_up{horizon="containers"} 0.0' in metrics
+        assert 'maculad_horizon_up{horizon="host"} 1.0' in metrics
+        assert 'maculad_horizon_info{address="192.0.2.200",horizon="containers",reason=' in metrics
+        # the host horizon answers as ever
+        q = dns.message.make_query("grafana.macula.local", "A")
+        r = dns.query.udp(q, "127.0.0.153", port=ports["dns"], timeout=5)
+        assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].address.startswith("127.0.10.")
+    finally:
+        daemon.stop()

@@ -449,6 +449,47 @@ def cmd_resolver(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_docker_dns(ctx: Ctx) -> int:
+    """`"dns": [G]` in /etc/docker/daemon.json, for containers not started from the compose file."""
+    from maculad.horizons import docker_dns
+
+    a = ctx.args
+    g = a.address
+    if not g:
+        try:
+            status = ctx.client.get("/v1/status")
+        except DaemonUnavailable as exc:
+            raise Failure(f"{exc}; pass --address G (the Docker bridge gateway, e.g. 172.17.0.1)") from None
+        comp = (status.get("components") or {}).get("containers") if isinstance(status, dict) else None
+        g = comp.get("address") if isinstance(comp, dict) else None
+        if not g:
+            why = comp.get("reason") if isinstance(comp, dict) else "[containers] is not enabled"
+            raise Failure(f"the daemon does not know G ({why}); pass --address G")
+    try:
+        change = docker_dns.plan(a.docker_dns_command, g, root=Path(a.root) if a.root != "/" else None)
+        backup = None if a.dry_run else docker_dns.apply(change)
+    except (docker_dns.DaemonJSONError, ValueError) as exc:
+        raise Failure(str(exc)) from None
+    except OSError as exc:
+        raise Failure(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+    data = {"action": a.docker_dns_command, "address": g, "file": str(change.path), "changed": change.changed,
+            "dry_run": a.dry_run, "backup": str(backup) if backup else None,
+            "content": change.after if a.dry_run else None}
+
+    def render(_: Any) -> str:
+        if not change.changed:
+            return f"{change.path} already {'has' if a.docker_dns_command == 'install' else 'lacks'} \"dns\": [{g}]"
+        if a.dry_run:
+            return f"would write {change.path}:\n{change.after.rstrip()}"
+        lines = [f"wrote {change.path}" + (f" (the old one is {backup})" if backup else "")]
+        lines.append("dockerd reads it only when it starts: restart it (sudo systemctl restart docker); "
+                     "running containers keep their DNS until they are recreated")
+        return "\n".join(lines)
+
+    ctx.emit(data, render)
+    return EXIT_OK
+
+
 def gather_facts(ctx: Ctx) -> Facts:
     sock = ctx.client.socket_path
     try:
@@ -476,10 +517,18 @@ def gather_facts(ctx: Ctx) -> Facts:
             cluster = exc.message
         except DaemonUnavailable as exc:
             cluster = str(exc)
+    containers: dict[str, Any] | None = None
+    if error is None:
+        try:
+            comp = (ctx.client.get("/v1/status").get("components") or {}).get("containers")
+            containers = comp if isinstance(comp, dict) else None
+        except (DaemonError, DaemonUnavailable, AttributeError):
+            containers = None
     return Facts(
         socket=sock, daemon_error=error, daemon_pid=ctx.client.server_pid() if error is None else None,
         source=snap.source, domain=snap.domain, dns_listen=snap.dns_listen, routes=routes,
         docker_enabled=snap.docker_enabled, kind_manage=snap.kind_manage, cluster=cluster,
+        containers=containers,
     )
 
 
@@ -543,6 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=RESOLVER_BACKENDS, default=None,
                    help="default: macos on macOS, else systemd-resolved (NetworkManager if only it is found)")
     r.add_argument("--reload", action="store_true", help="run the reload command after a change")
+    dd = sub.add_parser("docker-dns", parents=[common],
+                        help="make G (the container horizon) the DNS server of every new container")
+    dd.add_argument("docker_dns_command", choices=["install", "uninstall"])
+    dd.add_argument("--address", default=None, help="G (default: the running daemon's container horizon)")
+    dd.add_argument("--dry-run", action="store_true", help="print what would be written")
+    dd.add_argument("--root", default="/", help="edit <root>/etc/docker/daemon.json (for tests and images)")
     return p
 
 
@@ -551,6 +606,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "start": cmd_service_action, "stop": cmd_service_action, "restart": cmd_service_action,
     "cluster": cmd_cluster, "dns": cmd_dns, "reload": cmd_reload, "events": cmd_events,
     "doctor": cmd_doctor, "hosts": cmd_hosts, "resolver": cmd_resolver, "powerdns": cmd_powerdns,
+    "docker-dns": cmd_docker_dns,
 }
 
 

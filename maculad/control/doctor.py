@@ -22,7 +22,7 @@ import re
 import socket
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,6 +71,8 @@ class Facts:
     docker_enabled: bool = False
     kind_manage: bool = False
     cluster: ClusterFacts | str | None = None  # str: why the cluster state is unknown
+    #: the container horizon as the daemon reports it: {"state", "address", "reason"}; None: unknown
+    containers: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,27 @@ def run_checks(facts: Facts, probes: Probes) -> list[Finding]:
     out.append(check_loopback(facts, probes))
     out.append(check_docker(facts, probes))
     out.append(check_cluster(facts))
+    out.append(check_containers(facts))
     return out
+
+
+def check_containers(facts: Facts) -> Finding:
+    """The container horizon on G: off is a warning (the host horizon serves on), with why and a fix."""
+    c = facts.containers
+    if c is None:
+        return Finding("containers", "skip", "the container horizon's state is unknown (daemon not running, "
+                                             "or [containers] enabled = false)")
+    if c.get("state") == "on":
+        return Finding("containers", "ok", f"containers and pods reach every name through {c.get('address')} "
+                                           "(DNS :53, HTTP :80 by Host, TLS :443 by SNI)")
+    reason = str(c.get("reason") or "unknown")
+    if "CAP_NET_BIND_SERVICE" in reason or "ermission" in reason:
+        fix = "run maculad as the system service (it has CAP_NET_BIND_SERVICE) or as root"
+    elif "Docker" in reason or "bridge" in reason:
+        fix = "start the Docker engine, or set [containers] address to the bridge gateway"
+    else:
+        fix = "see `maculactl status` (components.containers) and the daemon log"
+    return Finding("containers", "warn", f"the container horizon is off: {reason}", fix)
 
 
 def check_daemon(facts: Facts) -> Finding:
