@@ -20,8 +20,10 @@ mount namespace whose /etc/resolv.conf says `nameserver G` — so wrk resolves b
 through maculad's DNS on G and connects from the container's address, as a container would (wrk
 is not in the busybox image). Each round runs every case for both fronts, alternating the order;
 keep-alive (`wrk -c32 -t2`) and one connection per request (`Connection: close`, which pays the
-peek / server_name match on every request). Prints req/s per run, the medians and the ratio
-maculad / nginx. Not part of the test suite.
+peek / server_name match on every request). nginx `http` keeps its upstream connections alive
+(`keepalive 64`) while an L4 relay opens one backend connection per client connection, so the
+connection-per-request HTTP case also runs nginx without upstream keepalive ("nginx-1"). Prints
+req/s per run, the medians and the ratio maculad / nginx. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def main() -> int:
     resolv = work / "resolv.conf"
     resolv.write_text(f"nameserver {g}\n")
     http_b, tls_b = free_port(), free_port()
-    http_f, tls_f = free_port(g), free_port(g)
+    http_f, tls_f, http_f1 = free_port(g), free_port(g), free_port(g)
     container = f"mbench-{uuid.uuid4().hex[:8]}"
     procs: list[subprocess.Popen[bytes]] = []
     with g_lock():
@@ -181,7 +183,13 @@ http {{
     access_log off;
     keepalive_requests 1000000;
     upstream bench {{ server 127.0.0.1:{http_b}; keepalive 64; }}
+    upstream bench_no_keepalive {{ server 127.0.0.1:{http_b}; }}
     server {{ listen {g}:{http_f} default_server; return 404; }}
+    server {{  # like maculad's L4 relay: one backend connection per client connection
+        listen {g}:{http_f1};
+        server_name {NAME};
+        location / {{ proxy_pass http://bench_no_keepalive; proxy_set_header Host $host; }}
+    }}
     server {{
         listen {g}:{http_f};
         server_name {NAME};
@@ -229,7 +237,7 @@ https = "127.0.0.1:{tls_b}"
 """)
             daemon = subprocess.Popen([str(MACULAD), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL)
             procs.append(daemon)
-            for ip, port in ((g, 80), (g, 443), (g, http_f), (g, tls_f), ("127.0.0.1", http_b),
+            for ip, port in ((g, 80), (g, 443), (g, http_f), (g, http_f1), (g, tls_f), ("127.0.0.1", http_b),
                              ("127.0.0.1", tls_b)):
                 wait_port(ip, port)
             subprocess.run(["docker", "run", "-d", "--name", container, "--dns", g, IMAGE, "sleep", "3600"],
@@ -246,15 +254,19 @@ https = "127.0.0.1:{tls_b}"
                 "TLS by SNI, conn/request": (f"https://{NAME}/index.html", f"https://{NAME}:{tls_f}/index.html",
                                              True),
             }
+            extra = f"http://{NAME}:{http_f1}/index.html"  # nginx http without upstream keepalive
             for m_url, n_url, close in cases.values():  # warm up both paths
                 client.wrk(m_url, duration=1, close=close)
                 client.wrk(n_url, duration=1, close=close)
-            results: dict[str, dict[str, list[float]]] = {c: {"maculad": [], "nginx": []} for c in cases}
+            results: dict[str, dict[str, list[float]]] = {c: {"maculad": [], "nginx": [], "nginx-1": []}
+                                                          for c in cases}
             print(f"G = {g}; client: wrk -c32 -t2 in container {container}'s network namespace, resolving via G:53; "
                   f"nginx fronts worker_processes {args.workers}; backend nginx on 127.0.0.1")
             for rnd in range(1, args.rounds + 1):
                 for case, (m_url, n_url, close) in cases.items():
                     order = [("maculad", m_url), ("nginx", n_url)]
+                    if case == "HTTP by Host, conn/request":
+                        order.append(("nginx-1", extra))
                     if rnd % 2 == 0:
                         order.reverse()
                     for who, url in order:
@@ -267,6 +279,10 @@ https = "127.0.0.1:{tls_b}"
                 m, n = statistics.median(res["maculad"]), statistics.median(res["nginx"])
                 label = "nginx http server_name" if case.startswith("HTTP") else "nginx stream ssl_preread"
                 print(f"{case:30s}{m:12,.0f}{n:12,.0f}{m / n:8.2f}   ({label})")
+                if res["nginx-1"]:
+                    n1 = statistics.median(res["nginx-1"])
+                    print(f"{'':30s}{'':12s}{n1:12,.0f}{m / n1:8.2f}   (nginx http server_name, no upstream "
+                          "keepalive: a backend connection per client connection, as an L4 relay)")
             print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
             if daemon.poll() is not None:
                 raise SystemExit(f"maculad exited early with {daemon.returncode}")

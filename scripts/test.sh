@@ -12,7 +12,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 log() { printf '\n=== %s\n' "$*"; }
 
 PACKAGES=(python3 python3-venv python3-dev gcc docker.io bind9-dnsutils dnsperf dnsmasq-base nginx
-          libnginx-mod-stream wrk busybox-static openssl iproute2 procps systemd ca-certificates
+          libnginx-mod-stream wrk busybox-static openssl iproute2 procps util-linux systemd ca-certificates
           pdns-server pdns-backend-sqlite3 sqlite3)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

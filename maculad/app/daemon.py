@@ -395,7 +395,8 @@ class Daemon:
         if cfg.kubernetes.enabled and self.coredns is None:
             self.coredns = CoreDNSPublisher(
                 config=cfg, metrics=self.metrics,
-                address=lambda: self.containers.address if self.containers is not None else None)
+                address=lambda: self.containers.address if self.containers is not None and self.containers.serving
+                else None)
             await self.coredns.start(self.owner)
         if cfg.kind.manage and self.cluster is None:
             self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events)
