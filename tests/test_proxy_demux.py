@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+
+import pytest
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,3 +177,23 @@ async def test_extra_ports_on_g_and_their_conflicts(tmp_path: Path) -> None:
                                              https_port=h.config.https_port,
                                              front=(fronts.dns, fronts.http, fronts.https))
             assert [(c.port, c.routes) for c in conflicts] == [(pg_port, ("pg.macula.local", "pg2.macula.local"))]
+
+
+async def test_peeking_connections_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from maculad.proxy import demux
+
+    monkeypatch.setattr(demux, "MAX_PEEKING", 3)
+    fronts = Fronts()
+    async with HeadRecorder("grafana") as graf:
+        async with running_relay(tmp_path, lambda c: route("grafana", c, http=graf.backend),
+                                 horizon="containers", planner=fronts.planner()) as h:
+            silent = [await asyncio.open_connection(G, fronts.http) for _ in range(3)]  # peek, say nothing
+            labels = {"horizon": "containers", "port": str(fronts.http), "reason": "overload"}
+            r, w = await asyncio.open_connection(G, fronts.http)
+            assert await asyncio.wait_for(r.read(), 10) == b""  # the fourth is closed at once
+            w.close()
+            assert h.sample("maculad_proxy_unrouted_connections_total", **labels) == 1
+            for _, sw in silent:
+                sw.close()
+            await wait_for(lambda: not any(e["conns"] for e in h.relay.status()["listeners"]))
+            assert (await http_get(fronts.http, "grafana.macula.local")).endswith(b"backend grafana\n")

@@ -14,7 +14,9 @@ and metrics (counted under the route it reached).
 A name no route answers (or a route without that kind of backend) gets, on
 HTTP, a short 404 page naming it (400 when the request names no host); a TLS
 client gets a closed connection (FIN), as no certificate could be right.
-Those connections are counted in `maculad_proxy_unrouted_connections_total`.
+Those connections are counted in `maculad_proxy_unrouted_connections_total`. At most
+`MAX_PEEKING` connections per listener may be peeking at once (each holding at most
+`MAX_PEEK` bytes); more are closed at once and counted as `overload`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ log = structlog.get_logger("maculad.proxy")
 
 #: Seconds a connection may take to name its host.
 PEEK_TIMEOUT = 10.0
+#: Connections one listener lets peek at once (each holds at most MAX_PEEK bytes); beyond, closed at once.
+MAX_PEEKING = 1024
 _PEEK = 10
 _MAX_STATS = 4096
 
@@ -52,8 +56,14 @@ class DemuxProtocol(ClientProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        if self.listener.peeking >= MAX_PEEKING:
+            self.state = _CLOSED
+            self.listener.unrouted("overload")
+            transport.abort()
+            return
         _tune(transport)
         self.listener.opened(self)
+        self.listener.peeking += 1
         self.head = bytearray()
         self.timer = asyncio.get_running_loop().call_later(PEEK_TIMEOUT, self._peek_timeout)
 
@@ -79,10 +89,17 @@ class DemuxProtocol(ClientProtocol):
     def _peek_timeout(self) -> None:
         self.timer = None
         if self.state == _PEEK:
+            self.listener.peeking -= 1
             self.listener.unrouted("timeout")
             self._refuse(None)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == _PEEK:
+            self.listener.peeking -= 1
+        super().connection_lost(exc)
+
     def _decide(self, result: Peek) -> None:
+        self.listener.peeking -= 1
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -130,7 +147,8 @@ class DemuxListener(TcpListener):
         self._stats: dict[str, ListenerStats] = {}
         self._unrouted = {r: self.ctx.metrics.proxy_unrouted.labels(horizon=horizon, port=self.spec.port_label,
                                                                     reason=r)
-                          for r in ("unknown-host", "no-name", "timeout")}
+                          for r in ("unknown-host", "no-name", "timeout", "overload")}
+        self.peeking = 0
         assert MAX_PEEK > 0
 
     async def start(self, sock: Any) -> None:
