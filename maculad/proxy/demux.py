@@ -59,7 +59,7 @@ class DemuxProtocol(ClientProtocol):
         if self.listener.peeking >= MAX_PEEKING:
             self.state = _CLOSED
             self.listener.unrouted("overload")
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
             return
         _tune(transport)
         self.listener.opened(self)
