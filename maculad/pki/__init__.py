@@ -1,0 +1,1 @@
+"""The local certificate authority: a name-constrained root and per-name leaves."""
