@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 from maculad.core.names import check_domain, qualify
 from maculad.core.net import Backend, parse_hostport, pin_problem
 from maculad.core.restart import RESTART_POLICIES, RestartPolicyName, parse_restart
+from maculad.routes.model import TLS_MODES, TLSMode
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -57,6 +58,18 @@ class ProxyConfig:
     udp_idle_timeout: float = 60.0
     udp_max_sessions: int = 1024
     bind_retry_max: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The local CA and TLS termination in the relay (maculad/pki, maculad/proxy/tls.py)."""
+
+    enabled: bool = True
+    #: Plain HTTP on a route that also serves HTTPS answers 308 to https.
+    redirect_http: bool = False
+    handshake_timeout: float = 10.0
+    #: Leaf certificates kept in memory (the disk cache holds one file per name).
+    max_leaves: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,8 @@ class RouteConfig:
     tcp: tuple[tuple[int, Backend], ...] = ()
     udp: tuple[tuple[int, Backend], ...] = ()
     service: str | None = None
+    tls: TLSMode = "auto"
+    h2c: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +209,7 @@ class Config:
     state_dir: Path = Path("/var/lib/maculad")
     dns: DNSConfig = DNSConfig()
     proxy: ProxyConfig = ProxyConfig()
+    tls: TLSConfig = TLSConfig()
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     routes: tuple[RouteConfig, ...] = ()
@@ -435,6 +451,15 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
         raise s.error("https_port", f"equals http_port ({proxy.http_port})")
     s.done()
 
+    s = top.sub("tls")
+    tls = TLSConfig(
+        enabled=s.bool_("enabled", True),
+        redirect_http=s.bool_("redirect_http", False),
+        handshake_timeout=s.float_("handshake_timeout", 10.0, 0.1, 600),
+        max_leaves=s.int_("max_leaves", 4096, 1, 1_000_000),
+    )
+    s.done()
+
     s = top.sub("metrics")
     metrics = MetricsConfig(listen=s.addr("listen", MetricsConfig().listen))
     if metrics.listen is not None:
@@ -572,7 +597,7 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
     top.seen.add("route")
     top.done()
     return Config(
-        path=Path(file), domain=domain, state_dir=state_dir, dns=dns, proxy=proxy, metrics=metrics,
+        path=Path(file), domain=domain, state_dir=state_dir, dns=dns, proxy=proxy, tls=tls, metrics=metrics,
         control=control, routes=routes, docker=docker, kubernetes=kube, kind=kind, powerdns=powerdns,
         containers=containers, log=logc,
     )
@@ -676,7 +701,13 @@ def _routes(top: _Section, domain: str, proxy: ProxyConfig) -> tuple[RouteConfig
             tcp=s.port_map("tcp", ()),
             udp=s.port_map("udp", ()),
             service=s.opt_str("service", None),
+            tls=s.literal("tls", "auto", TLS_MODES),
+            h2c=s.bool_("h2c", False),
         )
+        if rc.tls == "terminate" and rc.http is None:
+            raise s.error("tls", "\"terminate\" needs an http backend (TLS is terminated in front of it)")
+        if rc.tls == "passthrough" and rc.https is None:
+            raise s.error("tls", "\"passthrough\" needs an https backend (TLS is passed through to it)")
         for field_name in ("http", "https"):
             b = getattr(rc, field_name)
             if b is not None and b.port == 0:

@@ -45,6 +45,7 @@ from maculad.adapters.powerdns import PowerDNSAPI
 from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
 from maculad.publishers.coredns import CoreDNSPublisher
+from maculad.proxy.tls import Terminator, load_terminator
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
@@ -81,6 +82,8 @@ class Daemon:
         self.dns: DNSServer | None = None
         self.relay: Relay | None = None
         self.containers: ContainerHorizon | None = None
+        self.tls: Terminator | None = None
+        self.tls_error: str | None = None
         self.docker: DockerTier | None = None
         self.kubernetes: KubernetesProvider | None = None
         self.coredns: CoreDNSPublisher | None = None
@@ -128,8 +131,14 @@ class Daemon:
         self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
                              **_peer(cfg.powerdns))
         await self.dns.start(self.owner)
+        self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
+                                                   metrics=self.metrics)
+        if self.tls_error is not None and cfg.tls.enabled:
+            log.error("tls_unavailable", reason=self.tls_error,
+                      effect="routes with only an http backend get no https port")
         self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics,
-                           service_restarting=self._service_restarting)
+                           service_restarting=self._service_restarting, tls=self.tls,
+                           redirect_http=cfg.tls.redirect_http)
         await self.relay.start(self.owner)
         self.metrics.horizon_up.labels(horizon="host").set(1)
         await self._start_containers(cfg)
@@ -296,6 +305,8 @@ class Daemon:
             self.events.publish("reload", ok=False, error=str(exc))
             raise ControlError(400, f"config refused, nothing changed: {exc}") from None
         fixed = [k for k in ("domain", "state_dir") if getattr(old, k) != getattr(new, k)]
+        fixed += [f"tls.{k}" for k in ("enabled", "handshake_timeout", "max_leaves")
+                  if getattr(old.tls, k) != getattr(new.tls, k)]
         if old.control.socket != new.control.socket:
             fixed.append("control.socket")
         if fixed:
@@ -328,8 +339,8 @@ class Daemon:
             await self._stop_powerdns()
             await self._start_powerdns(new)
             changed.append("powerdns")
-        if old.proxy != new.proxy and self.relay is not None:
-            self.relay.reconfigure(new.proxy)
+        if (old.proxy != new.proxy or old.tls.redirect_http != new.tls.redirect_http) and self.relay is not None:
+            self.relay.reconfigure(new.proxy, redirect_http=new.tls.redirect_http)
             changed.append("proxy")
         if old.metrics != new.metrics:
             if self.metrics_server is not None:
@@ -426,6 +437,7 @@ class Daemon:
             "routes": {"count": len(table.routes), "by_source": table.by_source(),
                        "conflicts": len(table.conflicts), "version": table.version},
             "components": comps,
+            "tls": self.tls.status() if self.tls is not None else {"enabled": False, "error": self.tls_error},
             "tasks": self.owner.status(),
             "last_reload": self._last_reload,
         }

@@ -157,6 +157,30 @@ class Metrics:
             ["action"], registry=r,
         )
 
+        # TLS: the local CA, leaves, termination in the relay
+        self.tls_handshakes = Counter(
+            f"{p}_tls_handshakes_total", "TLS handshakes the relay completed (terminated routes)",
+            ["route"], registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            f"{p}_tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason (sni_outside_domain, client_rejected_certificate, timeout, …)",
+            ["route", "reason"], registry=r,
+        )
+        self.tls_leaves_issued = Counter(
+            f"{p}_tls_leaves_issued_total", "Leaf certificates issued, by reason (new, renew, corrupt)",
+            ["reason"], registry=r,
+        )
+        self.tls_leaves_cached = Gauge(
+            f"{p}_tls_leaves_cached", "Leaf certificates held in memory", registry=r
+        )
+        self.tls_ca_expiry = Gauge(
+            f"{p}_tls_ca_expiry_timestamp_seconds", "When the local root CA expires (0: no CA loaded)", registry=r
+        )
+        self.tls_redirects = Counter(
+            f"{p}_tls_redirects_total", "Plain HTTP requests answered with a 308 to https", ["route"], registry=r
+        )
+
         # services (Docker tier) and cluster
         self.service_up = Gauge(
             f"{p}_service_up", "1 when the service's container runs (and is healthy, if it has a check)",

@@ -12,6 +12,8 @@ container its route (with the reason), never the others theirs.
     macula.udp.<port>  container port behind extra UDP front port <port>
     macula.ip          pinned loopback IP
     macula.restart     restart policy (read by the supervisor, validated here too)
+    macula.tls         auto | terminate | passthrough | off (TLS on the route's :443)
+    macula.h2c         true: the http backend speaks HTTP/2 cleartext (terminated TLS offers h2)
 
 The backend of a port is the container port's published host binding; a
 binding on 0.0.0.0 (or ::) is reached on 127.0.0.1 (or ::1). IPv4 bindings
@@ -30,10 +32,10 @@ from maculad.core.net import Backend, pin_problem
 from maculad.core.restart import parse_restart
 from maculad.adapters.docker.model import ContainerInfo, HostBinding, service_name
 from maculad.providers.base import port_maps
-from maculad.routes.model import RouteSpec
+from maculad.routes.model import TLS_MODES, RouteSpec
 
 PREFIX = "macula."
-KNOWN = {"macula.host", "macula.http", "macula.https", "macula.ip", "macula.restart"}
+KNOWN = {"macula.host", "macula.http", "macula.https", "macula.ip", "macula.restart", "macula.tls", "macula.h2c"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,19 @@ def _route(info: ContainerInfo, host: str, *, domain: str, http_port: int, https
             parse_restart(restart)
         except ValueError as exc:
             raise _Bad(f"macula.restart: {exc}") from None
+    tls = labels.get("macula.tls", "auto").strip().lower()
+    if tls not in TLS_MODES:
+        raise _Bad(f"macula.tls={labels['macula.tls']!r} is not one of {', '.join(TLS_MODES)}")
+    if tls == "terminate" and http is None:
+        raise _Bad("macula.tls=terminate needs macula.http (TLS is terminated in front of it)")
+    if tls == "passthrough" and https is None:
+        raise _Bad("macula.tls=passthrough needs macula.https (TLS is passed through to it)")
+    h2c_s = labels.get("macula.h2c", "false").strip().lower()
+    if h2c_s not in ("true", "false", "1", "0", "yes", "no"):
+        raise _Bad(f"macula.h2c={labels['macula.h2c']!r} is not true or false")
     return RouteSpec(
+        tls=tls,
+        h2c=h2c_s in ("true", "1", "yes"),
         name=name,
         source="docker",
         origin=f"docker:{info.name}",

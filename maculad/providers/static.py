@@ -15,6 +15,8 @@ def config_routes(cfg: Config) -> list[RouteSpec]:
             origin=f"config:{r.name}",
             ip=r.ip,
             service=r.service,
+            tls=r.tls,
+            h2c=r.h2c,
             ports=port_maps(
                 http_port=cfg.proxy.http_port,
                 https_port=cfg.proxy.https_port,

@@ -41,6 +41,35 @@ def host_header(head: bytes | bytearray) -> str | None:
     return None
 
 
+_TARGET_OK = re.compile(rb"^/[\x21-\x7e]{0,8191}$")
+
+
+def redirect_response(head: bytes | bytearray, *, fallback_host: str, https_port: int) -> tuple[bytes, str]:
+    """(a 308 response to the https URL of this request, the Location). Nothing unsafe is echoed:
+    a request target that is not an absolute path becomes "/", a bad Host the route's name."""
+    line = bytes(head[:MAX_HEAD]).split(b"\n", 1)[0].rstrip(b"\r")
+    parts = line.split(b" ")
+    target = parts[1] if len(parts) == 3 and _TARGET_OK.match(parts[1]) else b"/"
+    host = host_header(head) or fallback_host
+    if host.startswith("["):
+        host = host[: host.find("]") + 1] or fallback_host
+    else:
+        host = host.rpartition(":")[0] if ":" in host else host
+    port = "" if https_port == 443 else f":{https_port}"
+    location = f"https://{host}{port}{target.decode('ascii')}"
+    body = f"308 Permanent Redirect\n\n{location}\n".encode()
+    response = (
+        "HTTP/1.1 308 Permanent Redirect\r\n"
+        f"Location: {location}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n"
+        "Server: maculad\r\n"
+        "\r\n"
+    ).encode("ascii") + body
+    return response, location
+
+
 def render(*, status: int, host: str, backend: str, reason: str, service: str | None = None) -> bytes:
     """A complete HTTP/1.1 response: 502 Bad Gateway or 503 Service Unavailable."""
     if status == 503:

@@ -41,6 +41,7 @@ from maculad.proxy.platform import AliasError, LoopbackPlatform, default_platfor
 from maculad.proxy.spec import ListenerSpec, Target, desired_listeners, plan
 from maculad.proxy.stats import Context, ListenerStats
 from maculad.proxy.tcp import TcpListener
+from maculad.proxy.tls import Terminator
 from maculad.proxy.udp import UdpListener
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
@@ -142,13 +143,17 @@ class Relay:
         service_restarting: Callable[[str], bool] = lambda _s: False,
         platform: LoopbackPlatform | None = None,
         horizon: str = "host",
-        planner: Planner = desired_listeners,
+        planner: Planner | None = None,
+        tls: Terminator | None = None,
+        redirect_http: bool = False,
     ) -> None:
-        """`horizon` labels the metrics and names the tasks; `planner` chooses the listeners."""
+        """`horizon` labels the metrics and names the tasks; `planner` chooses the listeners (default:
+        `desired_listeners`, with TLS termination when `tls` is given)."""
         self.horizon = horizon
         self._planner = planner
         self._tasks_prefix = "proxy" if horizon == "host" else f"proxy.{horizon}"
-        self._ctx = Context(config=config, metrics=metrics, service_restarting=service_restarting)
+        self._ctx = Context(config=config, metrics=metrics, service_restarting=service_restarting, tls=tls,
+                            redirect_http=redirect_http)
         self._routes = routes
         self._metrics = metrics
         self._platform = platform if platform is not None else default_platform()
@@ -227,9 +232,11 @@ class Relay:
             "aliases": sorted(self._platform.managed()),
         }
 
-    def reconfigure(self, config: ProxyConfig) -> None:
+    def reconfigure(self, config: ProxyConfig, *, redirect_http: bool | None = None) -> None:
         """Live reload: new timeouts apply to new connections; ports/permissions re-reconcile."""
         self._ctx.config = config
+        if redirect_http is not None:
+            self._ctx.redirect_http = redirect_http
         self._bump()
 
     async def wait_reconciled(self) -> None:
@@ -267,7 +274,11 @@ class Relay:
     async def _apply(self) -> None:
         table = self._routes.current
         config = self._ctx.config
-        desired = self._planner(table, config)
+        if self._planner is not None:
+            desired = self._planner(table, config)
+        else:
+            desired = desired_listeners(table, config, terminating=self._ctx.tls is not None,
+                                        redirect_http=self._ctx.redirect_http)
         p = plan({s: e.target for s, e in self._entries.items()}, desired)
         for spec in p.remove:
             self._retire(self._entries.pop(spec), config.drain_grace)
@@ -303,6 +314,14 @@ class Relay:
             log.error("proxy_listener_refused", address=spec.address, route=target.route, reason=target.refused)
             return
         e.attempts += 1
+        if target.kind == "tls" and self._ctx.tls is not None:
+            try:  # mint the route's leaf now rather than inside the first handshake
+                self._ctx.tls.server_context(target.route, target.h2c)
+            except (OSError, ValueError) as exc:
+                e.state = "failed"
+                e.last_error = f"no certificate for {target.route}: {exc}"
+                log.error("tls_leaf_failed", name=target.route, error=str(exc))
+                return
         try:
             await self._platform.add(spec.ip)
             sock = bind_socket(spec)

@@ -15,10 +15,13 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maculad.config import ProxyConfig
 from maculad.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from maculad.proxy.tls import Terminator
 
 
 #: Seconds between two logs of the same backend failure on one listener.
@@ -28,12 +31,16 @@ LOG_EVERY = 10.0
 class Context:
     """Read by every listener per connection or session; the relay swaps `config` on reload."""
 
-    __slots__ = ("config", "metrics", "service_restarting")
+    __slots__ = ("config", "metrics", "redirect_http", "service_restarting", "tls")
 
-    def __init__(self, *, config: ProxyConfig, metrics: Metrics, service_restarting: Callable[[str], bool]) -> None:
+    def __init__(self, *, config: ProxyConfig, metrics: Metrics, service_restarting: Callable[[str], bool],
+                 tls: Terminator | None = None, redirect_http: bool = False) -> None:
         self.config = config
         self.metrics = metrics
         self.service_restarting = service_restarting
+        #: TLS termination (None: no CA, routes with only an http backend get no https port).
+        self.tls = tls
+        self.redirect_http = redirect_http
 
     def restarting(self, service: str | None) -> bool:
         if not service:

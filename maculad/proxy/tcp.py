@@ -45,7 +45,7 @@ LINGER = 2.0
 #: Seconds the dead-backend page waits for the request head.
 HEAD_WAIT = 2.0
 
-_CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED = range(5)
+_CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED, _HANDSHAKE = range(6)
 
 
 def _tune(transport: asyncio.BaseTransport) -> None:
@@ -74,7 +74,7 @@ class BackendProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         _tune(transport)
-        self.peer_write = self.client.transport.write
+        self.peer_write = self.client.client_writer()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -92,7 +92,7 @@ class BackendProtocol(asyncio.Protocol):
             client.close_both()
             return True
         try:
-            client.transport.write_eof()
+            client.send_eof()
         except (RuntimeError, OSError):
             client.close_both()
         return True
@@ -222,6 +222,15 @@ class ClientProtocol(asyncio.Protocol):
             b.transport.close()
         self.listener.closed(self)
 
+    # -- the client side's byte stream (TlsClientProtocol encrypts it)
+
+    def client_writer(self) -> Any:
+        """The callable the backend side writes the client's bytes with."""
+        return self.transport.write
+
+    def send_eof(self) -> None:
+        self.transport.write_eof()
+
     def close_both(self) -> None:
         b = self.backend
         if b is not None and not b.transport.is_closing():
@@ -322,7 +331,7 @@ class ClientProtocol(asyncio.Protocol):
         t = self.target
         host = errorpage.host_header(self.head or b"") or t.route
         status = 503 if self.listener.ctx.restarting(t.service) else 502
-        self.transport.write(
+        self.client_writer()(
             errorpage.render(status=status, host=host, backend=str(t.backend), reason=self.reason, service=t.service)
         )
         self._linger()
@@ -337,7 +346,7 @@ class ClientProtocol(asyncio.Protocol):
         tr = self.transport
         try:
             if tr.can_write_eof():
-                tr.write_eof()
+                self.send_eof()
         except (RuntimeError, OSError):
             tr.close()
             return
@@ -382,8 +391,18 @@ class TcpListener:
         self._drained: asyncio.Event | None = None
 
     async def start(self, sock: socket.socket) -> None:
+        from maculad.proxy.tls import RedirectProtocol, TlsClientProtocol  # tls.py builds on this module
+
+        def factory() -> asyncio.Protocol:
+            t = self.target  # read per connection: a target updated in place applies to new ones
+            if t.kind == "tls":
+                return TlsClientProtocol(self)
+            if t.redirect:
+                return RedirectProtocol(self)
+            return ClientProtocol(self)
+
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ClientProtocol(self), sock=sock)
+        self._server = await loop.create_server(factory, sock=sock)
 
     def opened(self, conn: ClientProtocol) -> None:
         self.conns.add(conn)
@@ -413,7 +432,7 @@ class TcpListener:
             return
         loop = asyncio.get_running_loop()
         for c in list(self.conns):
-            if c.state == _PAGE or c.state == _LINGER:  # answered already, nothing to wait for
+            if c.state == _PAGE or c.state == _LINGER or c.state == _HANDSHAKE:  # nothing to wait for
                 c.abort()
             elif c.timer is None:
                 c.timer = loop.call_later(grace, c.abort)

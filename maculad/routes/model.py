@@ -15,6 +15,9 @@ from maculad.core.net import Backend
 
 Source = Literal["config", "docker", "kubernetes"]
 Proto = Literal["tcp", "udp"]
+#: How the relay treats TLS on a route's https port (see maculad/proxy/spec.py `tls_mode`).
+TLSMode = Literal["auto", "terminate", "passthrough", "off"]
+TLS_MODES: tuple[TLSMode, ...] = ("auto", "terminate", "passthrough", "off")
 
 #: When two providers claim one name, the lower number wins.
 SOURCE_PRIORITY: dict[Source, int] = {"config": 0, "docker": 1, "kubernetes": 2}
@@ -48,6 +51,10 @@ class RouteSpec:
     ports: tuple[PortMap, ...] = ()
     ip: str | None = None
     service: str | None = None
+    #: `auto`: terminate when there is an http backend and no https one, else pass through.
+    tls: TLSMode = "auto"
+    #: The http backend speaks HTTP/2 without TLS (h2c): terminated TLS then offers ALPN h2 too.
+    h2c: bool = False
 
     @property
     def is_wildcard(self) -> bool:
@@ -64,6 +71,8 @@ class Route:
     origin: str
     ports: tuple[PortMap, ...]
     service: str | None = None
+    tls: TLSMode = "auto"
+    h2c: bool = False
 
     @property
     def is_wildcard(self) -> bool:

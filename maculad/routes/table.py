@@ -190,6 +190,8 @@ def build_table(
             origin=spec.origin,
             ports=spec.ports,
             service=spec.service,
+            tls=spec.tls,
+            h2c=spec.h2c,
         )
         for spec in sorted(winners.values(), key=lambda s: s.name)
         if spec.name in ip_of
