@@ -330,3 +330,143 @@ def test_bad_client_hellos_never_crash_the_relay(env: Env) -> None:
     assert ok.returncode == 0 and "hello from grafana" in ok.stdout
     logs = (env.tmp / "maculad.log").read_text()
     assert "Traceback" not in logs and '"exception"' not in logs
+
+
+# --------------------------------------------------------------------------- trust + real clients
+
+PY_CLIENT = r"""
+import socket, ssl, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.create_default_context()
+try:
+    with socket.create_connection((ip, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="grafana.macula.local") as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: grafana.macula.local\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    print(data.decode(errors="replace"))
+except ssl.SSLCertVerificationError as exc:
+    print("VERIFY FAILED", exc.verify_message)
+    sys.exit(1)
+"""
+
+
+def maculactl(env: Env, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    import os
+    exe = Path(sys.executable).parent / "maculactl"
+    return subprocess.run([str(exe), "--socket", str(env.tmp / "maculad.sock"), *args], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, HOME=str(home)))
+
+
+def test_trust_install_show_export_uninstall_with_root(env: Env, tmp_path: Path) -> None:
+    import os
+    require(shutil.which("update-ca-certificates") is not None and shutil.which("certutil") is not None,
+            "update-ca-certificates (ca-certificates) and certutil (libnss3-tools) needed")
+    root, home = tmp_path / "root", tmp_path / "home"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "debian_version").write_text("12.0\n")
+    # A system with one public root already trusted: install adds to it, uninstall leaves it.
+    public = sorted(Path("/usr/share/ca-certificates/mozilla").glob("*.crt"))[0]
+    (root / "usr/share/ca-certificates/mozilla").mkdir(parents=True)
+    shutil.copy(public, root / "usr/share/ca-certificates/mozilla" / public.name)
+    (root / "etc" / "ca-certificates.conf").write_text(f"mozilla/{public.name}\n")
+    home.mkdir()
+    bundle = root / "etc" / "ssl" / "certs" / "ca-certificates.crt"
+    client_env = dict(os.environ, SSL_CERT_FILE=str(bundle), SSL_CERT_DIR=str(root / "etc" / "ssl" / "certs"))
+
+    def python_client() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", PY_CLIENT, GRAFANA_IP, str(env.https)], capture_output=True,
+                              text=True, timeout=60, env=client_env)
+
+    before = python_client()
+    assert before.returncode == 1 and "VERIFY FAILED" in before.stdout, before.stdout + before.stderr
+
+    dry = maculactl(env, "trust", "install", "--root", str(root), "--dry-run", home=home)
+    assert dry.returncode == 0, dry.stderr
+    assert "would write" in dry.stdout and not (root / "usr/local").exists() and not (home / ".pki").exists()
+
+    inst = maculactl(env, "trust", "install", "--root", str(root), "--json", home=home)
+    assert inst.returncode == 0, inst.stderr
+    anchor = root / "usr/local/share/ca-certificates/maculad-macula.local.crt"
+    assert anchor.read_bytes() == env.ca.read_bytes()
+    assert env.ca.read_text().strip() in bundle.read_text()
+
+    after = python_client()  # Python's default context, reading the bundle install rebuilt
+    assert after.returncode == 0 and "hello from grafana" in after.stdout, after.stdout + after.stderr
+
+    show = maculactl(env, "trust", "show", "--root", str(root), "--json", home=home)
+    assert show.returncode == 0, show.stderr
+    info = json.loads(show.stdout)
+    assert info["path"] == str(env.ca)
+    assert sorted(info["installed"]) == sorted([str(anchor), f"nss:{home / '.pki' / 'nssdb'}"])
+    out = subprocess.run(["openssl", "x509", "-in", str(env.ca), "-noout", "-fingerprint", "-sha256"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().split("=", 1)[1] == info["fingerprint_sha256"]
+    assert dt.datetime.fromisoformat(info["expires"]).year >= dt.datetime.now(dt.UTC).year + 9
+    exp = maculactl(env, "trust", "export", home=home)
+    assert exp.returncode == 0 and exp.stdout == env.ca.read_text()
+
+    bundle_without = bundle.read_text().replace(env.ca.read_text().strip(), "").strip()
+    un = maculactl(env, "trust", "uninstall", "--root", str(root), home=home)
+    assert un.returncode == 0, un.stderr
+    assert not anchor.exists()
+    assert env.ca.read_text().strip() not in bundle.read_text()
+    assert bundle.read_text().strip() == bundle_without
+    assert public.read_text().strip() in bundle.read_text()
+    nss = subprocess.run(["certutil", "-L", "-d", f"sql:{home / '.pki' / 'nssdb'}"], capture_output=True,
+                         text=True, check=True, env=dict(os.environ, HOME=str(home)))
+    assert "maculad" not in nss.stdout
+    assert json.loads(maculactl(env, "trust", "show", "--root", str(root), "--json", home=home).stdout)[
+        "installed"] == []
+    assert python_client().returncode == 1
+
+
+def _chromium(home: Path, url: str, profile: Path) -> tuple[str, str]:
+    import os
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}", "--no-first-run", "--disable-extensions",
+                "--disable-background-networking", "--disable-component-update",
+                f"--host-resolver-rules=MAP grafana.macula.local {GRAFANA_IP}"):
+        opts.add_argument(arg)
+    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver",
+                      env=dict(os.environ, HOME=str(home)))
+    driver = webdriver.Chrome(options=opts, service=service)
+    try:
+        driver.set_page_load_timeout(30)
+        for _ in range(5):
+            driver.get(url)
+            title, body = driver.title, driver.find_element("tag name", "body").text
+            # Docker networks other tests create and remove make Chromium abort a load now and then.
+            if "ERR_NETWORK_CHANGED" not in body:
+                break
+        return title, body
+    finally:
+        driver.quit()
+
+
+def test_real_chromium_trusts_the_root_from_nss_and_shows_the_interstitial_without(env: Env,
+                                                                                   tmp_path: Path) -> None:
+    require(shutil.which("chromium") is not None and shutil.which("chromedriver") is not None,
+            "chromium and chromium-driver (Debian) needed")
+    require(shutil.which("certutil") is not None, "certutil (libnss3-tools) needed")
+    url = f"https://grafana.macula.local:{env.https}/"
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    inst = maculactl(env, "trust", "install", "--root", str(tmp_path / "sysroot"), home=trusted)
+    assert inst.returncode == 0, inst.stderr
+    assert "NSS database" in inst.stdout or ".pki/nssdb" in inst.stdout, inst.stdout
+    title, body = _chromium(trusted, url, tmp_path / "profile-trusted")
+    assert title == "Grafana backend" and "hello from grafana" in body, (title, body)
+
+    untrusted = tmp_path / "untrusted"
+    untrusted.mkdir()
+    title, body = _chromium(untrusted, url, tmp_path / "profile-untrusted")
+    assert "hello from grafana" not in body
+    assert "ERR_CERT_AUTHORITY_INVALID" in body or "Privacy error" in title, (title, body[:500])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -490,6 +491,90 @@ def cmd_docker_dns(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def _root_cert(ctx: Ctx) -> tuple[Path, str]:
+    """(the root's path, the domain): from --ca, --config (state_dir/ca/ca.pem) or the daemon."""
+    a = ctx.args
+    domain = getattr(a, "domain", None)
+    if getattr(a, "ca", None):
+        return Path(a.ca), domain or "macula.local"
+    cfg = getattr(a, "config", None)
+    if cfg:
+        from maculad.config import ConfigError, load_config
+        try:
+            c = load_config(cfg)
+        except ConfigError as exc:
+            raise Failure(str(exc)) from None
+        return c.state_dir / "ca" / "ca.pem", c.domain
+    try:
+        status = ctx.client.get("/v1/status")
+    except DaemonUnavailable as exc:
+        raise DaemonUnavailable(f"{exc} (or pass --config FILE or --ca PATH)") from None
+    tls = status.get("tls") if isinstance(status, dict) else None
+    if not isinstance(tls, dict) or not tls.get("ca"):
+        why = tls.get("error") if isinstance(tls, dict) else "the daemon reports no TLS"
+        raise Failure(f"the daemon has no CA: {why}")
+    return Path(str(tls["ca"])), str(status.get("domain") or "macula.local")
+
+
+def cmd_trust(ctx: Ctx) -> int:
+    from maculad.pki import trust
+
+    a = ctx.args
+    path, domain = _root_cert(ctx)
+    try:
+        root = trust.read_root(path, domain)
+    except trust.TrustError as exc:
+        raise Failure(str(exc)) from None
+    if a.trust_command == "export":
+        ctx.out.write(root.pem.decode("ascii"))
+        return EXIT_OK
+    home = Path(os.environ.get("HOME") or Path.home())
+    facts = trust.detect(root=Path(a.root), home=home)
+    if a.trust_command == "show":
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate(root.der)
+        info: dict[str, Any] = {"path": str(root.path), "domain": domain, "fingerprint_sha256": root.fingerprint,
+                "subject": cert.subject.rfc4514_string(), "expires": cert.not_valid_after_utc.isoformat(),
+                "installed": trust.installed_in(facts, root)}
+        ctx.emit(info, lambda d: "\n".join([
+            f"root:        {d['path']}", f"subject:     {d['subject']}", f"sha256:      {d['fingerprint_sha256']}",
+            f"expires:     {d['expires']}",
+            "installed:   " + (", ".join(d["installed"]) if d["installed"] else "nowhere (maculactl trust install)"),
+        ]))
+        return EXIT_OK
+    plan = trust.plan_install if a.trust_command == "install" else trust.plan_uninstall
+    actions, notes = plan(facts, root)
+    try:
+        results = trust.execute(actions, root, dry_run=a.dry_run, facts=facts)
+    except (trust.TrustError, OSError) as exc:
+        raise Failure(f"trust {a.trust_command}: {exc}") from None
+    data: dict[str, Any] = {
+        "action": a.trust_command, "dry_run": a.dry_run, "root": str(root.path),
+        "fingerprint_sha256": root.fingerprint, "family": facts.family, "notes": notes,
+        "steps": [{"store": r.action.store, "what": r.action.what, "kind": r.action.kind,
+                   "path": str(r.action.path) if r.action.path else None, "argv": list(r.action.argv),
+                   "done": r.done, "detail": r.detail} for r in results],
+    }
+
+    def render(d: dict[str, Any]) -> str:
+        lines = []
+        for s in d["steps"]:
+            if s["kind"] == "run" and s["detail"] == "not present":
+                continue
+            verb = "would " if d["dry_run"] else ""
+            what = s["path"] or s["what"]
+            step = {"write": "write", "remove": "remove", "run": "run"}[s["kind"]]
+            lines.append(f"{verb}{step}: {what}" + (f"  ({' '.join(s['argv'])})" if s["argv"] else ""))
+        lines += [f"note: {n}" for n in d["notes"]]
+        if not d["steps"]:
+            lines.append("nothing to do")
+        return "\n".join(lines)
+
+    ctx.emit(data, render)
+    return EXIT_OK
+
+
 def gather_facts(ctx: Ctx) -> Facts:
     sock = ctx.client.socket_path
     try:
@@ -598,6 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--address", default=None, help="G (default: the running daemon's container horizon)")
     dd.add_argument("--dry-run", action="store_true", help="print what would be written")
     dd.add_argument("--root", default="/", help="edit <root>/etc/docker/daemon.json (for tests and images)")
+    t = sub.add_parser("trust", parents=[common, cfg], help="install the local CA's root where browsers look")
+    t.add_argument("trust_command", choices=["install", "uninstall", "show", "export"])
+    t.add_argument("--dry-run", action="store_true", help="print what would change")
+    t.add_argument("--root", default="/", help="apply under this directory (for tests and images)")
+    t.add_argument("--ca", default=None, help="the root certificate (default: from the daemon or --config)")
+    t.add_argument("--domain", default=None, help="with --ca: the domain it is for (default macula.local)")
     return p
 
 
@@ -607,6 +698,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "cluster": cmd_cluster, "dns": cmd_dns, "reload": cmd_reload, "events": cmd_events,
     "doctor": cmd_doctor, "hosts": cmd_hosts, "resolver": cmd_resolver, "powerdns": cmd_powerdns,
     "docker-dns": cmd_docker_dns,
+    "trust": cmd_trust,
 }
 
 
