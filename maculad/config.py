@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from maculad.core.names import check_domain, qualify
-from maculad.core.net import Backend, parse_hostport, pin_problem
+from maculad.core.net import TLS_MODES, Backend, TLSMode, parse_hostport, pin_problem
 from maculad.core.restart import RESTART_POLICIES, RestartPolicyName, parse_restart
-from maculad.routes.model import TLS_MODES, TLSMode
 
 LogFormat = Literal["auto", "json", "console"]
 

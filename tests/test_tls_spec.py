@@ -86,7 +86,7 @@ def test_route_tls_config_is_validated() -> None:
 
 
 def test_docker_labels_carry_tls() -> None:
-    from maculad.docker.model import ContainerInfo, HostBinding
+    from maculad.adapters.docker.model import ContainerInfo, HostBinding
     from maculad.providers.docker_labels import container_route
 
     def info(labels: dict[str, str]) -> ContainerInfo:

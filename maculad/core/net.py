@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 from dataclasses import dataclass
 
 
@@ -86,3 +87,8 @@ def pin_problem(ip: str, *, allow_non_loopback: bool) -> str | None:
     except ValueError:
         return f"{ip!r} is not an IPv4 address"
     return loopback_problem(ip, allow_non_loopback=allow_non_loopback)
+
+
+#: How the relay treats TLS on a route's https port (see maculad/proxy/spec.py `tls_mode`).
+TLSMode = Literal["auto", "terminate", "passthrough", "off"]
+TLS_MODES: tuple[TLSMode, ...] = ("auto", "terminate", "passthrough", "off")

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from maculad.fsutil import atomic_write
+from maculad.core.fsutil import atomic_write
 
 ROOT_DAYS = 3650
 #: CA/Browser Forum limit for a server certificate's lifetime (Apple enforces 398).

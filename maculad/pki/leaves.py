@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from maculad.fsutil import atomic_write
+from maculad.core.fsutil import atomic_write
 from maculad.pki.ca import CA, RENEW_BEFORE, _same_key, fingerprint, in_domain, issue_leaf, key_pem, new_key
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,24 @@ def failure_reason(exc: BaseException, marked: str | None) -> str:
     return _REASONS.get(str(reason), "malformed")
 
 
+def _quiet_bad_sni() -> None:
+    """CPython decodes the SNI before calling `sni_callback`; a name that is not ASCII fails the
+    handshake (counted as `malformed`) and is reported through `sys.unraisablehook` as a traceback on
+    stderr. That report, and only that one, becomes a debug log line."""
+    previous = sys.unraisablehook
+    if getattr(previous, "maculad_sni_filter", False):
+        return
+
+    def hook(info: Any) -> None:
+        if isinstance(info.exc_value, UnicodeDecodeError) and isinstance(info.object, bytes):
+            log.debug("tls_sni_not_ascii", length=len(info.object))
+            return
+        previous(info)
+
+    hook.maculad_sni_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def serves(route: str, name: str) -> bool:
     """Whether a route named `route` (`*.x` covers every name below x) answers for `name`."""
     if route.startswith("*."):
@@ -95,6 +114,7 @@ class Terminator:
         self._base_ctx: dict[tuple[str, bool], tuple[int, ssl.SSLContext]] = {}
         self._ok: dict[str, Any] = {}
         self._failed: dict[tuple[str, str], Any] = {}
+        _quiet_bad_sni()
 
     # -- contexts
 

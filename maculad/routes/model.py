@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from maculad.core.net import TLS_MODES as TLS_MODES
 from maculad.core.net import Backend
+from maculad.core.net import TLSMode as TLSMode
 
 Source = Literal["config", "docker", "kubernetes"]
 Proto = Literal["tcp", "udp"]
-#: How the relay treats TLS on a route's https port (see maculad/proxy/spec.py `tls_mode`).
-TLSMode = Literal["auto", "terminate", "passthrough", "off"]
-TLS_MODES: tuple[TLSMode, ...] = ("auto", "terminate", "passthrough", "off")
 
 #: When two providers claim one name, the lower number wins.
 SOURCE_PRIORITY: dict[Source, int] = {"config": 0, "docker": 1, "kubernetes": 2}
