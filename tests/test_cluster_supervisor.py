@@ -217,3 +217,43 @@ async def test_ingress_not_available_keeps_the_cluster_degraded_until_it_is(env:
     env.api.make_available()
     await wait_for(lambda: r.sup.status()["state"] == "ready", 30, "the cluster to be ready")
     assert env.kind_calls("create", "cluster") == 1
+
+
+async def test_ingress_gets_the_default_certificate_secret(env: ClusterEnv) -> None:
+    """The Secret, read back from the API server, verifies for console.macula.local with the root;
+    the controller runs with --default-ssl-certificate pointing at it."""
+    import base64
+
+    from maculad.pki.ca import load_or_create
+    from maculad.pki.leaves import LeafStore
+    from tests.support.fake_k8s import ResourceType
+
+    ca, _ = load_or_create(env.tmp / "state" / "ca", "macula.local")
+    store = LeafStore(ca=ca, directory=env.tmp / "state" / "ca" / "leaves")
+    env.setup()
+    env.start_registry()
+    r = await env.run(env.config(), tls=store)
+    await wait_for(lambda: r.sup.status()["state"] == "ready", 30, "the cluster to be ready")
+    secret = env.api.get(ResourceType("", "v1", "secrets", "Secret", True), "ingress-nginx", "maculad-default-tls")
+    assert secret is not None and secret["type"] == "kubernetes.io/tls"
+    crt = env.tmp / "ingress.crt"
+    crt.write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
+    assert b"PRIVATE KEY" in base64.b64decode(secret["data"]["tls.key"])
+    for name in ("console.macula.local", "macula.local"):
+        v = subprocess.run(["openssl", "verify", "-CAfile", str(env.tmp / "state" / "ca" / "ca.pem"),
+                            "-purpose", "sslserver", "-verify_hostname", name, str(crt)],
+                           capture_output=True, text=True, check=False)
+        assert v.returncode == 0, v.stdout + v.stderr
+    v = subprocess.run(["openssl", "verify", "-CAfile", str(env.tmp / "state" / "ca" / "ca.pem"),
+                        "-verify_hostname", "console.example.com", str(crt)], capture_output=True, text=True,
+                       check=False)
+    assert v.returncode != 0
+    dep = env.api.get(DEPLOYMENTS, "ingress-nginx", "ingress-nginx-controller")
+    assert dep is not None
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "/nginx-ingress-controller"
+    assert "--default-ssl-certificate=ingress-nginx/maculad-default-tls" in args
+    paths = [q.path for q in env.api.requests if q.method == "PATCH"]
+    assert paths.index("/api/v1/namespaces/ingress-nginx/secrets/maculad-default-tls") < paths.index(
+        "/apis/apps/v1/namespaces/ingress-nginx/deployments/ingress-nginx-controller")
+    assert "maculad-default-tls" in r.sup.status()["wiring"]["ingress_tls"]

@@ -173,3 +173,13 @@ def test_platform_powerdns_publishes_api_and_dns_where_maculad_looks() -> None:
     assert (api_host, int(api_port), "tcp") in published
     assert d.dns is not None
     assert {(d.dns.host, d.dns.port, "udp"), (d.dns.host, d.dns.port, "tcp")} <= published
+
+
+def test_platform_services_mount_the_local_ca_where_they_read_extra_cas() -> None:
+    doc = json.loads(compose("-f", str(PLATFORM), "config", "--format", "json").stdout)
+    for name in ("registry", "prometheus", "loki", "tempo", "grafana", "minio"):
+        svc = doc["services"][name]
+        mounts = {v["target"]: v for v in svc.get("volumes", [])}
+        ca = mounts["/etc/maculad/ca/maculad-ca.pem"]
+        assert ca["source"] == "/var/lib/maculad/ca/ca.pem" and ca.get("read_only"), (name, ca)
+        assert svc["environment"]["SSL_CERT_DIR"] == "/etc/ssl/certs:/etc/maculad/ca", name

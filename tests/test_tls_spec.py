@@ -141,3 +141,19 @@ def test_failure_reasons() -> None:
     assert failure_reason(e, None) == "malformed"
     assert failure_reason(e, "sni_outside_domain") == "sni_outside_domain"
     assert failure_reason(ssl.SSLEOFError(), None) == "eof"
+
+
+def test_with_default_certificate_touches_only_the_controller() -> None:
+    from maculad.supervise.cluster_wiring import with_default_certificate
+
+    ctrl = {"kind": "Deployment", "metadata": {"name": "c"}, "spec": {"template": {"spec": {"containers": [
+        {"name": "controller", "args": ["/nginx-ingress-controller", "--default-ssl-certificate=x/old", "--v=2"]},
+        {"name": "sidecar", "args": ["run"]}]}}}}
+    other = {"kind": "Deployment", "metadata": {"name": "o"}, "spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "x"}]}}}}
+    out = with_default_certificate([ctrl, other], "ingress-nginx/maculad-default-tls")
+    args = out[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["/nginx-ingress-controller", "--v=2", "--default-ssl-certificate=ingress-nginx/maculad-default-tls"]
+    assert out[0]["spec"]["template"]["spec"]["containers"][1]["args"] == ["run"]
+    assert out[1] is other
+    assert ctrl["spec"]["template"]["spec"]["containers"][0]["args"][1] == "--default-ssl-certificate=x/old"

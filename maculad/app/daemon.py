@@ -410,7 +410,8 @@ class Daemon:
                 else None)
             await self.coredns.start(self.owner)
         if cfg.kind.manage and self.cluster is None:
-            self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events)
+            self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events,
+                                             tls=self.tls.store if self.tls is not None else None)
             await self.cluster.start(self.owner)
 
     # ------------------------------------------------------------------ ControlTarget

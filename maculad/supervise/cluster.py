@@ -38,6 +38,9 @@ from maculad.config import Config
 from maculad.core.events import EventBus
 from maculad.core.fsutil import atomic_write
 from maculad.observability.metrics import Metrics
+from maculad.pki.leaves import LeafStore
+from maculad.pki.secret import REF as SECRET_REF
+from maculad.pki.secret import ingress_leaf, secret_object
 from maculad.supervise.cluster_nodes import KIND_NETWORK, AiodockerNodes, Node, NodeDocker, NodeDockerError
 from maculad.supervise.cluster_plan import (
     CLUSTER_STATES,
@@ -50,6 +53,7 @@ from maculad.supervise.cluster_plan import (
 )
 from maculad.supervise.cluster_wiring import (
     Applier,
+    with_default_certificate,
     KubeError,
     KubeSession,
     KubeTransport,
@@ -90,8 +94,11 @@ class ClusterSupervisor:
         docker: NodeDocker | None = None,
         kube: KubeOpener | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls: LeafStore | None = None,
     ) -> None:
         kc = config.kind
+        #: The local CA's leaves: the ingress gets Secret ingress-nginx/maculad-default-tls from it.
+        self._tls = tls
         self._config = config
         self._kc = kc
         self._cluster = kc.cluster
@@ -525,6 +532,17 @@ class ClusterSupervisor:
             objs = parse_manifest(text, source=source)
         except ManifestError as exc:
             raise WiringError("ingress", str(exc)) from None
+        if self._tls is not None:
+            try:
+                secret = secret_object(ingress_leaf(self._tls))
+            except (OSError, ValueError) as exc:
+                raise WiringError("ingress", f"no default certificate for the ingress: {exc}") from None
+            objs = with_default_certificate(objs, SECRET_REF)
+            at = sum(1 for o in objs if o.get("kind") in ("Namespace", "CustomResourceDefinition"))
+            objs.insert(at, secret)  # after its Namespace, before the controller that reads it
+            meta = secret["metadata"]
+            self._wiring["ingress_tls"] = (f"Secret {SECRET_REF} for *.{self._tls.ca.domain} "
+                                           f"(until {meta['annotations']['maculad/not-after'][:10]})")
         try:
             await applier.apply_all(objs)
             deployments = [o for o in objs if o.get("kind") == "Deployment"]

@@ -205,6 +205,31 @@ def describe(obj: Mapping[str, Any]) -> str:
     return f"{obj.get('kind')}/{ns + '/' if ns else ''}{meta.get('name')}"
 
 
+def with_default_certificate(objs: list[dict[str, Any]], ref: str) -> list[dict[str, Any]]:
+    """The objects with `--default-ssl-certificate=<ref>` on every ingress-nginx controller container
+    (a container whose args start with the `/nginx-ingress-controller` binary); an existing flag is replaced.
+    Copies what it changes; the input is not modified."""
+    import copy
+
+    flag = "--default-ssl-certificate"
+    out: list[dict[str, Any]] = []
+    for obj in objs:
+        if obj.get("kind") in ("Deployment", "DaemonSet"):
+            containers = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")
+            if isinstance(containers, list) and any(_is_controller(c) for c in containers):
+                obj = copy.deepcopy(obj)
+                for c in obj["spec"]["template"]["spec"]["containers"]:
+                    if _is_controller(c):
+                        c["args"] = [a for a in c["args"] if not str(a).startswith(flag + "=")] + [f"{flag}={ref}"]
+        out.append(obj)
+    return out
+
+
+def _is_controller(container: Any) -> bool:
+    args = container.get("args") if isinstance(container, dict) else None
+    return isinstance(args, list) and bool(args) and str(args[0]).endswith("nginx-ingress-controller")
+
+
 def parse_manifest(text: str, *, source: str = "manifest") -> list[dict[str, Any]]:
     """Multi-document YAML → objects to apply, in order (Namespaces and CRDs first; `List`s expanded)."""
     try:

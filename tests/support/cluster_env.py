@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from maculad.pki.leaves import LeafStore
 from maculad.config import Config, parse_config
 from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
@@ -182,12 +183,12 @@ class ClusterEnv:
         data = {"state_dir": str(self.tmp / "state"), "kind": section}
         return parse_config(data, file=str(self.tmp / "maculad.toml"), base=self.tmp)
 
-    async def run(self, cfg: Config) -> Running:
+    async def run(self, cfg: Config, *, tls: LeafStore | None = None) -> Running:
         metrics = Metrics()
         events = EventBus()
         fatal: list[str] = []
         owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: fatal.append(name))
-        sup = ClusterSupervisor(config=cfg, metrics=metrics, events=events)
+        sup = ClusterSupervisor(config=cfg, metrics=metrics, events=events, tls=tls)
         await sup.start(owner)
         r = Running(sup, owner, metrics, events, fatal)
         self.running.append(r)
@@ -236,6 +237,7 @@ spec:
       containers:
         - name: controller
           image: registry.k8s.io/ingress-nginx/controller:v1.12.0
+          args: [/nginx-ingress-controller, --election-id=ingress-nginx-leader, --watch-ingress-without-class=true]
           ports:
             - {containerPort: 80, hostPort: 80}
             - {containerPort: 443, hostPort: 443}
