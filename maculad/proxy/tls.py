@@ -13,7 +13,7 @@ loop's exception handler.
 
 Certificates: `Terminator` keeps one server context per (route, ALPN) whose
 default certificate is the route's own leaf (the apex for a wildcard route:
-what a client without SNI gets), and an `sni_callback` that swaps in the leaf
+what a client without SNI, or with an IP literal as SNI, gets), and an `sni_callback` that swaps in the leaf
 context of the requested name, minted on demand by `LeafStore` (pre-minted
 when the listener binds). An SNI outside the domain, or for a name this route
 does not serve, ends the handshake with `unrecognized_name`: no certificate is
@@ -24,6 +24,7 @@ h2c. Leaf contexts are rebuilt when the store renews a leaf.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import sys
 from collections.abc import Callable
@@ -95,6 +96,14 @@ def _quiet_bad_sni() -> None:
     sys.unraisablehook = hook
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def serves(route: str, name: str) -> bool:
     """Whether a route named `route` (`*.x` covers every name below x) answers for `name`."""
     if route.startswith("*."):
@@ -157,8 +166,8 @@ class Terminator:
         domain = self.domain
 
         def callback(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            if server_name is None:
-                return None  # the default certificate
+            if server_name is None or _is_ip(server_name):
+                return None  # the default certificate (an IP is no valid SNI; some clients send one anyway)
             name = server_name.lower().rstrip(".")
             if not in_domain(name, domain) or not valid_name(name, domain):
                 sslobj.maculad_failure = "sni_outside_domain"  # type: ignore[attr-defined]
