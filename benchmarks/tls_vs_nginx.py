@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relay_vs_nginx import (  # noqa: E402
+from relay_vs_nginx import (
     MACULAD,
     STREAM_MODULE,
     children,
