@@ -123,6 +123,7 @@ class DockerConfig:
     default_restart: RestartPolicyName = "unless-stopped"
     backoff: BackoffConfig = BackoffConfig()
     services: Mapping[str, ServiceConfig] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()  # only containers carrying every one of these ("key" or "key=value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +197,17 @@ class ContainersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The read-only status page at http://<domain> (maculad.web)."""
+
+    enabled: bool = True
+    listen: Backend | None = None  # None: the first dns.listen IP at proxy.http_port
+    max_clients: int = 32  # live (SSE) connections at once
+    max_connections: int = 128  # HTTP connections at once
+    check_interval: float = 5.0  # a backend's reachability is checked at most this often
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: LogFormat = "auto"
@@ -217,7 +229,18 @@ class Config:
     kind: KindConfig = KindConfig()
     powerdns: PowerDNSConfig = PowerDNSConfig()
     containers: ContainersConfig = ContainersConfig()
+    web: WebConfig = WebConfig()
     log: LogConfig = LogConfig()
+
+    @property
+    def web_listen(self) -> Backend:
+        """Where the page is served: `web.listen`, else the first DNS address at the HTTP port."""
+        if self.web.listen is not None:
+            return self.web.listen
+        host = self.dns.listen[0].host
+        if ipaddress.ip_address(host).is_unspecified:
+            host = "127.0.0.1" if ipaddress.ip_address(host).version == 4 else "::1"
+        return Backend(host, self.proxy.http_port)
 
 
 # --------------------------------------------------------------------------- reading
@@ -516,6 +539,7 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
         default_restart=s.literal("default_restart", "unless-stopped", RESTART_POLICIES),
         backoff=bo,
         services=services,
+        labels=_label_filters(s),
     )
     s.done()
 
@@ -586,6 +610,18 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
                       "[containers] address")
     s.done()
 
+    s = top.sub("web")
+    web = WebConfig(
+        enabled=s.bool_("enabled", True),
+        listen=s.addr("listen", None),
+        max_clients=s.int_("max_clients", 32, 1, 10_000),
+        max_connections=s.int_("max_connections", 128, 2, 100_000),
+        check_interval=s.float_("check_interval", 5.0, 0.5, 3600),
+    )
+    if web.listen is not None:
+        _ip_literal(web.listen, lambda r: s.error("listen", r))
+    s.done()
+
     s = top.sub("log")
     logc = LogConfig(
         level=s.literal("level", "info", ("debug", "info", "warning", "error")),
@@ -598,7 +634,7 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
     return Config(
         path=Path(file), domain=domain, state_dir=state_dir, dns=dns, proxy=proxy, tls=tls, metrics=metrics,
         control=control, routes=routes, docker=docker, kubernetes=kube, kind=kind, powerdns=powerdns,
-        containers=containers, log=logc,
+        containers=containers, web=web, log=logc,
     )
 
 
@@ -665,6 +701,16 @@ def _powerdns(s: _Section, *, domain: str, world_readable: bool) -> PowerDNSConf
     )
     s.done()
     return cfg
+
+
+def _label_filters(s: _Section) -> tuple[str, ...]:
+    v = s.get("labels")
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() and not x.startswith("=")
+                                          for x in v):
+        raise s.error("labels", 'must be a list of "key" or "key=value" strings')
+    return tuple(x.strip() for x in v)
 
 
 def _routes(top: _Section, domain: str, proxy: ProxyConfig) -> tuple[RouteConfig, ...]:

@@ -52,6 +52,7 @@ from maculad.routes.table import RouteTable
 from maculad.core.names import qualify
 from maculad.supervise.cluster import ClusterSupervisor
 from maculad.core.tasks import TaskOwner
+from maculad.web.server import WebServer
 
 log = structlog.get_logger("maculad")
 
@@ -91,6 +92,7 @@ class Daemon:
         self.powerdns: PowerDNSPublisher | None = None
         self.control: ControlServer | None = None
         self.metrics_server: MetricsServer | None = None
+        self.web: WebServer | None = None
         self._ready = False
         self._last_reload: dict[str, Any] | None = None
 
@@ -129,7 +131,7 @@ class Daemon:
         self.table.update("config", config_routes(cfg))
 
         self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
-                             **_peer(cfg.powerdns))
+                             apex_a=_apex(cfg), **_peer(cfg.powerdns))
         await self.dns.start(self.owner)
         self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
                                                    metrics=self.metrics)
@@ -146,6 +148,7 @@ class Daemon:
         await self._start_powerdns(cfg)
         self.control = ControlServer(config=cfg.control, target=self, metrics=self.metrics)
         await self.control.start(self.owner)
+        await self._start_web(cfg)
 
         await self.relay.wait_reconciled()
         if self.containers is not None:
@@ -177,6 +180,9 @@ class Daemon:
         self._ready = False
         log.info("stopping")
         await self.owner.stop_stage("meta", timeout=STOP_TIMEOUT)
+        if self.web is not None:
+            await _bounded(self.web.stop(), what="web")
+            self.web = None
         if self.dns is not None:
             await _bounded(self.dns.stop(), what="dns")
         if self.relay is not None:
@@ -326,11 +332,19 @@ class Daemon:
             if old.dns.listen != new.dns.listen:
                 await self.dns.stop()
                 self.dns = DNSServer(config=new.dns, domain=new.domain, routes=self.table,
-                                     metrics=self.metrics, **_peer(new.powerdns))
+                                     metrics=self.metrics, apex_a=_apex(new), **_peer(new.powerdns))
                 await self.dns.start(self.owner)
             else:
-                self.dns.reconfigure(new.dns)
+                self.dns.reconfigure(new.dns, apex_a=_apex(new))
             changed.append("dns")
+        elif _apex(old) != _apex(new) and self.dns is not None:
+            self.dns.reconfigure(new.dns, apex_a=_apex(new))
+        if (old.web, old.web_listen) != (new.web, new.web_listen):
+            if self.web is not None:
+                await _bounded(self.web.stop(), what="web")
+                self.web = None
+            await self._start_web(new)
+            changed.append("web")
         if _peer(old.powerdns) != _peer(new.powerdns) and self.dns is not None:
             self.dns.set_peer(**_peer(new.powerdns))
             changed.append("powerdns.dns")
@@ -390,6 +404,14 @@ class Daemon:
         if not cfg.containers.enabled:
             self.metrics.horizon_up.labels(horizon="containers").set(0)
 
+    async def _start_web(self, cfg: Config) -> None:
+        if not cfg.web.enabled:
+            return
+        self.web = WebServer(source=self, domain=cfg.domain, listen=cfg.web_listen, metrics=self.metrics,
+                             max_clients=cfg.web.max_clients, max_connections=cfg.web.max_connections,
+                             check_interval=cfg.web.check_interval)
+        await self.web.start(self.owner)
+
     async def _start_sources(self, cfg: Config) -> None:
         """Start every enabled source that is not running; forget the routes of disabled ones."""
         if cfg.docker.enabled and self.docker is None:
@@ -420,7 +442,7 @@ class Daemon:
         cfg = self.config
         comps: dict[str, Any] = {}
         for attr in ("metrics_server", "dns", "relay", "containers", "docker", "kubernetes", "coredns", "cluster",
-                     "powerdns", "control"):
+                     "powerdns", "control", "web"):
             comp = getattr(self, attr)
             if comp is not None:
                 try:
@@ -526,6 +548,11 @@ def _peer(p: PowerDNSConfig) -> dict[str, Any]:
     if p.enabled and p.dns is not None:
         return {"peer": p.dns, "peer_zone": p.zone}
     return {"peer": None, "peer_zone": None}
+
+
+def _apex(cfg: Config) -> tuple[str, ...]:
+    """The domain's own A answer: where the status page is served, when it is."""
+    return (cfg.web_listen.host,) if cfg.web.enabled else ()
 
 
 async def _bounded(coro: Any, *, what: str, timeout: float = STOP_TIMEOUT) -> None:

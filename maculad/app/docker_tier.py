@@ -54,7 +54,7 @@ class DockerTier:
         self.enabled = config.docker.enabled
         self.endpoint = resolve_endpoint(config.docker.host)
         self.api: DockerAPI = api if api is not None else AiodockerAPI(endpoint=self.endpoint)
-        self.inventory = DockerInventory(api=self.api, metrics=metrics, labels=labels)
+        self.inventory = DockerInventory(api=self.api, metrics=metrics, labels=(*config.docker.labels, *labels))
         self.provider = DockerProvider(
             inventory=self.inventory, routes=routes, domain=config.domain, http_port=config.proxy.http_port,
             https_port=config.proxy.https_port, project=config.docker.compose_project,

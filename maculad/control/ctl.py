@@ -378,6 +378,45 @@ def cmd_events(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def _resolves_to(name: str, ip: str, timeout: float = 2.0) -> bool:
+    """Does this machine's resolver answer `name` with `ip`? (A slow resolver counts as no.)"""
+    import concurrent.futures
+    import socket
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        infos = pool.submit(socket.getaddrinfo, name, None, socket.AF_INET).result(timeout)
+    except (OSError, concurrent.futures.TimeoutError):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+    return any(info[4][0] == ip for info in infos)
+
+
+def cmd_open(ctx: Ctx) -> int:
+    """Open the status page: at http://<domain> when this machine resolves it, else at its address."""
+    import webbrowser
+
+    status = ctx.client.get("/v1/status")
+    web = (status.get("components") or {}).get("web")
+    if not web:
+        raise Failure("the status page is off ([web] enabled = false in the config)")
+    if not web.get("serving") or not web.get("bound"):
+        raise Failure(f"the status page is not serving: {web.get('last_error') or 'starting'}")
+    url = str(web["url"])
+    note = None
+    if not _resolves_to(str(status.get("domain", "")), str(web["bound"][0])):
+        url = str(web["address_url"])
+        note = (f"{status.get('domain')} does not resolve to {web['bound'][0]} here "
+                "(maculactl resolver install); using the address")
+    opened = False if ctx.args.print_only else webbrowser.open(url)
+    ctx.emit({"url": url, "opened": opened, "note": note},
+             lambda d: "\n".join(x for x in (d["note"] and f"note: {d['note']}", d["url"],
+                                             None if d["opened"] or ctx.args.print_only
+                                             else "no browser found: open the address above") if x))
+    return EXIT_OK
+
+
 def cmd_hosts(ctx: Ctx) -> int:
     path = Path(ctx.args.file)
     if ctx.args.remove:
@@ -664,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd = sub.add_parser("powerdns", parents=[common], help="the PowerDNS zone: connected, last sync, conflicts")
     pd.add_argument("powerdns_command", choices=["status"], nargs="?", default="status")
     sub.add_parser("reload", parents=[common], help="re-read the config and apply it")
+    op = sub.add_parser("open", parents=[common], help="open the status page in a browser")
+    op.add_argument("--print", dest="print_only", action="store_true", help="only print its address")
     sub.add_parser("doctor", parents=[common, cfg], help="check the installation and explain")
     h = sub.add_parser("hosts", parents=[common, cfg], help="an /etc/hosts block for the routes")
     mode = h.add_mutually_exclusive_group()
@@ -699,6 +740,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "doctor": cmd_doctor, "hosts": cmd_hosts, "resolver": cmd_resolver, "powerdns": cmd_powerdns,
     "docker-dns": cmd_docker_dns,
     "trust": cmd_trust,
+    "open": cmd_open,
 }
 
 

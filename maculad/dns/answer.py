@@ -8,8 +8,8 @@ addresses, the empty non-terminals between route names and the apex); then
 - A for a route's name (exact or covered by a `*.x` wildcard), AA set;
 - AAAA or any other type on an existing name: NODATA (NOERROR, SOA in authority);
 - a name in the zone that does not exist: NXDOMAIN with the SOA;
-- SOA and NS at the apex; the NS target `ns.<domain>` has the listen addresses
-  as A/AAAA records (a route of that name takes precedence);
+- SOA and NS at the apex, and A when the status page serves (`apex_a`); the NS
+  target `ns.<domain>` has the listen addresses as A/AAAA records (a route of that name takes precedence);
 - ANY: one RRset only (RFC 8482) — the A record, or the SOA at the apex;
 - a name in the zone that no route has, with PowerDNS configured (`peer_zone`):
   a `peer` decision — the transport asks PowerDNS's DNS port (dns/peer.py);
@@ -124,10 +124,11 @@ class ZoneSettings:
     peer_zone: str | None = None
     #: The container horizon: every route answers this one address (G) instead of its own IP.
     answer_address: str | None = None
+    apex_a: tuple[str, ...] = ()  # A records of the apex itself: where the status page answers
 
     @classmethod
     def from_listen(cls, *, domain: str, ttl: int, listen_hosts: tuple[str, ...], forwarding: bool,
-                    peer_zone: str | None = None) -> ZoneSettings:
+                    peer_zone: str | None = None, apex_a: tuple[str, ...] = ()) -> ZoneSettings:
         """The NS addresses are the listen addresses; a wildcard bind answers as loopback.
 
         Raises ValueError for a domain that cannot be a DNS name on the wire."""
@@ -142,8 +143,10 @@ class ZoneSettings:
                 ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
             if str(ip) not in addrs:
                 addrs.append(str(ip))
+        apex = tuple(str(ip) for ip in map(ipaddress.ip_address, apex_a) if ip.version == 4)
         return cls(domain=d, ttl=ttl, ns_addresses=tuple(addrs) or ("127.0.0.1",),
-                   forwarding=forwarding, peer_zone=peer_zone.lower().rstrip(".") if peer_zone else None)
+                   forwarding=forwarding, peer_zone=peer_zone.lower().rstrip(".") if peer_zone else None,
+                   apex_a=apex)
 
 
 #: SOA timers; nothing transfers this zone, they are there to be well-formed.
@@ -164,6 +167,7 @@ class ZoneView:
     ns: RR
     ns_a: tuple[RR, ...]
     ns_aaaa: tuple[RR, ...]
+    apex_a: tuple[RR, ...]
     empty_non_terminals: frozenset[str]
     peer_suffix: str | None = None
 
@@ -205,6 +209,7 @@ class ZoneView:
             ns=RR(d, ttl, NS(ns_name)),
             ns_a=ns_a,
             ns_aaaa=ns_aaaa,
+            apex_a=tuple(RR(d, ttl, A(ip)) for ip in settings.apex_a),
             empty_non_terminals=frozenset(ents),
             peer_suffix="." + settings.peer_zone if settings.peer_zone else None,
         )
@@ -243,6 +248,8 @@ def answer(q: Question, view: ZoneView) -> Decision:
             return Decision(rcode=NOERROR, aa=True, answer=(view.soa,))
         if qtype == QTYPE_NS:
             return Decision(rcode=NOERROR, aa=True, answer=(view.ns,), additional=view.ns_a + view.ns_aaaa)
+        if qtype == QTYPE_A and view.apex_a:
+            return Decision(rcode=NOERROR, aa=True, answer=view.apex_a)
         return Decision(rcode=NOERROR, aa=True, authority=negative)
 
     route = view.table.lookup(name)

@@ -120,13 +120,15 @@ class AnswerCache:
         return len(self.exact) + len(self.normalized)
 
 
-def settings_from(config: DNSConfig, domain: str, *, peer_zone: str | None = None) -> ZoneSettings:
+def settings_from(config: DNSConfig, domain: str, *, peer_zone: str | None = None,
+                  apex_a: tuple[str, ...] = ()) -> ZoneSettings:
     return ZoneSettings.from_listen(
         domain=domain,
         ttl=config.ttl,
         listen_hosts=tuple(a.host for a in config.listen),
         forwarding=bool(config.forwarders),
         peer_zone=peer_zone,
+        apex_a=apex_a,
     )
 
 

@@ -81,15 +81,18 @@ class DNSServer:
         horizon: str = "host",
         answer_address: str | None = None,
         client_allowed: Callable[[str], Awaitable[bool]] | None = None,
+        apex_a: tuple[str, ...] = (),
     ) -> None:
         """`udp_batch`: serve UDP with recvmmsg/sendmmsg (batch.py); None = wherever available.
         `peer`, `peer_zone`: PowerDNS's DNS listener and zone, for in-zone names no route has.
 
         A horizon other than the host's answers every route with `answer_address` and
-        forwards only for clients `client_allowed` accepts (REFUSED for the others)."""
+        forwards only for clients `client_allowed` accepts (REFUSED for the others). `apex_a`: the
+        host horizon's A answer for the domain itself (the status page's address), if any."""
         self.horizon = horizon
         self._answer_address = answer_address
         self._client_allowed = client_allowed
+        self._apex_a = apex_a
         self._config = config
         self.tcp_idle_timeout = tcp_idle_timeout
         self._domain = domain
@@ -225,10 +228,13 @@ class DNSServer:
     def bound(self) -> list[tuple[str, str, int]]:
         return [("udp", h, p) for _, h, p in self._udp] + [("tcp", h, p) for _, h, p in self._tcp]
 
-    def reconfigure(self, config: DNSConfig) -> list[str]:
-        """Apply ttl, forwarders, timeouts and the TCP cap live; returns the keys that need a restart."""
+    def reconfigure(self, config: DNSConfig, *, apex_a: tuple[str, ...] | None = None) -> list[str]:
+        """Apply ttl, forwarders, timeouts, the TCP cap and the apex answer live; returns the keys that
+        need a restart."""
         needs_restart = ["dns.listen"] if config.listen != self._config.listen else []
         self._config = config
+        if apex_a is not None:
+            self._apex_a = apex_a
         self.forwarder.upstreams = config.forwarders
         self.forwarder.timeout = config.forward_timeout
         self.responder.configure(self._settings(config))
@@ -251,9 +257,9 @@ class DNSServer:
         self.responder.configure(self._settings(self._config))
 
     def _settings(self, config: DNSConfig) -> ZoneSettings:
-        s = settings_from(config, self._domain, peer_zone=self._peer_zone)
         if self._answer_address is None:
-            return s
+            return settings_from(config, self._domain, peer_zone=self._peer_zone, apex_a=self._apex_a)
+        s = settings_from(config, self._domain, peer_zone=self._peer_zone)  # the page is the host's only
         return replace(s, ns_addresses=(self._answer_address,), answer_address=self._answer_address)
 
     # --- shared by the transports ---------------------------------------------------

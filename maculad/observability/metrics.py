@@ -266,3 +266,24 @@ class Metrics:
         self.control_requests = Counter(
             f"{p}_control_requests_total", "Control socket requests", ["endpoint", "status"], registry=r
         )
+
+        # web (the status page)
+        self.web_requests = Counter(
+            f"{p}_web_requests_total", "Status page HTTP requests", ["endpoint", "status"], registry=r
+        )
+        self.web_connections = Gauge(f"{p}_web_connections", "Open HTTP connections to the status page",
+                                     registry=r)
+        self.web_connections_refused = Counter(
+            f"{p}_web_connections_refused_total", "Status page connections refused at web.max_connections",
+            registry=r,
+        )
+        self.web_sse_clients = Gauge(f"{p}_web_sse_clients", "Open live (SSE) streams of the status page",
+                                     registry=r)
+        self.web_sse_dropped = Counter(
+            f"{p}_web_sse_dropped_total", "Live streams refused (web.max_clients) or cut (a client too slow)",
+            ["reason"], registry=r,
+        )
+        self.web_backend_checks = Counter(
+            f"{p}_web_backend_checks_total", "Backend connect checks made for the status page", ["result"],
+            registry=r,
+        )
