@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -205,9 +206,18 @@ async def test_socket_not_accessible_is_exit_3(env: Env) -> None:
     python = python_for_others()
     require(python is not None, "needs a python3 that uid 65534 can execute")
     assert python is not None
-    rc, out, err = await ctl("status", socket_path=env.socket, user=65534,
-                             env={"PYTHONPATH": str(REPO)},
-                             argv0=[python, "-c", "from maculad.control.ctl import main; main()"])
+    # uid 65534 may not be able to read the checkout (CI clones into a 0700 mktemp dir): give it a
+    # world-readable copy of the package, so the test depends only on the socket's permissions
+    pkg = Path(tempfile.mkdtemp(prefix="maculactl-other-"))
+    try:
+        shutil.copytree(REPO / "maculad", pkg / "maculad", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [pkg, *pkg.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        rc, out, err = await ctl("status", socket_path=env.socket, user=65534,
+                                 env={"PYTHONPATH": str(pkg)},
+                                 argv0=[python, "-c", "from maculad.control.ctl import main; main()"])
+    finally:
+        shutil.rmtree(pkg)
     assert (rc, out) == (3, "")
     assert err.startswith(f"maculactl: cannot open {env.socket}: permission denied; join its group")
     assert len(err.splitlines()) == 1
