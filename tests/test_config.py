@@ -55,6 +55,25 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.routes == ()
 
 
+def test_sections_take_missing_keys_from_their_own_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[kind.backoff]\ninitial = 1.0\n[docker.backoff]\ninitial = 1.0\n'
+                                      '[docker]\ncompose_command = "docker compose"\n'
+                                      '[docker.services.grafana]\nrestart = "on-failure:3"\n'))
+    assert cfg.kind.backoff.cap == 300.0 and cfg.docker.backoff.cap == 60.0
+    assert cfg.docker.compose_command == ("docker", "compose")
+    svc = cfg.docker.services["grafana"]
+    assert (svc.restart, svc.max_retries) == ("on-failure", 3)
+
+
+def test_container_horizon_follows_docker_unless_told(tmp_path: Path) -> None:
+    on = load_config(write(tmp_path, '[docker]\nenabled = true\n[containers]\nforwarders = "auto"\n'))
+    assert on.containers.enabled and on.containers.forwarders is None and on.containers.address == "auto"
+    off = load_config(write(tmp_path, '[docker]\nenabled = true\n[containers]\nenabled = false\n'
+                                      'forwarders = ["127.0.0.1:53"]\n'))
+    assert not off.containers.enabled and off.containers.forwarders == (Backend("127.0.0.1", 53),)
+    assert not load_config(write(tmp_path, "")).containers.enabled
+
+
 def test_full_route(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, """
 [[route]]
@@ -108,6 +127,19 @@ MISTAKES = [
     ('[docker.backoff]\ninitial = 5.0\ncap = 1.0', "docker.backoff.cap", "smaller than initial"),
     ('[kind]\ncluster = "no/slash"', "kind.cluster", "not a valid kind cluster name"),
     ('[log]\nlevel = "loud"', "log.level", "is not one of"),
+    ('domain = "bad domain!"\n[[route]]\nname = "a"\nhttp = "127.0.0.1:1"', "domain",
+     "not a valid DNS name: label 'bad domain!'"),
+    ('domain = "-x.local"', "domain", "starts or ends with '-'"),
+    ('[[route]]\nname = "a"\nhtp = "127.0.0.1:1"', "route[0].htp", "unknown key htp (did you mean http?)"),
+    ('[dns]\nlisen = ["127.0.0.1:53"]', "dns.lisen", "unknown key lisen (did you mean listen?)"),
+    ('[proxy]\npool = 5', "proxy.pool", "must be a network string"),
+    ('[docker]\ncompose_command = ["docker", 3]', "docker.compose_command[1]", "must be a string, not an integer"),
+    ('route = { name = "a" }', "route", "must be an array of tables"),
+    ('[kind.backoff]\ninitial = 500.0', "kind.backoff.cap", "300.0 is smaller than initial (500.0)"),
+    ('[containers]\naddress = "::1"', "containers.address", "neither \"auto\" nor an IPv4 address"),
+    ('[containers]\nenabled = true', "containers.enabled", "enable [docker] or set [containers] address"),
+    ('[docker]\nenabled = true\n[containers]\nforwarders = ["x:53"]', "containers.forwarders[0]",
+     "is not an IP address"),
 ]
 
 

@@ -17,6 +17,10 @@ def check_domain(domain: str) -> str:
     if not d or not d.isascii() or len(d) > 253 or any(not 0 < len(lb) <= 63 for lb in labels):
         raise ValueError(f"domain {domain!r} is not a valid DNS name (ASCII labels of 1-63 characters; "
                          "write internationalised names in their xn-- form)")
+    for lb in labels:  # the label rule `qualify` applies to every name below the domain
+        if not all(c.isalnum() or c in "-_" for c in lb) or lb[0] == "-" or lb[-1] == "-":
+            raise ValueError(f"domain {domain!r} is not a valid DNS name: label {lb!r} has characters outside "
+                             "[a-z0-9-_] or starts or ends with '-'")
     return d
 
 
