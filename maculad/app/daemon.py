@@ -160,7 +160,8 @@ class Daemon:
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self.owner.spawn("watchdog", lambda: self._watchdog(interval), stage="meta")
-        self.owner.spawn("status-line", self._status_loop, stage="meta")
+        if sdnotify.default_notifier().enabled:  # no systemd, nobody to tell: no timer
+            self.owner.spawn("status-line", self._status_loop, stage="meta")
         log.info("ready", routes=len(self.table.current.routes), dns=[str(a) for a in cfg.dns.listen],
                  metrics=str(cfg.metrics.listen) if cfg.metrics.listen else None,
                  control=str(cfg.control.socket))

@@ -119,6 +119,7 @@ class BatchUDP:
         forward: Callable[[Forward, Callable[[bytes], None], str], None],
         bug: Callable[[str], None],
         latency: Any,
+        sampled: Callable[[], None] = lambda: None,
     ) -> None:
         assert _libc is not None, "call available() first"
         self.sock = sock
@@ -129,6 +130,7 @@ class BatchUDP:
         self._forward = forward
         self._bug = bug
         self._latency = latency
+        self._sampled = sampled
         self.sample = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -223,6 +225,7 @@ class BatchUDP:
         sample = self.sample
         if sample:
             self.sample = False
+            self._sampled()
             started = time.perf_counter()
         rmv, smv, rh32, sh64, siov64 = self._rmv, self._smv, self._rh32, self._sh64, self._siov64
         exact = self._exact

@@ -12,8 +12,9 @@ slow path:
   exactly that lookup + `sendto`; used elsewhere or with `udp_batch=False`.
 
 The caches are cleared by a route-table listener the moment a table is swapped
-in. Every `SAMPLE_INTERVAL` seconds a flag is raised and the next query (or
-batch) is timed for the latency histogram: a bool test per query, no clock reads.
+in. A sample flag is raised and the next query (or batch) is timed for the latency
+histogram: a bool test per query, no clock reads. The flag is raised again
+`SAMPLE_INTERVAL` after a sample was taken, so an idle server has no timer at all.
 
 TCP: 2-byte length framing, any number of pipelined queries per connection
 (forwarded ones may be answered out of order, as RFC 7766 allows), an idle
@@ -128,7 +129,8 @@ class DNSServer:
         except BaseException:
             await self.stop()
             raise
-        self._sample_tick()
+        for udp, _, _ in self._udp:
+            udp.sample = True
         self._metrics.dns_listeners.labels(horizon=self.horizon, transport="udp").set(len(self._udp))
         self._metrics.dns_listeners.labels(horizon=self.horizon, transport="tcp").set(len(self._tcp))
         log.info("dns_listening", listen=[f"{p}://{h}:{n}" for p, h, n in self.bound()],
@@ -137,10 +139,15 @@ class DNSServer:
     def _on_table(self, table: RouteTable) -> None:
         self.responder.invalidate()
 
+    def sample_taken(self) -> None:
+        """A listener timed a query: raise the flags again in `SAMPLE_INTERVAL` (one timer at most)."""
+        if self._sampler is None and self._hooked:
+            self._sampler = asyncio.get_running_loop().call_later(SAMPLE_INTERVAL, self._sample_tick)
+
     def _sample_tick(self) -> None:
+        self._sampler = None
         for udp, _, _ in self._udp:
             udp.sample = True
-        self._sampler = asyncio.get_running_loop().call_later(SAMPLE_INTERVAL, self._sample_tick)
 
     async def _bind(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -150,7 +157,8 @@ class DNSServer:
             try:
                 if self.udp_batch:
                     udp = batch.BatchUDP.open(host, port, responder=self.responder, forward=self.forward,
-                                              bug=self.bug, latency=self._latency_udp)
+                                              bug=self.bug, latency=self._latency_udp,
+                                              sampled=self.sample_taken)
                     udp.start(loop)
                 else:
                     _, udp = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self),
@@ -365,6 +373,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
             return
         if self.sample:
             self.sample = False
+            self._server.sample_taken()
             started = time.perf_counter()
             self._serve(data, addr)
             self._latency.observe(time.perf_counter() - started)

@@ -64,10 +64,25 @@ class DNSCounters(Collector):
         )
 
 
+class _BeforeScrape(Collector):
+    """Registered first, yields nothing: runs the hooks that fold hot-path counts into metrics, so
+    counts are exported when they are read (a scrape, a status) instead of by a timer."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for hook in list(self.hooks):
+            hook()
+        return ()
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         p = PREFIX
+        self.before_scrape = _BeforeScrape()
+        r.register(self.before_scrape)
 
         self.build_info = Info(f"{p}_build", "maculad version and runtime", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})

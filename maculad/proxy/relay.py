@@ -17,8 +17,9 @@ while everything else keeps serving. Addresses that must never be bound
 (wildcards, non-loopback IPs unless allowed) are shown as `failed` with the
 reason and are not retried.
 
-Task ownership: the reconcile loop and the metrics flush loop run on the
-daemon's TaskOwner; bind retries and drain watchers are short-lived tasks
+Task ownership: the reconcile loop runs on the daemon's TaskOwner; byte counts
+of open connections are folded into the metrics when they are read (a
+`before_scrape` hook), not by a timer; bind retries and drain watchers are short-lived tasks
 owned by the relay and cancelled in `stop()`.
 """
 
@@ -54,7 +55,6 @@ STATES: tuple[State, ...] = ("starting", "serving", "failed", "draining")
 
 BACKLOG = 1024
 RETRY_INITIAL = 0.25
-FLUSH_INTERVAL = 2.0
 
 #: The listeners one horizon wants for a table (the host horizon: `spec.desired_listeners`).
 Planner = Callable[[RouteTable, ProxyConfig], dict[ListenerSpec, Target]]
@@ -180,7 +180,8 @@ class Relay:
         self._bump()
         await self._reconcile_once()
         owner.spawn(f"{self._tasks_prefix}.reconcile", self._reconcile_loop, stage="proxy")
-        owner.spawn(f"{self._tasks_prefix}.metrics", self._flush_loop, stage="proxy")
+        if self.flush_metrics not in self._metrics.before_scrape.hooks:
+            self._metrics.before_scrape.hooks.append(self.flush_metrics)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -189,7 +190,8 @@ class Relay:
             self._subscribed = False
         if self._owner is not None:
             await self._owner.stop(f"{self._tasks_prefix}.reconcile")
-            await self._owner.stop(f"{self._tasks_prefix}.metrics")
+        if self.flush_metrics in self._metrics.before_scrape.hooks:
+            self._metrics.before_scrape.hooks.remove(self.flush_metrics)
         for e in self._entries.values():
             if e.retry is not None:
                 e.retry.cancel()
@@ -414,11 +416,6 @@ class Relay:
         return task
 
     # -- metrics
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            self.flush_metrics()
 
     def flush_metrics(self) -> None:
         """Export byte counts of open connections (closed ones flush themselves)."""

@@ -6,7 +6,8 @@ connection) and the `service_restarting` callback.
 Labelled children are looked up once per listener (and again only when its
 route changes), never per connection or chunk. The data path only adds to
 plain integers on the connection object; `flush` moves the deltas into the
-Prometheus counters at connection close and from the relay's periodic flush.
+Prometheus counters at connection close and when the metrics are read (the
+relay's before-scrape hook).
 """
 
 from __future__ import annotations

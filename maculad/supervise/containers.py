@@ -284,12 +284,21 @@ class ContainerSupervisor:
             await self._run_due(now, wait=False)
             self._export()
 
-    def _next_timeout(self, now: float) -> float:
-        t = 1.0
+    def _next_timeout(self, now: float) -> float | None:
+        """Seconds until the next timed decision (an action due, a death still to be judged, a
+        stable run resetting the backoff), or None: nothing is due until the next event."""
+        deadlines: list[float] = []
         for u in self._units.values():
             if u.due is not None and not u.busy and u.waiting_on is None:
-                t = min(t, max(0.0, u.due - now))
-        return t
+                deadlines.append(u.due)  # a past one acts at once
+            later: list[float] = []
+            if u.exited_seen_at is not None and u.action is None and not u.busy:
+                later.append(max(u.exited_seen_at, u.action_end) + 1.05)
+            t = u.tracker
+            if t is not None and t.state == "running" and t.running_since is not None and t.failures:
+                later.append(t.running_since + t.policy.backoff.reset_after)
+            deadlines += [d for d in later if d > now]
+        return max(0.0, min(deadlines) - now) if deadlines else None
 
     # ------------------------------------------------------------------ observing
 
