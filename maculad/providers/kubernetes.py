@@ -38,11 +38,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import structlog
-from kubernetes_asyncio.client import ApiClient, NetworkingV1Api
 
 from maculad.config import BackoffConfig, Config
 from maculad.core.backoff import Backoff
@@ -53,6 +52,9 @@ from maculad.providers.base import port_maps
 from maculad.providers.ingress import IngressRoutes, Skip, combine, ingress_key, ingress_routes
 from maculad.routes.manager import RouteTableManager
 from maculad.core.tasks import TaskOwner
+
+if TYPE_CHECKING:  # imported when the watch starts: only a daemon with [kubernetes] on pays for it
+    from kubernetes_asyncio.client import ApiClient, NetworkingV1Api
 
 log = structlog.get_logger("maculad.providers.kubernetes")
 
@@ -185,6 +187,8 @@ class KubernetesProvider:
             await asyncio.sleep(backoff.next())
 
     async def _session(self, api: ApiClient, backoff: Backoff) -> None:
+        from kubernetes_asyncio.client import NetworkingV1Api
+
         net = NetworkingV1Api(api)
         fresh_list = False
         while True:

@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
-from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.config import ConfigException, load_kube_config
+
+if TYPE_CHECKING:  # kubernetes-asyncio is ~60 MB of modules: loaded only once [kubernetes] is on
+    from kubernetes_asyncio.client import ApiClient
 
 log = structlog.get_logger("maculad.adapters.kube")
 
@@ -32,6 +33,9 @@ class KubeClientError(Exception):
 
 async def new_api_client(*, kubeconfig: Path, context: str | None) -> ApiClient:
     """An `ApiClient` for `context` of `kubeconfig`; the caller closes it (`close_api_client`)."""
+    from kubernetes_asyncio.client import ApiClient, Configuration
+    from kubernetes_asyncio.config import ConfigException, load_kube_config
+
     path = Path(kubeconfig).expanduser()
     if not path.is_file():
         raise KubeClientError(f"kubeconfig {path} does not exist")

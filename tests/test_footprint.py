@@ -1,0 +1,24 @@
+"""What a laptop daemon may not carry: the heavy clients of sources that are off stay unimported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PROBE = """
+import sys
+import maculad.cli, maculad.daemon
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"kubernetes_asyncio", "kubernetes"})
+print(",".join(heavy))
+"""
+
+
+def test_the_daemon_imports_no_kubernetes_client_until_kubernetes_is_enabled() -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_the_ingress_watch_still_finds_its_client() -> None:
+    code = "from maculad.kube.client import new_api_client; import kubernetes_asyncio.client as c; print(c.ApiClient)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "ApiClient" in out.stdout
