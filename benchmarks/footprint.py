@@ -414,15 +414,18 @@ def run_scenario(sc: Scenario, work: Path, rounds: int, window: float, settle: f
                                       cwd=ROOT, stdout=open(work / f"maculad-{rnd}.log", "wb"),
                                       stderr=subprocess.STDOUT)
             t_maculad = first_answer(DNS_IP, sc.dns_port, sc.probe, t0, daemon)
+            cpu_first = sample([daemon.pid]).cpu_ns / 1e9  # CPU spent until then: less load-sensitive
             wait_for(lambda: ready(sc.metrics_port), 60, "maculad /readyz")
             t_ready = time.monotonic() - t0
             time.sleep(settle)
             procs = {"maculad": pids_of(daemon.pid), "dnsmasq": pids_of(dnsmasq.pid),
                      "nginx": pids_of(ref["nginx"].pid)}
             idle = idle_many(procs, window)
-            rows.append({"start": t_maculad, "ready": t_ready, "dnsmasq_start": t_dnsmasq, **idle})
+            rows.append({"start": t_maculad, "start_cpu": cpu_first, "ready": t_ready, "dnsmasq_start": t_dnsmasq,
+                         **idle})
             m, d, n = idle["maculad"], idle["dnsmasq"], idle["nginx"]
-            print(f"round {rnd}: maculad first DNS answer {t_maculad * 1000:.0f} ms (ready {t_ready * 1000:.0f} ms), "
+            print(f"round {rnd}: maculad first DNS answer {t_maculad * 1000:.0f} ms (CPU {cpu_first * 1000:.0f} ms, "
+                  f"ready {t_ready * 1000:.0f} ms), "
                   f"RSS {m.rss_mb:.1f} MB (peak {m.hwm_mb:.1f}), {m.wakeups:.2f} wake-ups/s, "
                   f"{m.cpu_pct:.3f} % CPU, {m.threads} threads | dnsmasq {t_dnsmasq * 1000:.0f} ms, "
                   f"{d.rss_mb:.1f} MB, {d.wakeups:.2f}/s, {d.cpu_pct:.3f} % | nginx {n.rss_mb:.1f} MB, "
@@ -445,6 +448,7 @@ def run_scenario(sc: Scenario, work: Path, rounds: int, window: float, settle: f
     print(f"-- {sc.name}, quietest round (least maculad CPU) and spread over rounds:")
     print(f"   start-up to first DNS answer  maculad {spread(lambda r: r['start'] * 1000, '{:.0f} ms')}; "
           f"dnsmasq {spread(lambda r: r['dnsmasq_start'] * 1000, '{:.0f} ms')}")
+    print(f"   CPU until the first answer    maculad {spread(lambda r: r['start_cpu'] * 1000, '{:.0f} ms')}")
     print(f"   RSS                           maculad {spread(lambda r: r['maculad'].rss_mb, '{:.1f} MB')}; "
           f"dnsmasq {d.rss_mb:.1f} MB; nginx {n.rss_mb:.1f} MB; maculad/(dnsmasq+nginx) "
           f"{ratio(m.rss_mb, d.rss_mb + n.rss_mb)}")

@@ -1,9 +1,10 @@
 """The composition root: builds every part, owns every long-lived task.
 
 `Daemon.run()` builds the route table and the components from the config,
-starts them in dependency order (metrics, DNS, relay, sources and
-supervisors, control), tells systemd READY=1 once DNS and the relay serve, and
-waits. Signal handlers only set events: TERM/INT request a stop (a second INT
+starts them in dependency order (DNS first — it needs only the table, so it
+answers before the HTTP, Docker and Kubernetes clients are even imported —
+then metrics, relay, sources and supervisors, control), tells systemd READY=1
+once DNS and the relay serve, and waits. Signal handlers only set events: TERM/INT request a stop (a second INT
 forces exit), HUP requests a reload. A reload re-reads the config and applies
 the difference component by component; an invalid config is refused and
 everything goes on unchanged.
@@ -20,7 +21,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -28,31 +29,32 @@ from maculad import __version__
 from maculad.core.component import Component
 from maculad.config import Config, ConfigError, PowerDNSConfig, load_config
 from maculad.control.api import ControlError, ServiceAction
-from maculad.control.server import ControlServer, ControlSocketError
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
-from maculad.app.docker_tier import DockerTier
 from maculad.core.events import EventBus
 from maculad.horizons.containers import ContainerHorizon
 from maculad.horizons.plan import conflict_view as port_conflict_view
 from maculad.observability import sdnotify
-from maculad.observability.http import MetricsServer
 from maculad.observability.logging import configure_logging
 from maculad.observability.metrics import Metrics
-from maculad.providers.kubernetes import KubernetesProvider
-from maculad.publishers.powerdns_sync import PowerDNSPublisher
-from maculad.adapters.powerdns import PowerDNSAPI
 from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
 from maculad.publishers.coredns import CoreDNSPublisher
-from maculad.proxy.tls import Terminator, load_terminator
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
 from maculad.core.names import qualify
-from maculad.supervise.cluster import ClusterSupervisor
 from maculad.core.tasks import TaskOwner
 from maculad.web.server import WebServer
+
+if TYPE_CHECKING:  # imported where they are built: DNS answers before aiohttp & co. are loaded
+    from maculad.proxy.tls import Terminator
+    from maculad.app.docker_tier import DockerTier
+    from maculad.control.server import ControlServer
+    from maculad.observability.http import MetricsServer
+    from maculad.providers.kubernetes import KubernetesProvider
+    from maculad.publishers.powerdns_sync import PowerDNSPublisher
+    from maculad.supervise.cluster import ClusterSupervisor
 
 log = structlog.get_logger("maculad")
 
@@ -106,6 +108,8 @@ class Daemon:
         try:
             await self.start()
         except BaseException as exc:
+            from maculad.control.server import ControlSocketError
+
             log.error("startup_failed", error=str(exc))
             await self.shutdown()
             if isinstance(exc, OSError | ConfigError | ControlSocketError):
@@ -124,15 +128,21 @@ class Daemon:
         log.info("starting", version=__version__, config=str(cfg.path), domain=cfg.domain,
                  pid=os.getpid())
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.table.update("config", config_routes(cfg))
+        # DNS first: it answers from the table alone, before the rest is even imported.
+        self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
+                             apex_a=_apex(cfg), **_peer(cfg.powerdns))
+        await self.dns.start(self.owner)
+
+        from maculad.control.server import ControlServer
+        from maculad.observability.http import MetricsServer
+
         if cfg.metrics.listen is not None:
             self.metrics_server = MetricsServer(listen=cfg.metrics.listen, metrics=self.metrics,
                                                 not_ready=self.not_ready)
             await self.metrics_server.start(self.owner)
-        self.table.update("config", config_routes(cfg))
+        from maculad.proxy.tls import load_terminator
 
-        self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
-                             apex_a=_apex(cfg), **_peer(cfg.powerdns))
-        await self.dns.start(self.owner)
         self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
                                                    metrics=self.metrics)
         if self.tls_error is not None and cfg.tls.enabled:
@@ -208,6 +218,9 @@ class Daemon:
 
     async def _start_powerdns(self, cfg: Config) -> None:
         if cfg.powerdns.enabled and self.powerdns is None:
+            from maculad.adapters.powerdns import PowerDNSAPI
+            from maculad.publishers.powerdns_sync import PowerDNSPublisher
+
             p = cfg.powerdns
             api = PowerDNSAPI(api=p.api, api_key=p.api_key, server_id=p.server_id, timeout=p.timeout)
             self.powerdns = PowerDNSPublisher(config=p, ttl=cfg.dns.ttl, routes=self.table, api=api,
@@ -362,6 +375,8 @@ class Daemon:
                 await self.metrics_server.stop()
                 self.metrics_server = None
             if new.metrics.listen is not None:
+                from maculad.observability.http import MetricsServer
+
                 self.metrics_server = MetricsServer(listen=new.metrics.listen, metrics=self.metrics,
                                                     not_ready=self.not_ready)
                 await self.metrics_server.start(self.owner)
@@ -416,11 +431,15 @@ class Daemon:
     async def _start_sources(self, cfg: Config) -> None:
         """Start every enabled source that is not running; forget the routes of disabled ones."""
         if cfg.docker.enabled and self.docker is None:
+            from maculad.app.docker_tier import DockerTier
+
             self.docker = DockerTier(config=cfg, routes=self.table, metrics=self.metrics, events=self.events)
             await self.docker.start(self.owner)
         if not cfg.docker.enabled and self.table.specs("docker"):
             self.table.update("docker", [])
         if cfg.kubernetes.enabled and self.kubernetes is None:
+            from maculad.providers.kubernetes import KubernetesProvider
+
             self.kubernetes = KubernetesProvider(config=cfg, routes=self.table, metrics=self.metrics,
                                                  events=self.events)
             await self.kubernetes.start(self.owner)
@@ -433,6 +452,8 @@ class Daemon:
                 else None)
             await self.coredns.start(self.owner)
         if cfg.kind.manage and self.cluster is None:
+            from maculad.supervise.cluster import ClusterSupervisor
+
             self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events,
                                              tls=self.tls.store if self.tls is not None else None)
             await self.cluster.start(self.owner)
