@@ -339,7 +339,7 @@ sys.path.insert(0, {root!r})
 from pathlib import Path
 from tests.support.fake_k8s import FakeKubeAPI
 async def main():
-    api = FakeKubeAPI()
+    api = FakeKubeAPI(bookmark_interval=60.0)  # about what a real API server does
     await api.start()
     hosts = {hosts!r}
     for i in range(0, len(hosts), 10):

@@ -8,8 +8,8 @@ set up wait in a short queue (at most `MAX_PENDING`, beyond that dropped, as
 UDP may).
 
 Sessions are kept in least-recently-active order. A session idle for
-`udp_idle_timeout` is closed by a sweep timer. At `udp_max_sessions`, a new
-client is never refused: the least recently active session is evicted
+`udp_idle_timeout` is closed by a sweep timer, which runs only while there
+are sessions. At `udp_max_sessions`, a new client is never refused: the least recently active session is evicted
 (closed) to make room, so a flood of one-off clients cannot lock out the
 active ones for the idle timeout. Write buffers are bounded: when a socket's
 buffer exceeds `MAX_BUFFER`, further datagrams are dropped and counted.
@@ -127,7 +127,6 @@ class UdpListener(asyncio.DatagramProtocol):
     async def start(self, sock: socket.socket) -> None:
         self._loop = asyncio.get_running_loop()
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
-        self._schedule_sweep()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -177,6 +176,8 @@ class UdpListener(asyncio.DatagramProtocol):
             self._forget(oldest)
         s = UdpSession(self, addr, self.target, self._loop.time())
         self.sessions[addr] = s
+        if self._sweeper is None:
+            self._schedule_sweep()
         self.stats.connections.inc()
         self.stats.udp_sessions.inc()
         task = self._loop.create_task(self._connect(s))
@@ -216,8 +217,9 @@ class UdpListener(asyncio.DatagramProtocol):
         self.stats.udp_sessions.dec()
 
     def _schedule_sweep(self) -> None:
-        if self._closed or self._loop is None:
-            return
+        self._sweeper = None
+        if self._closed or self._loop is None or not self.sessions:
+            return  # no sessions, no timer: the next one re-arms it
         idle = self.ctx.config.udp_idle_timeout
         self._sweeper = self._loop.call_later(max(0.05, min(1.0, idle / 4)), self._sweep)
 
