@@ -19,6 +19,7 @@ def test_the_daemon_imports_no_kubernetes_client_until_kubernetes_is_enabled() -
 
 
 def test_the_ingress_watch_still_finds_its_client() -> None:
-    code = "from maculad.adapters.kube.client import new_api_client; import kubernetes_asyncio.client as c; print(c.ApiClient)"
+    code = ("from maculad.adapters.kube.client import new_api_client; "
+            "import kubernetes_asyncio.client as c; print(c.ApiClient)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "ApiClient" in out.stdout

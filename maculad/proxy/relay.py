@@ -19,8 +19,8 @@ reason and are not retried.
 
 Task ownership: the reconcile loop runs on the daemon's TaskOwner; byte counts
 of open connections are folded into the metrics when they are read (a
-`before_scrape` hook), not by a timer; bind retries and drain watchers are short-lived tasks
-owned by the relay and cancelled in `stop()`.
+`before_scrape` hook), not by a timer; bind retries and drain watchers are
+short-lived tasks owned by the relay and cancelled in `stop()`.
 """
 
 from __future__ import annotations
