@@ -32,14 +32,12 @@ from maculad.control.api import ControlError, ServiceAction
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
 from maculad.core.events import EventBus
-from maculad.horizons.containers import ContainerHorizon
 from maculad.horizons.plan import conflict_view as port_conflict_view
 from maculad.observability import sdnotify
 from maculad.observability.logging import configure_logging
 from maculad.observability.metrics import Metrics
 from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
-from maculad.publishers.coredns import CoreDNSPublisher
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
@@ -48,6 +46,8 @@ from maculad.core.tasks import TaskOwner
 from maculad.web.server import WebServer
 
 if TYPE_CHECKING:  # imported where they are built: DNS answers before aiohttp & co. are loaded
+    from maculad.horizons.containers import ContainerHorizon
+    from maculad.publishers.coredns import CoreDNSPublisher
     from maculad.proxy.tls import Terminator
     from maculad.app.docker_tier import DockerTier
     from maculad.control.server import ControlServer
@@ -415,6 +415,8 @@ class Daemon:
     async def _start_containers(self, cfg: Config) -> None:
         """The container horizon on G; when it cannot serve it reports why and the host horizon goes on."""
         if cfg.containers.enabled and self.containers is None:
+            from maculad.horizons.containers import ContainerHorizon
+
             self.containers = ContainerHorizon(config=cfg, routes=self.table, metrics=self.metrics)
             await self.containers.start(self.owner)
         if not cfg.containers.enabled:
@@ -446,6 +448,8 @@ class Daemon:
         if not cfg.kubernetes.enabled and self.table.specs("kubernetes"):
             self.table.update("kubernetes", [])
         if cfg.kubernetes.enabled and self.coredns is None:
+            from maculad.publishers.coredns import CoreDNSPublisher
+
             self.coredns = CoreDNSPublisher(
                 config=cfg, metrics=self.metrics,
                 address=lambda: self.containers.address if self.containers is not None and self.containers.serving

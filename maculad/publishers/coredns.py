@@ -31,17 +31,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import aiohttp
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from maculad.config import Config
 from maculad.adapters.kube.client import KubeClientError, close_api_client, new_api_client
 from maculad.observability.metrics import Metrics
 from maculad.core.tasks import TaskOwner
+
+if TYPE_CHECKING:  # kubernetes-asyncio is loaded only when [kubernetes] is on (see adapters/kube/client.py)
+    from kubernetes_asyncio.client import ApiClient
 
 log = structlog.get_logger("maculad.publishers.coredns")
 
@@ -218,6 +219,8 @@ class CoreDNSPublisher:
 
 
 async def _call(api: ApiClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
     """(HTTP status, decoded JSON body) of one API request; raises only for transport errors."""
     try:
         resp = await api.call_api(
