@@ -43,9 +43,9 @@ from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
 from maculad.core.names import qualify
 from maculad.core.tasks import TaskOwner
-from maculad.web.server import WebServer
 
 if TYPE_CHECKING:  # imported where they are built: DNS answers before aiohttp & co. are loaded
+    from maculad.web.server import WebServer
     from maculad.horizons.containers import ContainerHorizon
     from maculad.publishers.coredns import CoreDNSPublisher
     from maculad.proxy.tls import Terminator
@@ -425,6 +425,8 @@ class Daemon:
     async def _start_web(self, cfg: Config) -> None:
         if not cfg.web.enabled:
             return
+        from maculad.web.server import WebServer
+
         self.web = WebServer(source=self, domain=cfg.domain, listen=cfg.web_listen, metrics=self.metrics,
                              max_clients=cfg.web.max_clients, max_connections=cfg.web.max_connections,
                              check_interval=cfg.web.check_interval)
