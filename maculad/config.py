@@ -222,7 +222,8 @@ class DockerConfig:
     backoff: BackoffConfig = setting(BackoffConfig())
     services: Mapping[str, ServiceConfig] = setting(MappingProxyType({}))
     #: only containers carrying every one of these ("key" or "key=value")
-    labels: tuple[str, ...] = setting((), check=_label_filter)
+    labels: tuple[str, ...] = setting((), check=_label_filter, list_only=True,
+                                      expect='must be a list of "key" or "key=value" strings')
 
 
 @dataclass(frozen=True, slots=True)

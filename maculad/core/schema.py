@@ -236,7 +236,7 @@ class Reader:
             return tuple(sorted(out))
         if isinstance(raw, str) and md.get("split"):
             raw = raw.split()
-        elif isinstance(raw, str):
+        elif isinstance(raw, str) and not md.get("list_only"):
             raw = [raw]
         if not isinstance(raw, list):
             what = self.converters[item_tp][1] + "s" if item_tp in self.converters else "values"
