@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from maculad.supervise.cluster_nodes import Node, parse_node, tar_file
+from maculad.adapters.docker.nodes import Node, parse_node, tar_file
 from maculad.supervise.cluster_plan import Observation, PlanContext, plan, state_for
 
 C = "macula-dev"

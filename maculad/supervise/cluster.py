@@ -38,10 +38,11 @@ from maculad.config import Config
 from maculad.core.events import EventBus
 from maculad.core.fsutil import atomic_write
 from maculad.observability.metrics import Metrics
+from maculad.adapters.docker.api import AiodockerAPI, resolve_endpoint
+from maculad.adapters.docker.nodes import KIND_NETWORK, EngineNodes, Node, NodeDocker, NodeDockerError
 from maculad.pki.leaves import LeafStore
 from maculad.pki.secret import REF as SECRET_REF
 from maculad.pki.secret import ingress_leaf, secret_object
-from maculad.supervise.cluster_nodes import KIND_NETWORK, AiodockerNodes, Node, NodeDocker, NodeDockerError
 from maculad.supervise.cluster_plan import (
     CLUSTER_STATES,
     ClusterState,
@@ -107,7 +108,8 @@ class ClusterSupervisor:
         self._kind: KindCLI = kind if kind is not None else KindBinary(
             binary=kc.binary, timeout=max(600.0, kc.ready_timeout)
         )
-        self._docker: NodeDocker = docker if docker is not None else AiodockerNodes(url=config.docker.host)
+        self._docker: NodeDocker = docker if docker is not None else EngineNodes(
+            api=AiodockerAPI(endpoint=resolve_endpoint(config.docker.host)))
         self._owns_docker = docker is None
         self._kube_open: KubeOpener = kube if kube is not None else KubeSession.open
         self._clock = clock

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from maculad.supervise.cluster_nodes import Node
+from maculad.adapters.docker.nodes import Node
 
 ClusterState = Literal["absent", "creating", "starting", "ready", "degraded", "failed"]
 CLUSTER_STATES: tuple[ClusterState, ...] = ("absent", "creating", "starting", "ready", "degraded", "failed")

@@ -1,9 +1,11 @@
-"""The boundary to the Docker engine: the `DockerAPI` protocol and its aiodocker adapter.
+"""The one Docker engine client: the `DockerAPI` protocol and `AiodockerAPI`, its adapter.
 
-Everything maculad asks of the engine goes through the calls of
-`DockerAPI` (version, list, inspect, events, networks, start/stop/restart), so the
-inventory and the supervisor hold no HTTP details and the adapter is the only
-module importing aiodocker. Failures are mapped onto three exceptions:
+Everything maculad asks of the engine goes through `AiodockerAPI`, the only
+module importing aiodocker. The inventory and the container supervisor see it
+through `DockerAPI` (version, list, inspect, events, networks, start/stop/restart); the
+kind cluster supervisor through `NodeDocker` (`adapters.docker.nodes`), a thin
+view over the same client that adds the raw list, unpause, network connect and
+archive upload calls below. Failures are mapped onto three exceptions:
 `DockerUnavailable` (no engine at the endpoint: connection refused, socket
 missing, timed out), `ContainerNotFound` (404) and `DockerAPIError` (any other
 answer the engine refused, with its message).
@@ -20,6 +22,8 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, NoReturn, Protocol
+
+from urllib.parse import quote
 
 import aiodocker
 import aiohttp
@@ -145,9 +149,14 @@ class AiodockerAPI:
         return self._client
 
     async def _call(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None,
-                    versioned: bool = True, timeout: float | None = None) -> Any:
+                    versioned: bool = True, timeout: float | None = None, data: Any = None,
+                    headers: Mapping[str, str] | None = None) -> Any:
         docker = self._docker()
         kw: dict[str, Any] = {}
+        if data is not None:
+            kw["data"] = data
+        if headers is not None:
+            kw["headers"] = headers
         if timeout is not None:
             kw["timeout"] = aiohttp.ClientTimeout(total=timeout, connect=5.0)
         try:
@@ -227,6 +236,34 @@ class AiodockerAPI:
         params = {"t": str(timeout)} if timeout is not None else None
         await self._call(f"containers/{container_id}/restart", method="POST", params=params,
                          timeout=(timeout or 120) + 30.0)
+
+    # -- the calls `adapters.docker.nodes` builds the kind node view from
+
+    async def list_raw(self, *, labels: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """`GET /containers/json?all=1` entries (the list shape, not inspect's), filtered by label."""
+        data = await self._call("containers/json", params={"all": "1", "filters": _filters(labels)})
+        if not isinstance(data, list):
+            raise DockerAPIError(0, "containers/json: unexpected answer")
+        return [c for c in data if isinstance(c, dict)]
+
+    async def inspect_raw(self, container: str) -> dict[str, Any]:
+        """The inspect document of a container (by id or name); raises `ContainerNotFound`."""
+        data = await self._call(f"containers/{quote(container, safe='')}/json")
+        if not isinstance(data, dict):
+            raise DockerAPIError(0, f"inspect {container}: unexpected answer")
+        return data
+
+    async def unpause(self, container_id: str) -> None:
+        await self._call(f"containers/{container_id}/unpause", method="POST")
+
+    async def network_connect(self, network: str, container: str) -> None:
+        await self._call(f"networks/{quote(network, safe='')}/connect", method="POST",
+                         data=json.dumps({"Container": container}), headers={"Content-Type": "application/json"})
+
+    async def put_archive(self, container: str, path: str, archive: bytes) -> None:
+        """Extract a tar `archive` at `path` inside `container`."""
+        await self._call(f"containers/{quote(container, safe='')}/archive", method="PUT", params={"path": path},
+                         data=archive, headers={"Content-Type": "application/x-tar"})
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -3,7 +3,7 @@
 kind nodes are ordinary containers labelled `io.x-k8s.kind.cluster=<name>` and
 `io.x-k8s.kind.role=<role>` on the `kind` network. The supervisor needs only a
 handful of engine operations, so they sit behind the small `NodeDocker`
-protocol; `AiodockerNodes` is its adapter over aiodocker. Engine answers are
+protocol; `EngineNodes` implements it over the one Docker client (`api.py`). Engine answers are
 turned into frozen `Node` records by the pure `parse_node`, and every engine
 error into a `NodeDockerError` naming the operation, so one odd answer never
 crashes the reconcile loop.
@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from maculad.adapters.docker.api import AiodockerAPI, ContainerNotFound, DockerAPIError, DockerUnavailable
 
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"
@@ -131,89 +133,71 @@ class NodeDocker(Protocol):
     async def close(self) -> None: ...
 
 
-class AiodockerNodes:
-    """`NodeDocker` over aiodocker. The client is made on first use (so construction never blocks)."""
+class EngineNodes:
+    """`NodeDocker` over the one Docker client (`AiodockerAPI`); every engine error → `NodeDockerError`."""
 
-    def __init__(self, *, url: str | None = None) -> None:
-        self._url = url
-        self._docker: Any = None
-
-    def _client(self) -> Any:
-        if self._docker is None:
-            import aiodocker
-
-            self._docker = aiodocker.Docker(url=self._url)
-        return self._docker
+    def __init__(self, *, api: AiodockerAPI, owns_api: bool = True) -> None:
+        self._api = api
+        self._owns_api = owns_api
 
     async def list_nodes(self, cluster: str) -> list[Node]:
         try:
-            raw = await self._client().containers.list(
-                all=True, filters={"label": [f"{CLUSTER_LABEL}={cluster}"]}
-            )
-        except Exception as exc:
+            raw = await self._api.list_raw(labels=[f"{CLUSTER_LABEL}={cluster}"])
+        except ENGINE_ERRORS as exc:
             raise _wrap("list", f"nodes of {cluster}", exc) from None
-        nodes = [parse_node(c._container) for c in raw]
+        nodes = [parse_node(c) for c in raw]
         return sorted((n for n in nodes if n is not None), key=lambda n: n.name)
 
     async def start(self, node: Node) -> None:
         try:
-            c = self._client().containers.container(node.id)
             if node.state == "paused":
-                await c.unpause()
+                await self._api.unpause(node.id)
             else:
-                await c.start()
-        except Exception as exc:
+                await self._api.start(node.id)
+        except ENGINE_ERRORS as exc:
             raise _wrap("start", node.name, exc) from None
 
     async def networks_of(self, container: str) -> set[str] | None:
-        import aiodocker
-
         try:
-            info = await self._client().containers.container(container).show()
-        except aiodocker.exceptions.DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise _wrap("inspect", container, exc) from None
-        except Exception as exc:
+            info = await self._api.inspect_raw(container)
+        except ContainerNotFound:
+            return None
+        except ENGINE_ERRORS as exc:
             raise _wrap("inspect", container, exc) from None
         nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
         return set(nets) if isinstance(nets, Mapping) else set()
 
     async def connect(self, network: str, container: str) -> bool:
-        import aiodocker
-
         try:
-            net = await self._client().networks.get(network)
-            await net.connect({"Container": container})
-        except aiodocker.exceptions.DockerError as exc:
+            await self._api.network_connect(network, container)
+        except ENGINE_ERRORS as exc:
             msg = _message(exc)
             if "already exists" in msg or "already attached" in msg or "already connected" in msg:
                 return False
-            raise NodeDockerError("network connect", f"{container} to {network}", msg,
-                                  status=exc.status) from None
-        except Exception as exc:
             raise _wrap("network connect", f"{container} to {network}", exc) from None
         return True
 
     async def write_file(self, container: str, path: str, data: bytes) -> None:
         archive = tar_file(path, data)
         try:
-            await self._client().containers.container(container).put_archive("/", archive)
-        except Exception as exc:
+            await self._api.put_archive(container, "/", archive)
+        except ENGINE_ERRORS as exc:
             raise _wrap("put_archive", f"{container}:{path}", exc) from None
 
     async def close(self) -> None:
-        if self._docker is not None:
-            d, self._docker = self._docker, None
-            await d.close()
+        if self._owns_api:
+            await self._api.close()
+
+
+ENGINE_ERRORS = (DockerUnavailable, ContainerNotFound, DockerAPIError)
 
 
 def _message(exc: Exception) -> str:
-    msg = getattr(exc, "message", None)
-    if isinstance(msg, str) and msg:
-        return msg
+    if isinstance(exc, DockerAPIError):
+        return exc.message
     return str(exc) or type(exc).__name__
 
 
 def _wrap(op: str, target: str, exc: Exception) -> NodeDockerError:
-    return NodeDockerError(op, target, _message(exc), status=getattr(exc, "status", None))
+    status = exc.status if isinstance(exc, DockerAPIError) else 404 if isinstance(exc, ContainerNotFound) else None
+    return NodeDockerError(op, target, _message(exc), status=status)
