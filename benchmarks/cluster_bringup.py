@@ -38,14 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from maculad.supervise.cluster_wiring import (
-    builtin_resource,
-    hosts_toml,
-    hosts_toml_path,
-    parse_manifest,
-    registry_configmap,
-    resource_path,
-)
+from maculad.supervise.cluster_wiring import hosts_toml, hosts_toml_path, registry_configmap
+from maculad.adapters.kube.apply import builtin_resource, parse_manifest, resource_path
 from tests.support.cluster_env import INGRESS_MANIFEST, ClusterEnv, docker, wait_for
 from tests.support.fake_k8s_cluster import FakeClusterAPI
 

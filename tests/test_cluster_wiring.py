@@ -12,21 +12,17 @@ import pytest
 import yaml
 from aiohttp import web
 
-from maculad.supervise.cluster_wiring import (
+from maculad.supervise.cluster_wiring import hosts_toml, hosts_toml_path, registry_configmap
+from maculad.adapters.kube.apply import (
     Applier,
-    KubeError,
-    KubeSession,
     ManifestError,
-    api_ready,
     builtin_resource,
     deployment_available,
-    hosts_toml,
-    hosts_toml_path,
     load_manifest,
     parse_manifest,
-    registry_configmap,
     resource_path,
 )
+from maculad.adapters.kube.client import KubeError, KubeSession, api_ready
 from tests.support.cluster_env import INGRESS_MANIFEST
 from tests.support.fake_k8s import CONFIGMAPS, ResourceType
 from tests.support.fake_k8s_cluster import DEPLOYMENTS, SERVICES, FakeClusterAPI

@@ -53,21 +53,14 @@ from maculad.supervise.cluster_plan import (
     state_for,
 )
 from maculad.supervise.cluster_wiring import (
-    Applier,
-    with_default_certificate,
-    KubeError,
-    KubeSession,
-    KubeTransport,
-    ManifestError,
     WiringError,
-    api_ready,
-    describe,
     hosts_toml,
     hosts_toml_path,
-    load_manifest,
-    parse_manifest,
     registry_configmap,
+    with_default_certificate,
 )
+from maculad.adapters.kube.apply import Applier, ManifestError, describe, load_manifest, parse_manifest
+from maculad.adapters.kube.client import KubeError, KubeSession, KubeTransport, api_ready
 from maculad.adapters.kind import KindBinary, KindCLI, KindError
 from maculad.supervise.policy import RestartPolicy, RestartTracker
 from maculad.core.tasks import TaskOwner

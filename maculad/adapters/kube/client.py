@@ -1,24 +1,28 @@
-"""kubernetes-asyncio `ApiClient` construction from a kubeconfig, and `/readyz`.
+"""The one Kubernetes client: kubeconfig → `ApiClient`, the `KubeTransport` over it, `/readyz`.
 
-One place builds clients so the Ingress provider and the kind cluster
-supervisor read kubeconfigs the same way: a path and an optional context
+One place builds clients so the Ingress watch (`adapters.kube.ingresses`), the
+apply of manifests (`adapters.kube.apply`) and the kind cluster supervisor read
+kubeconfigs the same way: a path and an optional context
 (`None` → the file's current-context), `persist_config=False` (maculad never
 writes the user's kubeconfig). Every way loading can fail — a missing file, bad
 YAML, an unknown context, a broken certificate — becomes one `KubeClientError`
 with a readable reason, so callers log it and retry instead of crashing.
 
 The client is built fresh on each (re)connect: a recreated kind cluster comes
-back with a new port and new certificates in the same file.
+back with a new port and new certificates in the same file. `KubeSession` is
+the `KubeTransport` (method, path, query, body → status and decoded body)
+that apply and the readiness check (`api_ready`, the one `/readyz` test) use.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
+
 import structlog
 
 if TYPE_CHECKING:  # kubernetes-asyncio is ~60 MB of modules: loaded only once [kubernetes] is on
@@ -33,6 +37,8 @@ class KubeClientError(Exception):
 
 async def new_api_client(*, kubeconfig: Path, context: str | None) -> ApiClient:
     """An `ApiClient` for `context` of `kubeconfig`; the caller closes it (`close_api_client`)."""
+    # kubernetes-asyncio is imported here, not at the top: a daemon with [kubernetes] and [kind]
+    # off never loads it.
     from kubernetes_asyncio.client import ApiClient, Configuration
     from kubernetes_asyncio.config import ConfigException, load_kube_config
 
@@ -73,25 +79,88 @@ async def api_client(*, kubeconfig: Path, context: str | None) -> AsyncIterator[
         await close_api_client(api)
 
 
-async def raw_get(api: ApiClient, path: str, *, timeout: float, query: list[tuple[str, Any]] | None = None
-                  ) -> aiohttp.ClientResponse:
-    """GET `path` with the client's auth; the caller reads and releases the response."""
-    resp: aiohttp.ClientResponse = await api.call_api(
-        path, "GET", query_params=query or [], auth_settings=["BearerToken"], _preload_content=False,
-        _request_timeout=aiohttp.ClientTimeout(total=timeout),
-    )
-    return resp
+class KubeError(Exception):
+    """The API server could not be reached or refused a request."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(message)
 
 
-async def readyz(api: ApiClient, *, timeout: float = 5.0) -> bool:
-    """True when the API server answers `GET /readyz` with 200 `ok`; False on any error."""
-    try:
-        resp = await raw_get(api, "/readyz", timeout=timeout)
+class KubeTransport(Protocol):
+    async def request(
+        self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+        body: Any = None, content_type: str = "application/json", timeout: float = 30.0,
+    ) -> tuple[int, Any]:
+        """One API call: (HTTP status, body decoded as JSON when it is JSON, else text)."""
+
+    async def close(self) -> None: ...
+
+
+class KubeSession:
+    """`KubeTransport` over kubernetes-asyncio's ApiClient for one kubeconfig context."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    @classmethod
+    async def open(cls, kubeconfig: Path, context: str | None) -> KubeSession:
+        """A session for `context` of `kubeconfig`, built the same way as the Ingress provider's."""
         try:
-            body = await resp.read()
-            return resp.status == 200 and body.strip() == b"ok"
-        finally:
-            resp.release()
-    except Exception as exc:  # any failure means "not ready"
-        log.debug("kube_readyz_failed", error=f"{type(exc).__name__}: {exc}")
-        return False
+            client = await new_api_client(kubeconfig=kubeconfig, context=context)
+        except KubeClientError as exc:
+            raise KubeError(str(exc)) from None
+        return cls(client)
+
+    async def request(
+        self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+        body: Any = None, content_type: str = "application/json", timeout: float = 30.0,
+    ) -> tuple[int, Any]:
+        import aiohttp
+
+        try:
+            resp = await self._client.call_api(
+                path, method,
+                query_params=list((query or {}).items()),
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+            try:
+                raw = await resp.read()
+                status = resp.status
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        text = raw.decode("utf-8", "replace")
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    async def close(self) -> None:
+        await close_api_client(self._client)
+
+
+def status_message(status: int, body: Any) -> str:
+    if isinstance(body, Mapping) and body.get("kind") == "Status":
+        return f"{status} {body.get('reason', '')}: {body.get('message', '')}".strip()
+    text = body if isinstance(body, str) else json.dumps(body)[:300]
+    return f"{status}: {text[:300]}"
+
+
+async def api_ready(api: KubeTransport, *, timeout: float = 5.0) -> tuple[bool, str]:
+    """`GET /readyz`: (True, "") when the API server says ok, else (False, why)."""
+    try:
+        status, body = await api.request("GET", "/readyz", timeout=timeout)
+    except KubeError as exc:
+        return False, str(exc)
+    if status == 200:
+        return True, ""
+    return False, f"/readyz answered {status_message(status, body)}"
+
+
