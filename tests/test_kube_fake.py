@@ -15,7 +15,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
-from maculad.adapters.kube.client import KubeClientError, api_client, new_api_client, readyz
+from maculad.adapters.kube.client import KubeClientError, KubeSession, api_client, api_ready, new_api_client
 from tests.support.fake_k8s import CONFIGMAPS, INGRESSES, FakeKubeAPI
 
 
@@ -43,6 +43,11 @@ def ingress_model(ns: str, name: str, *hosts: str) -> k8s.V1Ingress:
                 service=k8s.V1IngressServiceBackend(name="web", port=k8s.V1ServiceBackendPort(number=80))))]))
             for h in hosts]),
     )
+
+
+async def readyz(api: k8s.ApiClient, *, timeout: float = 5.0) -> bool:
+    ready, _why = await api_ready(KubeSession(api), timeout=timeout)
+    return ready
 
 
 async def test_discovery_version_and_readyz(fake: FakeKubeAPI, api: k8s.ApiClient) -> None:

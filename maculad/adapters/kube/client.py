@@ -154,12 +154,14 @@ def status_message(status: int, body: Any) -> str:
 
 
 async def api_ready(api: KubeTransport, *, timeout: float = 5.0) -> tuple[bool, str]:
-    """`GET /readyz`: (True, "") when the API server says ok, else (False, why)."""
+    """`GET /readyz`: (True, "") when the API server answers 200 `ok`, else (False, why).
+
+    The one readiness check of the API server, for the cluster supervisor and anyone else."""
     try:
         status, body = await api.request("GET", "/readyz", timeout=timeout)
     except KubeError as exc:
         return False, str(exc)
-    if status == 200:
+    if status == 200 and isinstance(body, str) and body.strip() == "ok":
         return True, ""
     return False, f"/readyz answered {status_message(status, body)}"
 
