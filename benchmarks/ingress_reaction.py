@@ -68,6 +68,7 @@ async def serve(args: argparse.Namespace) -> None:
     from maculad.config import Config, DNSConfig, KubernetesConfig, ProxyConfig
     from maculad.core.events import EventBus
     from maculad.observability.metrics import Metrics
+    from maculad.providers.base import start_provider, stop_provider
     from maculad.providers.kubernetes import KubernetesProvider
     from maculad.routes.manager import RouteTableManager
     from maculad.routes.model import RouteSpec
@@ -122,7 +123,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     routes.add_listener(on_table)
     t0 = time.perf_counter()
-    await provider.start(owner)
+    start_provider(owner, provider, stage="sources")
     while sum(1 for r in routes.current.routes if r.source == "kubernetes") < args.expect:
         await asyncio.sleep(0.001)
     sync = time.perf_counter() - t0
@@ -137,7 +138,7 @@ async def serve(args: argparse.Namespace) -> None:
             rebuilds.clear()
         elif line == b"quit":
             break
-    await provider.stop()
+    await stop_provider(owner, provider)
     if dns_server is not None:
         await dns_server.stop()
 

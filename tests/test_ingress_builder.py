@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maculad.providers.base import port_maps
-from maculad.providers.ingress import build_ingress_routes, ingress_class_of, ingress_key
+from maculad.adapters.kube.client import object_key as ingress_key
+from maculad.providers.ingress import build_ingress_routes, ingress_class_of
 from maculad.routes.model import RouteSpec
 from maculad.core.net import Backend
 from maculad.routes.table import build_table

@@ -110,9 +110,13 @@ class Env:
         cfg = replace(self.config, kubernetes=replace(self.config.kubernetes, **kube))
         p = KubernetesProvider(config=cfg, routes=self.routes, metrics=self.metrics, events=self.events,
                                backoff=FAST)
-        await p.start(self.owner)
+        self.owner.spawn(f"kubernetes-{len(self.providers)}", p.run, stage="sources")
         self.providers.append(p)
         return p
+
+    async def stop(self, p: KubernetesProvider) -> None:
+        await self.owner.stop(f"kubernetes-{self.providers.index(p)}")
+        p.close()
 
     def names(self) -> set[str]:
         return {r.name for r in self.routes.current.routes if r.source == "kubernetes"}
@@ -148,7 +152,7 @@ async def _env(tmp_path: Path, kubeconfig: Path, context: str | None) -> Env:
 
 async def _close(env: Env) -> None:
     for p in env.providers:
-        await p.stop()
+        await env.stop(p)
     assert env.fatal == []
 
 
@@ -476,7 +480,7 @@ async def test_stop_and_status(fenv: Env) -> None:
     assert s["resource_version"] == str(fake.resource_version)
     assert isinstance(s["last_event_age"], float)
     assert fenv.metric("maculad_kubernetes_seconds_since_last_event") >= 0
-    await p.stop()
+    await fenv.stop(p)
     await wait_until(lambda: fake.watch_count == 0, "the watch to close")
     assert p.status()["connected"] is False
     assert fenv.names() == {"x.macula.local"}  # stopping the provider does not withdraw its routes

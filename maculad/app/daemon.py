@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from maculad import __version__
-from maculad.core.component import Component
 from maculad.config import Config, ConfigError, PowerDNSConfig, load_config
 from maculad.control.api import ControlError, ServiceAction
 from maculad.control.views import config_view, conflict_view, route_view, table_view
@@ -36,6 +35,7 @@ from maculad.horizons.plan import conflict_view as port_conflict_view
 from maculad.observability import sdnotify
 from maculad.observability.logging import configure_logging
 from maculad.observability.metrics import Metrics
+from maculad.providers.base import start_provider, stop_provider
 from maculad.providers.static import config_routes
 from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
@@ -178,11 +178,23 @@ class Daemon:
         self.events.publish("ready", routes=len(self.table.current.routes))
 
     async def _stop_sources(self) -> None:
-        for attr in ("coredns", "cluster", "kubernetes", "docker"):
-            comp: Component | None = getattr(self, attr)
-            if comp is not None:
-                await _bounded(comp.stop(), what=attr)
-                setattr(self, attr, None)
+        for section in ("coredns", "kind", "kubernetes", "docker"):
+            await self._stop_source(section)
+
+    async def _stop_source(self, section: str) -> None:
+        """Stop one source (its routes stay in the table)."""
+        if section == "coredns" and self.coredns is not None:
+            await _bounded(self.coredns.stop(), what="coredns")
+            self.coredns = None
+        elif section == "kind" and self.cluster is not None:
+            await _bounded(self.cluster.stop(), what="cluster")
+            self.cluster = None
+        elif section == "kubernetes" and self.kubernetes is not None:
+            await _bounded(stop_provider(self.owner, self.kubernetes), what="kubernetes")
+            self.kubernetes = None
+        elif section == "docker" and self.docker is not None:
+            await _bounded(self.docker.stop(), what="docker")
+            self.docker = None
 
     async def shutdown(self) -> None:
         """Staged: STOPPING → listeners closed and drained → sources stopped → endpoints closed."""
@@ -382,13 +394,12 @@ class Daemon:
                 await self.metrics_server.start(self.owner)
             changed.append("metrics")
         ports_changed = (old.proxy.http_port, old.proxy.https_port) != (new.proxy.http_port, new.proxy.https_port)
-        for section, attr in (("docker", "docker"), ("kubernetes", "kubernetes"), ("kind", "cluster")):
-            if getattr(old, section) == getattr(new, section) and not (ports_changed and section != "kind"):
+        for section, same in (("docker", old.docker == new.docker and not ports_changed),
+                              ("kubernetes", old.kubernetes == new.kubernetes and not ports_changed),
+                              ("kind", old.kind == new.kind)):
+            if same:
                 continue
-            comp: Component | None = getattr(self, attr)
-            if comp is not None:
-                await _bounded(comp.stop(), what=attr)
-                setattr(self, attr, None)
+            await self._stop_source(section)
             changed.append(section)
         if (old.containers, old.kubernetes, old.domain) != (new.containers, new.kubernetes, new.domain) \
                 and self.coredns is not None:
@@ -446,7 +457,7 @@ class Daemon:
 
             self.kubernetes = KubernetesProvider(config=cfg, routes=self.table, metrics=self.metrics,
                                                  events=self.events)
-            await self.kubernetes.start(self.owner)
+            start_provider(self.owner, self.kubernetes, stage="sources")
         if not cfg.kubernetes.enabled and self.table.specs("kubernetes"):
             self.table.update("kubernetes", [])
         if cfg.kubernetes.enabled and self.coredns is None:

@@ -1,25 +1,51 @@
-"""What every provider shares: the `Provider` protocol and the port-map builder.
+"""What every provider shares: the `Provider` protocol, how one is started, the port-map builder.
 
 A provider turns one source (config file, Docker labels, Kubernetes
 Ingresses) into a *complete* list of `RouteSpec`s and hands it to the route
 table with `table.update(source, specs)`. The pure part (`… → specs`) lives
-beside a thin I/O loop that only fetches and calls it again on every change.
+beside a thin loop that only reads the source's adapter and calls it again on
+every change. A provider is started the same way wherever it runs:
+`start_provider` spawns its `run` on the daemon's `TaskOwner`;
+`stop_provider` cancels it, then `close` releases what it subscribed to.
+Stopping a provider never clears its routes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
-from maculad.routes.model import PortMap
 from maculad.core.net import Backend
+from maculad.core.tasks import TaskOwner
+from maculad.routes.model import PortMap
 
 
 class Provider(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The route source it publishes as ("config", "docker", "kubernetes")."""
 
     async def run(self) -> None:
         """Watch the source forever, publishing complete snapshots; raise only on a bug."""
+
+    def close(self) -> None:
+        """After `run` was cancelled: release subscriptions (routes stay in the table)."""
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for `maculactl status`."""
+
+
+def provider_task(provider: Provider) -> str:
+    return f"{provider.name}.provider"
+
+
+def start_provider(owner: TaskOwner, provider: Provider, *, stage: str) -> None:
+    owner.spawn(provider_task(provider), provider.run, stage=stage)
+
+
+async def stop_provider(owner: TaskOwner, provider: Provider) -> None:
+    await owner.stop(provider_task(provider))
+    provider.close()
 
 
 def port_maps(

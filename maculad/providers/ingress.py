@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from maculad.adapters.kube.client import object_key
 from maculad.routes.model import PortMap, RouteSpec
 from maculad.core.names import qualify
 
@@ -58,19 +59,6 @@ class Skip:
 class IngressRoutes:
     specs: tuple[RouteSpec, ...]
     skipped: tuple[Skip, ...]
-
-
-def ingress_key(obj: Any) -> tuple[str, str] | None:
-    """(namespace, name) of a raw object, or None when it has no usable metadata."""
-    if not isinstance(obj, Mapping):
-        return None
-    md = obj.get("metadata")
-    if not isinstance(md, Mapping):
-        return None
-    name, ns = md.get("name"), md.get("namespace", "default")
-    if not isinstance(name, str) or not name or not isinstance(ns, str) or not ns:
-        return None
-    return ns, name
 
 
 def ingress_class_of(obj: Mapping[str, Any]) -> str | None:
@@ -135,7 +123,7 @@ def ingress_routes(
     ingress_class: str | None = None,
 ) -> IngressRoutes:
     """The routes of one raw Ingress object (the watch loop caches this per object)."""
-    key = ingress_key(obj)
+    key = object_key(obj)
     if key is None:
         return IngressRoutes((), (Skip("kubernetes:?", "", "malformed", "object without metadata.name"),))
     origin = f"kubernetes:{key[0]}/{key[1]}"

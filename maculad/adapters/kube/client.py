@@ -79,6 +79,19 @@ async def api_client(*, kubeconfig: Path, context: str | None) -> AsyncIterator[
         await close_api_client(api)
 
 
+def object_key(obj: Any) -> tuple[str, str] | None:
+    """(namespace, name) of a raw object, or None when it has no usable metadata."""
+    if not isinstance(obj, Mapping):
+        return None
+    md = obj.get("metadata")
+    if not isinstance(md, Mapping):
+        return None
+    name, ns = md.get("name"), md.get("namespace", "default")
+    if not isinstance(name, str) or not name or not isinstance(ns, str) or not ns:
+        return None
+    return ns, name
+
+
 class KubeError(Exception):
     """The API server could not be reached or refused a request."""
 
