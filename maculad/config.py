@@ -296,7 +296,8 @@ class PowerDNSConfig:
     zone: str = setting("")  # "" → the domain
     dns: Backend | None = setting(Backend("127.0.0.1", 5399), check=ip_literal)
     publish: bool = setting(True)
-    publish_address: str | None = setting(None, parse=_ipv4)  # required to publish
+    #: the A records' address; None: the container horizon's G (when [containers] is on), else required
+    publish_address: str | None = setting(None, parse=_ipv4)
     owner_id: str = setting("")  # "" → maculad-<hostname>
     timeout: float = setting(5.0, 0.1, 300)
     resync_interval: float = setting(60.0, 1, 86400)
@@ -335,9 +336,9 @@ class PowerDNSConfig:
         if any(not lbl or len(lbl) > 63 for lbl in zone.split(".")):
             raise Invalid("zone", f"{zone!r} is not a zone name")
         v["zone"] = zone
-        if v["enabled"] and v["publish"] and v["publish_address"] is None:
-            raise Invalid("publish_address", "is required when powerdns.publish = true (the address other "
-                                             "machines and clusters reach this one at)")
+        if v["enabled"] and v["publish"] and v["publish_address"] is None and not ctx.root["containers"].enabled:
+            raise Invalid("publish_address", "is required when powerdns.publish = true and [containers] is off "
+                                             "(the address other machines and clusters reach this one at)")
         owner = v["owner_id"].strip() or f"maculad-{socket.gethostname().split('.')[0] or 'host'}"
         if not all(c.isalnum() or c in "-_." for c in owner) or len(owner) > 100:
             raise Invalid("owner_id", f"{owner!r}: use letters, digits, '-', '_' and '.' (at most 100)")
@@ -406,8 +407,8 @@ class Config:
     docker: DockerConfig = setting(DockerConfig())
     kubernetes: KubernetesConfig = setting(KubernetesConfig())
     kind: KindConfig = setting(KindConfig())
+    containers: ContainersConfig = setting(ContainersConfig())  # before powerdns: its default reads it
     powerdns: PowerDNSConfig = setting(PowerDNSConfig())
-    containers: ContainersConfig = setting(ContainersConfig())
     web: WebConfig = setting(WebConfig())
     log: LogConfig = setting(LogConfig())
 

@@ -227,6 +227,13 @@ def test_powerdns_errors(tmp_path: Path, body: str, key: str, reason: str) -> No
     assert e.value.key == key and reason in e.value.reason
 
 
+def test_powerdns_publish_address_may_be_left_to_the_container_horizon(tmp_path: Path) -> None:
+    p = write(tmp_path, '[containers]\nenabled = true\naddress = "172.17.0.1"\n'
+                        '[powerdns]\nenabled = true\napi_key = "k"\n')
+    p.chmod(0o600)
+    assert load_config(p).powerdns.publish_address is None
+
+
 def test_powerdns_inline_key_refused_when_others_can_read_the_file(tmp_path: Path) -> None:
     body = 'enabled = true\napi_key = "k"\npublish_address = "10.0.0.1"\n'
     with pytest.raises(ConfigError) as e:

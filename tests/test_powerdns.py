@@ -47,26 +47,30 @@ def routes_toml(*names: str) -> str:
 class Setup:
     """A maculad config pointing at `pdns`; `write()` rewrites it, `start()` runs the daemon."""
 
-    def __init__(self, tmp: Path, pdns: PowerDNS, *, key: str | None = None, dns_ttl: int = 5) -> None:
+    def __init__(self, tmp: Path, pdns: PowerDNS, *, key: str | None = None, dns_ttl: int = 5,
+                 publish: str | None = PUBLISH, extra: str = "") -> None:
         self.tmp = tmp
+        self.publish = publish
+        self.extra = extra
         self.pdns = pdns
         self.key_file = tmp / "pdns.key"
         self.key_file.write_text((key or pdns.api_key) + "\n")
         self.key_file.chmod(0o600)
         self.cfg = tmp / "maculad.toml"
         self.dns_ttl = dns_ttl
-        self.base, self.ports = base_config(tmp, extra="")
+        self.base, self.ports = base_config(tmp, extra="", containers=bool(extra))
         self.base = self.base.replace("ttl = 5", f"ttl = {dns_ttl}")
         self.daemon: Maculad | None = None
 
     def write(self, *routes: str) -> None:
-        text = self.base + f"""
+        address = f'publish_address = "{self.publish}"' if self.publish else ""
+        text = self.base + self.extra + f"""
 [powerdns]
 enabled = true
 api = "{self.pdns.api_url}"
 api_key_file = "{self.key_file}"
 dns = "{self.pdns.dns}"
-publish_address = "{PUBLISH}"
+{address}
 owner_id = "{OWNER}"
 resync_interval = 3600
 [powerdns.backoff]
@@ -299,6 +303,30 @@ def test_wrong_api_key_is_a_clear_error_and_dns_is_unaffected(tmp_path: Path, pd
         assert "not-the-key" not in d.logs() and "not-the-key" not in json.dumps(st)
     finally:
         s.stop()
+
+
+def test_publish_address_defaults_to_the_container_horizons_address(tmp_path: Path, pdns: PowerDNS) -> None:
+    """No publish_address: the A records carry G, the address containers and other machines reach."""
+    pdns.create_zone(ZONE)
+    g = "127.0.0.89"  # G given explicitly, so no Docker engine is involved
+    s = Setup(tmp_path, pdns, publish=None, extra=f'\n[containers]\nenabled = true\naddress = "{g}"\n')
+    try:
+        d = s.start("grafana")
+        eventually(lambda: pdns.rrsets(ZONE).get((f"grafana.{ZONE}", "A")) == [g], what="A = G", logs=d.logs)
+        st = s.status()
+        assert st["publish_address"] == g and st["publish_address_from"] == "containers"
+        assert short("127.0.0.1", pdns.dns_port, f"grafana.{ZONE}") == [g]
+    finally:
+        s.stop()
+
+
+def test_no_publish_address_without_the_container_horizon_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text('[docker]\nenabled = false\n[powerdns]\nenabled = true\napi_key = "k"\n')
+    cfg.chmod(0o600)
+    p = subprocess.run([sys.executable, "-m", "maculad", "check-config", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "powerdns.publish_address" in p.stderr and "[containers] is off" in p.stderr
 
 
 def test_inline_api_key_in_a_world_readable_config_is_refused(tmp_path: Path) -> None:

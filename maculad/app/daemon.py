@@ -236,8 +236,16 @@ class Daemon:
             p = cfg.powerdns
             api = PowerDNSAPI(api=p.api, api_key=p.api_key, server_id=p.server_id, timeout=p.timeout)
             self.powerdns = PowerDNSPublisher(config=p, ttl=cfg.dns.ttl, routes=self.table, api=api,
-                                              metrics=self.metrics)
+                                              metrics=self.metrics, address=self._containers_address)
             await self.powerdns.start(self.owner)
+
+    def _containers_address(self) -> str | None:
+        """G, for PowerDNS's A records when publish_address is not set."""
+        return self.containers.address if self.containers is not None else None
+
+    def _containers_changed(self) -> None:
+        if self.powerdns is not None:
+            self.powerdns.address_changed()
 
     async def _stop_powerdns(self) -> None:
         if self.powerdns is not None:
@@ -428,7 +436,8 @@ class Daemon:
         if cfg.containers.enabled and self.containers is None:
             from maculad.horizons.containers import ContainerHorizon
 
-            self.containers = ContainerHorizon(config=cfg, routes=self.table, metrics=self.metrics)
+            self.containers = ContainerHorizon(config=cfg, routes=self.table, metrics=self.metrics,
+                                               on_change=self._containers_changed)
             await self.containers.start(self.owner)
         if not cfg.containers.enabled:
             self.metrics.horizon_up.labels(horizon="containers").set(0)

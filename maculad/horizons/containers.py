@@ -78,9 +78,12 @@ class ContainerHorizon:
         api: DockerAPI | None = None,
         upstreams: Callable[[], tuple[Backend, ...]] = host_upstreams,
         front: tuple[int, int, int] = (DNS_PORT, HTTP_PORT, HTTPS_PORT),
+        on_change: Callable[[], None] | None = None,
     ) -> None:
-        """`front`: G's (dns, http, https) ports; the standard ones but in tests of the pieces."""
+        """`front`: G's (dns, http, https) ports; the standard ones but in tests of the pieces.
+        `on_change`: called when the state or the address changes (PowerDNS publishes G)."""
         self._cfg = config
+        self._on_change = on_change
         self._routes = routes
         self._metrics = metrics
         self._own_api = api is None and config.docker.enabled
@@ -258,6 +261,8 @@ class ContainerHorizon:
     def _set(self, state: str, why: str) -> None:
         self._state, self._why = state, why
         self._publish()
+        if self._on_change is not None:
+            self._on_change()
 
     def _publish(self) -> None:
         m = self._metrics

@@ -15,6 +15,10 @@ reset on success), and tries again; a table change during the wait does not
 cut it short. A missing zone is created (Native, NS `ns.<zone>`). Every
 `resync_interval` a round runs without a table change, to repair edits made
 behind maculad's back.
+
+The A records' address is `publish_address`, or else G, the container
+horizon's address, asked for each round (`address`); until G is known nothing
+is published and status says why. `address_changed()` wakes the loop.
 """
 
 from __future__ import annotations
@@ -61,8 +65,9 @@ class PowerDNSPublisher:
     name = "powerdns"
 
     def __init__(self, *, config: PowerDNSConfig, ttl: int, routes: TableSource, api: ZoneAPI,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, address: Callable[[], str | None] | None = None) -> None:
         self.config = config
+        self._address_of = address
         self.ttl = ttl
         self._routes = routes
         self._api = api
@@ -101,6 +106,17 @@ class PowerDNSPublisher:
     def _on_table(self, table: RouteTable) -> None:
         self._wake.set()
 
+    def address_changed(self) -> None:
+        """The container horizon's address changed: publish with the new one."""
+        self._wake.set()
+
+    @property
+    def publish_address(self) -> str | None:
+        c = self.config
+        if c.publish_address is not None:
+            return c.publish_address
+        return self._address_of() if self._address_of is not None else None
+
     def status(self) -> dict[str, Any]:
         c = self.config
         return {
@@ -109,7 +125,8 @@ class PowerDNSPublisher:
             "zone": c.zone,
             "owner_id": c.owner_id,
             "publish": c.publish,
-            "publish_address": c.publish_address,
+            "publish_address": self.publish_address,
+            "publish_address_from": "config" if c.publish_address is not None else "containers",
             "dns": str(c.dns) if c.dns is not None else None,
             "connected": self.connected,
             "last_sync": self.last_sync,
@@ -151,6 +168,16 @@ class PowerDNSPublisher:
         """One full round (list, diff, patch); True when the zone now holds the latest table."""
         c = self.config
         table = self._routes.current
+        address = self.publish_address
+        if c.publish and address is None:
+            # G is not known yet; publishing nothing would delete what an earlier run published, so wait
+            # for address_changed() (no retry loop: nothing here can fail faster by trying again)
+            msg = ("not publishing yet: the container horizon has no address (see maculactl status, "
+                   "or set [powerdns] publish_address)")
+            if self.last_error != msg:
+                log.warning("powerdns_waiting", reason=msg)
+            self.last_error, self.last_error_kind = msg, "waiting"
+            return True
         self.rounds += 1
         self.last_attempt = time.time()
         started = time.perf_counter()
@@ -163,8 +190,8 @@ class PowerDNSPublisher:
                 log.info("powerdns_zone_created", zone=c.zone, kind="Native")
                 listing = await self._api.get_zone(c.zone)
             zone = parse_zone(listing)
-            want = wanted(table, zone=c.zone, owner_id=c.owner_id, address=c.publish_address or "",
-                          ttl=self.ttl) if c.publish and c.publish_address else {}
+            want = wanted(table, zone=c.zone, owner_id=c.owner_id, address=address or "",
+                          ttl=self.ttl) if c.publish else {}
             p = plan(want, zone, owner_id=c.owner_id)
             if p.changes:
                 await self._api.patch_zone(c.zone, p.body())
