@@ -2,7 +2,7 @@
 # Install everything the tests need on a fresh Debian/Ubuntu machine, then run them.
 #   Debian packages: Python venv, Docker engine, dig, dnsperf, dnsmasq, nginx (stream), wrk, busybox-static,
 #                    PowerDNS (pdns-server + pdns-backend-sqlite3; the tests run their own pdns_server)
-#                    chromium + chromium-driver (the status page's browser tests)
+#                    chromium + chromium-driver (the status page's browser tests), libnss3-tools (certutil: NSS trust)
 #   Services:        dockerd (started in the background when none answers)
 #   Python:          a venv in .venv with the pinned dependencies (requirements.lock)
 #   Checks:          ruff, mypy --strict on maculad/, then pytest (a run with no test fails)
@@ -14,7 +14,7 @@ log() { printf '\n=== %s\n' "$*"; }
 
 PACKAGES=(python3 python3-venv python3-dev gcc docker.io bind9-dnsutils dnsperf dnsmasq-base nginx
           libnginx-mod-stream wrk busybox-static openssl iproute2 procps util-linux systemd ca-certificates
-          pdns-server pdns-backend-sqlite3 sqlite3 chromium chromium-driver)
+          pdns-server pdns-backend-sqlite3 sqlite3 chromium chromium-driver libnss3-tools)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

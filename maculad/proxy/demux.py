@@ -65,7 +65,7 @@ class DemuxProtocol(ClientProtocol):
         self.listener.opened(self)
         self.listener.peeking += 1
         self.head = bytearray()
-        self.timer = asyncio.get_running_loop().call_later(PEEK_TIMEOUT, self._peek_timeout)
+        self.timer = self.listener.loop.call_later(PEEK_TIMEOUT, self._peek_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.state != _PEEK:
@@ -125,7 +125,7 @@ class DemuxProtocol(ClientProtocol):
         self.pending = bytearray(head)
         self.state = _CONNECTING
         self.transport.pause_reading()
-        self.task = asyncio.get_running_loop().create_task(self._connect())
+        self.task = self.listener.loop.create_task(self._connect())
 
     def _refuse(self, page: bytes | None) -> None:
         if self.state == _CLOSED:
@@ -152,8 +152,7 @@ class DemuxListener(TcpListener):
         assert MAX_PEEK > 0
 
     async def start(self, sock: Any) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: DemuxProtocol(self), sock=sock)
+        self._server = await self.loop.create_server(lambda: DemuxProtocol(self), sock=sock)
 
     def route_for(self, name: str) -> tuple[Target | None, str]:
         """The target for `name`, or None and why not."""

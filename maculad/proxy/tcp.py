@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import structlog
@@ -46,15 +47,13 @@ LINGER = 2.0
 HEAD_WAIT = 2.0
 
 _CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED, _HANDSHAKE = range(6)
+#: `reason` while the connect timer has fired and the connect is being cancelled
+_TIMED_OUT = "connect timed out"
 
 
 def _tune(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+    """Bounded write buffers. (uvloop and asyncio already set TCP_NODELAY on every TCP transport;
+    asking for the socket object here would cost extra system calls on every connection.)"""
     if isinstance(transport, asyncio.WriteTransport):
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
@@ -164,31 +163,38 @@ class ClientProtocol(asyncio.Protocol):
         transport.pause_reading()  # type: ignore[attr-defined]
         _tune(transport)
         self.listener.opened(self)
-        self.task = asyncio.get_running_loop().create_task(self._connect())
+        self.task = self.listener.loop.create_task(self._connect())
+
+    def _connect_timeout(self) -> None:
+        self.reason = _TIMED_OUT
+        if self.task is not None:
+            self.task.cancel()
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
+        # The running loop is the listener's (asyncio.get_running_loop() and asyncio.timeout() would
+        # each cost a getpid() system call per connection); the timeout is a plain timer.
+        loop = self.listener.loop
         target = self.target
-        started = loop.time()
+        started = time.perf_counter()
+        timer = loop.call_later(self.listener.ctx.config.connect_timeout, self._connect_timeout)
         try:
-            async with asyncio.timeout(self.listener.ctx.config.connect_timeout):
+            try:
                 transport, backend = await loop.create_connection(
                     lambda: BackendProtocol(self), target.backend.host, target.backend.port
                 )
-        except Exception as exc:  # OSError, TimeoutError, or a bad backend name (idna)
-            self.task = None
-            if self.state == _CLOSED:
-                return
-            reason, human = classify(exc)
-            self.stats.upstream_error(reason)
-            suppressed = self.stats.log_allowed(reason)
-            if suppressed is not None:
-                log.warning("proxy_backend_unreachable", route=target.route, listener=self.listener.spec.address,
-                            backend=str(target.backend), reason=human, suppressed=suppressed)
-            self._backend_failed(human)
+            finally:
+                timer.cancel()
+        except asyncio.CancelledError:
+            if self.reason is not _TIMED_OUT:
+                raise
+            self.reason = ""
+            self._connect_failed(TimeoutError())
+            return
+        except Exception as exc:  # OSError, or a bad backend name (idna)
+            self._connect_failed(exc)
             return
         self.task = None
-        self.stats.latency.observe(loop.time() - started)
+        self.stats.latency.observe(time.perf_counter() - started)
         if self.state == _CLOSED:
             transport.abort()
             return
@@ -206,6 +212,19 @@ class ClientProtocol(asyncio.Protocol):
                 self.close_both()
             return
         self.transport.resume_reading()
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        self.task = None
+        if self.state == _CLOSED:
+            return
+        target = self.target
+        reason, human = classify(exc)
+        self.stats.upstream_error(reason)
+        suppressed = self.stats.log_allowed(reason)
+        if suppressed is not None:
+            log.warning("proxy_backend_unreachable", route=target.route, listener=self.listener.spec.address,
+                        backend=str(target.backend), reason=human, suppressed=suppressed)
+        self._backend_failed(human)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state == _CLOSED:
@@ -320,7 +339,7 @@ class ClientProtocol(asyncio.Protocol):
             if self.client_eof or errorpage.request_complete(self.head):
                 self._send_page()
                 return
-            self.timer = asyncio.get_running_loop().call_later(HEAD_WAIT, self._send_page)
+            self.timer = self.listener.loop.call_later(HEAD_WAIT, self._send_page)
             self.transport.resume_reading()
         else:
             self._linger()
@@ -351,7 +370,7 @@ class ClientProtocol(asyncio.Protocol):
             tr.close()
             return
         tr.resume_reading()
-        self.timer = asyncio.get_running_loop().call_later(LINGER, tr.close)
+        self.timer = self.listener.loop.call_later(LINGER, tr.close)
 
     # -- accounting
 
@@ -387,6 +406,8 @@ class TcpListener:
         self.stats = stats
         self.ctx = ctx
         self.conns: set[ClientProtocol] = set()
+        #: the loop the listener serves on (built inside it); connections use it instead of asking
+        self.loop = asyncio.get_running_loop()
         self._server: asyncio.AbstractServer | None = None
         self._drained: asyncio.Event | None = None
 
@@ -401,8 +422,7 @@ class TcpListener:
                 return RedirectProtocol(self)
             return ClientProtocol(self)
 
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(factory, sock=sock)
+        self._server = await self.loop.create_server(factory, sock=sock)
 
     def opened(self, conn: ClientProtocol) -> None:
         self.conns.add(conn)

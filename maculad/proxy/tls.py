@@ -262,7 +262,7 @@ class TlsClientProtocol(ClientProtocol):
             return
         self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.state = _HANDSHAKE
-        self.timer = asyncio.get_running_loop().call_later(terminator.handshake_timeout, self._handshake_timeout)
+        self.timer = self.listener.loop.call_later(terminator.handshake_timeout, self._handshake_timeout)
 
     # -- handshake
 
@@ -284,7 +284,7 @@ class TlsClientProtocol(ClientProtocol):
         self.terminator.succeeded(self.target.route)
         self.state = _CONNECTING
         self.transport.pause_reading()
-        self.task = asyncio.get_running_loop().create_task(self._connect())
+        self.task = self.listener.loop.create_task(self._connect())
         self._pump()  # application data that came with the last handshake flight
 
     def _handshake_failed(self, reason: str) -> None:
@@ -378,7 +378,7 @@ class RedirectProtocol(ClientProtocol):
         self.listener.opened(self)
         self.state = _PAGE
         self.head = bytearray()
-        self.timer = asyncio.get_running_loop().call_later(HEAD_WAIT, self._send_page)
+        self.timer = self.listener.loop.call_later(HEAD_WAIT, self._send_page)
 
     def _send_page(self) -> None:
         if self.state != _PAGE:
