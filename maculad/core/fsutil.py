@@ -1,5 +1,8 @@
 """Crash-safe file writes, shared by the state store and the resolver wiring.
 
+`StateError` is how state problems travel: the path and the reason in one line
+(`state_dir/allocations.json: No space left on device`), never a bare OSError or
+a traceback; `state_error(path, exc)` builds one from an OSError.
 Standard library only: `maculactl` imports it and must start without the
 daemon's dependencies.
 """
@@ -9,6 +12,22 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+
+class StateError(Exception):
+    """A state file or directory that cannot be read or written: which path, and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def state_error(path: Path, exc: OSError) -> StateError:
+    """The StateError for `exc`, met reading or writing `path`."""
+    if isinstance(exc, NotADirectoryError | FileExistsError) and exc.filename:
+        return StateError(path, f"{exc.filename} is not a directory")
+    return StateError(path, exc.strerror or str(exc))
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -91,6 +91,9 @@ class Metrics:
             f"{p}_task_restarts_total", "Long-lived tasks restarted after dying", ["task"], registry=r
         )
         self.reloads = Counter(f"{p}_reloads_total", "Configuration reloads", ["result"], registry=r)
+        self.state_save_failures = Counter(
+            f"{p}_state_save_failures", "Saves of the state (allocations.json) that failed and are retried",
+            registry=r)
 
         # route table
         self.routes = Gauge(f"{p}_routes", "Routes in the table, by source", ["source"], registry=r)

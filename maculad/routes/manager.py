@@ -5,15 +5,28 @@ snapshots are dropped; otherwise the table is rebuilt from every provider's
 latest snapshot (never patched), allocations are persisted *before* the new
 table is published (so an IP that DNS ever answered survives `kill -9`), and
 listeners are told. Readers just take `manager.current`.
+
+A save that fails (a full disk) neither publishes nor forgets: the snapshot is
+kept, the last good table goes on serving, and the rebuild is retried on a timer
+with `Backoff` (an equal snapshot arriving meanwhile retries at once). The first
+save that succeeds publishes the latest table. Failures are counted
+(`maculad_state_save_failures_total`) and shown by `state_status()`.
+`preview()` builds the table a change would give, without saving or publishing
+(reload binds its new listeners from it before anything changes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 
+from maculad.core.backoff import Backoff
+from maculad.core.fsutil import StateError
 from maculad.observability.metrics import Metrics
 from maculad.routes.model import SOURCES, Conflict, RouteSpec, Source
 from maculad.routes.store import AllocationStore
@@ -22,6 +35,10 @@ from maculad.routes.table import RouteTable, build_table
 log = structlog.get_logger("maculad.routes")
 
 Listener = Callable[[RouteTable], None]
+
+#: a failed state save is retried after this, doubling up to SAVE_RETRY_CAP
+SAVE_RETRY_INITIAL = 0.25
+SAVE_RETRY_CAP = 5.0
 
 
 class RouteTableManager:
@@ -44,6 +61,11 @@ class RouteTableManager:
         self._current = RouteTable.empty(domain)
         self._listeners: list[Listener] = []
         self._reported: set[Conflict] = set()
+        self._save_error: StateError | None = None
+        self._save_failures = 0
+        self._failing_since: float | None = None
+        self._save_backoff = Backoff(initial=SAVE_RETRY_INITIAL, cap=SAVE_RETRY_CAP)
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def current(self) -> RouteTable:
@@ -62,6 +84,8 @@ class RouteTableManager:
         """Replace `source`'s snapshot; rebuild and publish when it changed."""
         snapshot = tuple(sorted(specs, key=lambda s: (s.name, s.origin)))
         if self._specs.get(source) == snapshot:
+            if self._save_error is not None:
+                self._rebuild(reason="save retry")
             return False
         self._specs[source] = snapshot
         self._rebuild(reason=source)
@@ -75,7 +99,42 @@ class RouteTableManager:
         self._allow_non_loopback = allow_non_loopback
         self._rebuild(reason="pool")
 
+    def preview(self, changes: Mapping[Source, Sequence[RouteSpec]], *,
+                pool: ipaddress.IPv4Network | None = None, allow_non_loopback: bool | None = None) -> RouteTable:
+        """The table `update`s with `changes` (and `set_pool`) would publish; nothing is saved or published."""
+        specs = dict(self._specs)
+        for source, snapshot in changes.items():
+            specs[source] = tuple(sorted(snapshot, key=lambda s: (s.name, s.origin)))
+        table, _ = build_table(
+            domain=self._domain, version=self._current.version + 1, specs=specs, allocations=self._allocations,
+            pool=self._pool if pool is None else pool,
+            allow_non_loopback=self._allow_non_loopback if allow_non_loopback is None else allow_non_loopback)
+        return table
+
+    @property
+    def save_error(self) -> StateError | None:
+        """Why the latest table is not published yet (its allocations could not be saved), or None."""
+        return self._save_error
+
+    def state_status(self) -> dict[str, Any]:
+        retry_in = None
+        if self._retry is not None:
+            retry_in = round(max(0.0, self._retry.when() - asyncio.get_running_loop().time()), 3)
+        return {"path": str(self._store.path),
+                "save_error": str(self._save_error) if self._save_error is not None else None,
+                "consecutive_failures": self._save_failures, "failing_since": self._failing_since,
+                "retry_in": retry_in}
+
+    def close(self) -> None:
+        """Stop retrying a failed save (shutdown)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
     def _rebuild(self, *, reason: str) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         table, allocations = build_table(
             domain=self._domain,
             version=self._current.version + 1,
@@ -85,8 +144,16 @@ class RouteTableManager:
             allow_non_loopback=self._allow_non_loopback,
         )
         if allocations != self._allocations:
-            self._store.save(allocations)
+            try:
+                self._store.save(allocations)
+            except StateError as exc:
+                self._save_failed(exc, reason)
+                return
             self._allocations = allocations
+        if self._save_error is not None:
+            log.info("state_saved", path=str(self._store.path), after_failures=self._save_failures)
+            self._save_error, self._save_failures, self._failing_since = None, 0, None
+            self._save_backoff.reset()
         self._current = table
         counts = table.by_source()
         for src in SOURCES:
@@ -105,3 +172,25 @@ class RouteTableManager:
                 listener(table)
             except Exception:
                 log.exception("route_listener_failed", listener=getattr(listener, "__qualname__", repr(listener)))
+
+    def _save_failed(self, exc: StateError, reason: str) -> None:
+        """Keep the snapshot and the serving table; retry the rebuild on a timer."""
+        self._save_error = exc
+        self._save_failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.time()
+        self._metrics.state_save_failures.inc()
+        delay = self._save_backoff.next()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): the next update retries
+            loop = None
+        if loop is not None:
+            self._retry = loop.call_later(delay, self._rebuild_later)
+        log.error("state_save_failed", path=str(exc.path), error=exc.reason, reason=reason,
+                  failures=self._save_failures, retry_in=round(delay, 3) if loop is not None else None,
+                  effect="the last saved table keeps serving")
+
+    def _rebuild_later(self) -> None:
+        self._retry = None
+        self._rebuild(reason="save retry")
