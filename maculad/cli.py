@@ -1,8 +1,13 @@
 """`maculad run --config PATH` and `maculad check-config --config PATH`.
 
-Exit codes: 0 success; 1 the daemon could not start or stopped on a fatal
-error; 2 the configuration is invalid (the error, naming file, key and reason,
-on stderr) or the command line is wrong.
+Both commands read the config the same way (a regular file of sane size,
+never blocking) and run the same checks: the schema (maculad/config.py) and
+the host checks (maculad/app/preflight.py); `run` then binds.
+
+Exit codes: 0 success; 1 the daemon could not start (a port in use) or stopped
+on a fatal error; 2 the configuration is invalid or the state cannot be used
+(one line on stderr naming the file or path, the key and the reason), or the
+command line is wrong.
 """
 
 from __future__ import annotations
@@ -30,12 +35,18 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def _run(cfg: Config) -> int:
     from maculad.app.daemon import Daemon
+    from maculad.core.fsutil import StateError
     from maculad.observability.logging import configure_logging
 
     configure_logging(cfg.log)
 
     async def main() -> int:
-        return await Daemon(config=cfg).run()
+        try:
+            daemon = Daemon(config=cfg)
+        except StateError as exc:
+            print(f"maculad: state unusable: {exc}", file=sys.stderr)
+            return 2
+        return await daemon.run()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(main())
@@ -51,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", default=DEFAULT_CONFIG)
     args = parser.parse_args(argv)
 
+    from maculad.app.preflight import check_host
+
     try:
         cfg = load_config(args.config)
+        check_host(cfg)
     except ConfigError as exc:
         print(f"maculad: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ against the user's home. Adding a section is a dataclass plus one field on `Conf
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import stat
 import tomllib
@@ -22,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from maculad.core.names import check_domain, qualify
-from maculad.core.net import Backend, TLSMode, parse_hostport, pin_problem
+from maculad.core.net import Backend, TLSMode, parse_hostport, pin_problem, same_socket
 from maculad.core.restart import RestartPolicyName, parse_restart
 from maculad.core.schema import Invalid, Reader, SchemaError, setting
 
@@ -436,12 +437,51 @@ class Config:
                     j = ips[r.ip]
                     raise Invalid(f"route[{i}].ip", f"{r.ip} is also pinned by route[{j}] ({routes[j].name})")
                 ips[r.ip] = i
+        Config._check_listeners(v)
         pool: ipaddress.IPv4Network = v["proxy"].pool
         unpinned = sum(1 for r in routes if r.ip is None)
         free = pool.num_addresses - 2 if pool.num_addresses > 2 else pool.num_addresses
         free -= sum(1 for ip in ips if ipaddress.IPv4Address(ip) in pool)
         if unpinned > free:
             raise Invalid("proxy.pool", f"the pool {pool} has {free} free addresses but {unpinned} routes need one")
+
+
+    @staticmethod
+    def _check_listeners(v: dict[str, Any]) -> None:
+        """maculad's own addresses must not collide: DNS, metrics and the page are distinct sockets, no
+        forwarder (nor the PowerDNS peer) is a DNS listener of maculad's own (a query would loop), and
+        no route is pinned onto a DNS address (its relay ports would share the page's and DNS's IP)."""
+        dns: DNSConfig = v["dns"]
+        listens = list(enumerate(dns.listen))
+        metrics: MetricsConfig = v["metrics"]
+        if metrics.listen is not None:
+            for i, addr in listens:
+                if same_socket(metrics.listen, addr):
+                    raise Invalid("metrics.listen", f"{metrics.listen} is also DNS listener dns.listen[{i}] "
+                                                    f"({addr}; DNS serves TCP there too)")
+        web: WebConfig = v["web"]
+        if web.enabled and web.listen is not None:
+            for i, addr in listens:
+                if same_socket(web.listen, addr):
+                    raise Invalid("web.listen", f"{web.listen} is also DNS listener dns.listen[{i}] ({addr})")
+            if metrics.listen is not None and same_socket(web.listen, metrics.listen):
+                raise Invalid("web.listen", f"{web.listen} is also metrics.listen")
+        for j, fwd in enumerate(dns.forwarders):
+            for i, addr in listens:
+                if same_socket(fwd, addr):
+                    raise Invalid(f"dns.forwarders[{j}]", f"{fwd} is maculad's own DNS listener dns.listen[{i}]; "
+                                                          "queries would be forwarded to itself")
+        pdns: PowerDNSConfig = v["powerdns"]
+        if pdns.enabled and pdns.dns is not None:
+            for i, addr in listens:
+                if same_socket(pdns.dns, addr):
+                    raise Invalid("powerdns.dns", f"{pdns.dns} is maculad's own DNS listener dns.listen[{i}]; "
+                                                  "queries would be asked of itself")
+        hosts = {addr.host: i for i, addr in reversed(listens)}
+        for n, r in enumerate(v["routes"]):
+            if r.ip is not None and r.ip in hosts:
+                raise Invalid(f"route[{n}].ip", f"{r.ip} is the DNS address (dns.listen[{hosts[r.ip]}]); "
+                                                "pin the route to another IP")
 
 
 # --------------------------------------------------------------------------- reading
@@ -457,25 +497,62 @@ def parse_config(data: Mapping[str, Any], *, file: str, base: Path, world_readab
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    p = Path(path)
+#: a config file larger than this is refused (it is not a config someone wrote)
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def read_config_file(p: Path) -> tuple[bytes, bool]:
+    """The bytes of a regular file of sane size, and whether others can read it; ConfigError otherwise.
+
+    Opened with O_NONBLOCK and judged by fstat before a byte is read, so a FIFO, a device
+    (`/dev/zero`) or a huge file is refused at once instead of blocking or filling memory."""
     file = str(p)
     try:
-        raw = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(file, "", "no such file") from None
     except OSError as exc:
         raise ConfigError(file, "", f"cannot be read: {exc.strerror or exc}") from None
     try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(file, "", "is a directory, not a config file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
+                stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "a socket or special file"
+            raise ConfigError(file, "", f"is {kind}, not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(file, "", f"is {st.st_size} bytes; a config file is at most {MAX_CONFIG_BYTES}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(file, "", f"grew beyond {MAX_CONFIG_BYTES} bytes while being read")
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks), bool(st.st_mode & stat.S_IROTH)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file (blocking I/O: the daemon calls it in a thread)."""
+    p = Path(path)
+    file = str(p)
+    raw, world_readable = read_config_file(p)
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(file, "", f"is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise ConfigError(file, "", "is empty (write at least one setting, or a comment to take every default)")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"is not valid TOML: {exc}") from None
-    try:
-        world_readable = bool(p.stat().st_mode & stat.S_IROTH)
-    except OSError:
-        world_readable = True
     return parse_config(data, file=file, base=p.resolve().parent, world_readable=world_readable)
