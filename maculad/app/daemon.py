@@ -5,9 +5,14 @@ starts them in dependency order (DNS first — it needs only the table, so it
 answers before the HTTP, Docker and Kubernetes clients are even imported —
 then metrics, relay, sources and supervisors, control), tells systemd READY=1
 once DNS and the relay serve, and waits. Signal handlers only set events: TERM/INT request a stop (a second INT
-forces exit), HUP requests a reload. A reload re-reads the config and applies
-the difference component by component; an invalid config is refused and
-everything goes on unchanged.
+forces exit), HUP requests a reload. A reload (maculad/app/reload.py) is a
+transaction: the config is read in a thread, every new listener is bound
+first, and only then is anything swapped; a refused reload changes nothing and
+is recorded (`status.last_reload`, the `reload` event, the log) like a good one.
+A config or state problem at start (a directory where allocations.json should
+be, a full disk) is one log line and exit 2.
+Readiness (`not_ready`, `/readyz`, `status.ready`) lists every configured
+listener that is not serving.
 
 Shutdown is staged, each stage with a timeout: STOPPING=1 → close the DNS and
 relay listeners (the relay drains open connections up to `drain_grace`) →
@@ -26,14 +31,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from maculad import __version__
-from maculad.config import Config, ConfigError, PowerDNSConfig, load_config
+from maculad.app import reload as reloading
+from maculad.app.reload import apex, peer_args
+from maculad.config import Config, ConfigError
 from maculad.control.api import ControlError, ServiceAction
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
 from maculad.core.events import EventBus
 from maculad.horizons.plan import conflict_view as port_conflict_view
 from maculad.observability import sdnotify
-from maculad.observability.logging import configure_logging
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import start_provider, stop_provider
 from maculad.providers.static import config_routes
@@ -41,10 +47,13 @@ from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
+from maculad.core.fsutil import StateError, state_error
 from maculad.core.names import qualify
 from maculad.core.tasks import TaskOwner
 
 if TYPE_CHECKING:  # imported where they are built: DNS answers before aiohttp & co. are loaded
+    import socket
+
     from maculad.web.server import WebServer
     from maculad.horizons.containers import ContainerHorizon
     from maculad.publishers.coredns import CoreDNSPublisher
@@ -112,7 +121,9 @@ class Daemon:
 
             log.error("startup_failed", error=str(exc))
             await self.shutdown()
-            if isinstance(exc, OSError | ConfigError | ControlSocketError):
+            if isinstance(exc, StateError | ConfigError):
+                return 2
+            if isinstance(exc, OSError | ControlSocketError):
                 return 1
             raise
         self.owner.spawn("reload-signal", self._reload_loop, stage="meta")
@@ -127,20 +138,21 @@ class Daemon:
         cfg = self.config
         log.info("starting", version=__version__, config=str(cfg.path), domain=cfg.domain,
                  pid=os.getpid())
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_error(cfg.state_dir, exc) from None
         self.table.update("config", config_routes(cfg))
+        if self.table.save_error is not None:  # at start a state that cannot be written is fatal
+            raise self.table.save_error
         # DNS first: it answers from the table alone, before the rest is even imported.
         self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
-                             apex_a=_apex(cfg), **_peer(cfg.powerdns))
+                             apex_a=apex(cfg), **peer_args(cfg.powerdns))
         await self.dns.start(self.owner)
 
         from maculad.control.server import ControlServer
-        from maculad.observability.http import MetricsServer
 
-        if cfg.metrics.listen is not None:
-            self.metrics_server = MetricsServer(listen=cfg.metrics.listen, metrics=self.metrics,
-                                                not_ready=self.not_ready)
-            await self.metrics_server.start(self.owner)
+        await self.start_metrics(cfg)
         from maculad.proxy.tls import load_terminator
 
         self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
@@ -153,12 +165,12 @@ class Daemon:
                            redirect_http=cfg.tls.redirect_http)
         await self.relay.start(self.owner)
         self.metrics.horizon_up.labels(horizon="host").set(1)
-        await self._start_containers(cfg)
-        await self._start_sources(cfg)
-        await self._start_powerdns(cfg)
+        await self.start_containers(cfg)
+        await self.start_sources(cfg)
+        await self.start_powerdns(cfg)
         self.control = ControlServer(config=cfg.control, target=self, metrics=self.metrics)
         await self.control.start(self.owner)
-        await self._start_web(cfg)
+        await self.start_web(cfg)
 
         await self.relay.wait_reconciled()
         if self.containers is not None:
@@ -179,21 +191,21 @@ class Daemon:
 
     async def _stop_sources(self) -> None:
         for section in ("coredns", "kind", "kubernetes", "docker"):
-            await self._stop_source(section)
+            await self.stop_source(section)
 
-    async def _stop_source(self, section: str) -> None:
+    async def stop_source(self, section: str) -> None:
         """Stop one source (its routes stay in the table)."""
         if section == "coredns" and self.coredns is not None:
-            await _bounded(self.coredns.stop(), what="coredns")
+            await bounded(self.coredns.stop(), what="coredns")
             self.coredns = None
         elif section == "kind" and self.cluster is not None:
-            await _bounded(self.cluster.stop(), what="cluster")
+            await bounded(self.cluster.stop(), what="cluster")
             self.cluster = None
         elif section == "kubernetes" and self.kubernetes is not None:
-            await _bounded(stop_provider(self.owner, self.kubernetes), what="kubernetes")
+            await bounded(stop_provider(self.owner, self.kubernetes), what="kubernetes")
             self.kubernetes = None
         elif section == "docker" and self.docker is not None:
-            await _bounded(self.docker.stop(), what="docker")
+            await bounded(self.docker.stop(), what="docker")
             self.docker = None
 
     async def shutdown(self) -> None:
@@ -204,31 +216,32 @@ class Daemon:
         log.info("stopping")
         await self.owner.stop_stage("meta", timeout=STOP_TIMEOUT)
         if self.web is not None:
-            await _bounded(self.web.stop(), what="web")
+            await bounded(self.web.stop(), what="web")
             self.web = None
         if self.dns is not None:
-            await _bounded(self.dns.stop(), what="dns")
+            await bounded(self.dns.stop(), what="dns")
         if self.relay is not None:
             grace = self.config.proxy.drain_grace
-            await _bounded(self.relay.stop(), what="proxy", timeout=grace + STOP_TIMEOUT)
+            await bounded(self.relay.stop(), what="proxy", timeout=grace + STOP_TIMEOUT)
             self.metrics.horizon_up.labels(horizon="host").set(0)
         if self.containers is not None:
             grace = self.config.proxy.drain_grace
-            await _bounded(self.containers.stop(), what="containers", timeout=grace + STOP_TIMEOUT)
+            await bounded(self.containers.stop(), what="containers", timeout=grace + STOP_TIMEOUT)
         await self._stop_sources()
-        await self._stop_powerdns()
+        await self.stop_powerdns()
         for stage in ("sources", "supervisors", "publishers", "proxy", "dns"):
             await self.owner.stop_stage(stage, timeout=STOP_TIMEOUT)
         if self.control is not None:
-            await _bounded(self.control.stop(), what="control")
+            await bounded(self.control.stop(), what="control")
         await self.owner.stop_stage("control", timeout=STOP_TIMEOUT)
         if self.metrics_server is not None:
-            await _bounded(self.metrics_server.stop(), what="metrics")
+            await bounded(self.metrics_server.stop(), what="metrics")
+        self.table.close()
         for leftover in sorted({str(t["stage"]) for t in self.owner.status()}):
             await self.owner.stop_stage(leftover, timeout=STOP_TIMEOUT)
         log.info("stopped")
 
-    async def _start_powerdns(self, cfg: Config) -> None:
+    async def start_powerdns(self, cfg: Config) -> None:
         if cfg.powerdns.enabled and self.powerdns is None:
             from maculad.adapters.powerdns import PowerDNSAPI
             from maculad.publishers.powerdns_sync import PowerDNSPublisher
@@ -247,10 +260,10 @@ class Daemon:
         if self.powerdns is not None:
             self.powerdns.address_changed()
 
-    async def _stop_powerdns(self) -> None:
+    async def stop_powerdns(self) -> None:
         if self.powerdns is not None:
             await self.owner.stop("powerdns-sync")
-            await _bounded(self.powerdns.stop(), what="powerdns")
+            await bounded(self.powerdns.stop(), what="powerdns")
             self.powerdns = None
 
     def request_stop(self) -> None:
@@ -307,11 +320,23 @@ class Daemon:
         return self.docker is not None and self.docker.supervisor.is_restarting(service)
 
     def not_ready(self) -> list[str]:
+        """Why the daemon is not ready: starting, or a configured listener that does not serve."""
         reasons: list[str] = []
         if self.dns is None:
             reasons.append("dns: not started")
+        else:
+            reasons += [f"dns: not serving on {a}" for a in self.dns.missing()]
         if self.relay is None:
             reasons.append("proxy: not started")
+        else:
+            failed = self.relay.problems()
+            reasons += [f"proxy: {p}" for p in failed[:5]]
+            if len(failed) > 5:
+                reasons.append(f"proxy: and {len(failed) - 5} more listeners not serving")
+        if self._ready and self.config.metrics.listen is not None and self.metrics_server is None:
+            reasons.append(f"metrics: not serving on {self.config.metrics.listen}")
+        if self.config.web.enabled and self.web is not None and self.web.problem is not None:
+            reasons.append(f"web: {self.web.problem}")
         if not self._ready and not reasons:
             reasons.append("starting")
         return reasons
@@ -324,114 +349,46 @@ class Daemon:
             self._reload.clear()
             try:
                 await self.reload()
-            except ControlError as exc:
-                log.error("reload_refused", error=exc.message)
+            except ControlError:
+                pass  # recorded and logged by record_reload
+            except Exception as exc:  # a bug: logged with its traceback, recorded, the loop goes on
+                log.exception("reload_failed")
+                self._last_reload = {"time": time.time(), "ok": False, "changed": [],
+                                     "error": f"internal error: {type(exc).__name__}: {exc}"}
 
     async def reload(self) -> dict[str, Any]:
         sdnotify.reloading()
         try:
-            return await self._apply_reload()
+            return await reloading.reload(self)
         finally:
             sdnotify.ready()
             sdnotify.status(self._summary())
 
-    async def _apply_reload(self) -> dict[str, Any]:
-        old = self.config
-        try:
-            new = load_config(old.path)
-        except ConfigError as exc:
-            self.metrics.reloads.labels(result="invalid").inc()
-            self._last_reload = {"time": time.time(), "ok": False, "error": str(exc)}
-            self.events.publish("reload", ok=False, error=str(exc))
-            raise ControlError(400, f"config refused, nothing changed: {exc}") from None
-        fixed = [k for k in ("domain", "state_dir") if getattr(old, k) != getattr(new, k)]
-        fixed += [f"tls.{k}" for k in ("enabled", "handshake_timeout", "max_leaves")
-                  if getattr(old.tls, k) != getattr(new.tls, k)]
-        if old.control.socket != new.control.socket:
-            fixed.append("control.socket")
-        if fixed:
-            self.metrics.reloads.labels(result="refused").inc()
-            msg = f"changing {', '.join(fixed)} needs a restart; nothing changed"
-            self._last_reload = {"time": time.time(), "ok": False, "error": msg}
-            raise ControlError(400, msg)
-        changed: list[str] = []
-        configure_logging(new.log)
-        self.config = new
-        if (old.proxy.pool, old.proxy.allow_non_loopback) != (new.proxy.pool, new.proxy.allow_non_loopback):
-            self.table.set_pool(new.proxy.pool, allow_non_loopback=new.proxy.allow_non_loopback)
-            changed.append("proxy.pool")
-        if self.table.update("config", config_routes(new)):
-            changed.append("routes")
-        if old.dns != new.dns and self.dns is not None:
-            if old.dns.listen != new.dns.listen:
-                await self.dns.stop()
-                self.dns = DNSServer(config=new.dns, domain=new.domain, routes=self.table,
-                                     metrics=self.metrics, apex_a=_apex(new), **_peer(new.powerdns))
-                await self.dns.start(self.owner)
-            else:
-                self.dns.reconfigure(new.dns, apex_a=_apex(new))
-            changed.append("dns")
-        elif _apex(old) != _apex(new) and self.dns is not None:
-            self.dns.reconfigure(new.dns, apex_a=_apex(new))
-        if (old.web, old.web_listen) != (new.web, new.web_listen):
-            if self.web is not None:
-                await _bounded(self.web.stop(), what="web")
-                self.web = None
-            await self._start_web(new)
-            changed.append("web")
-        if _peer(old.powerdns) != _peer(new.powerdns) and self.dns is not None:
-            self.dns.set_peer(**_peer(new.powerdns))
-            changed.append("powerdns.dns")
-        if (old.powerdns, old.dns.ttl) != (new.powerdns, new.dns.ttl) and (old.powerdns.enabled
-                                                                          or new.powerdns.enabled):
-            await self._stop_powerdns()
-            await self._start_powerdns(new)
-            changed.append("powerdns")
-        if (old.proxy != new.proxy or old.tls.redirect_http != new.tls.redirect_http) and self.relay is not None:
-            self.relay.reconfigure(new.proxy, redirect_http=new.tls.redirect_http)
-            changed.append("proxy")
-        if old.metrics != new.metrics:
-            if self.metrics_server is not None:
-                await self.metrics_server.stop()
-                self.metrics_server = None
-            if new.metrics.listen is not None:
-                from maculad.observability.http import MetricsServer
+    def record_reload(self, result: str, *, error: str | None = None, changed: list[str] | None = None,
+                      status: int = 400, state_error: str | None = None) -> ControlError:
+        """Count, log, remember and publish a reload's outcome; the ControlError to raise when it failed."""
+        ok = error is None
+        self.metrics.reloads.labels(result=result).inc()
+        self._last_reload = {"time": time.time(), "ok": ok, "error": error, "changed": changed or []}
+        if state_error is not None:
+            self._last_reload["state_error"] = state_error
+        self.events.publish("reload", ok=ok, error=error, changed=changed or [])
+        if ok:
+            log.info("reloaded", changed=changed or [], state_error=state_error)
+        else:
+            log.error("reload_refused", result=result, error=error)
+        return ControlError(status, error or "")
 
-                self.metrics_server = MetricsServer(listen=new.metrics.listen, metrics=self.metrics,
-                                                    not_ready=self.not_ready)
-                await self.metrics_server.start(self.owner)
-            changed.append("metrics")
-        ports_changed = (old.proxy.http_port, old.proxy.https_port) != (new.proxy.http_port, new.proxy.https_port)
-        for section, same in (("docker", old.docker == new.docker and not ports_changed),
-                              ("kubernetes", old.kubernetes == new.kubernetes and not ports_changed),
-                              ("kind", old.kind == new.kind)):
-            if same:
-                continue
-            await self._stop_source(section)
-            changed.append(section)
-        if (old.containers, old.kubernetes, old.domain) != (new.containers, new.kubernetes, new.domain) \
-                and self.coredns is not None:
-            await _bounded(self.coredns.stop(), what="coredns")
-            self.coredns = None
-        if (old.containers, old.docker, old.dns, old.proxy) != (new.containers, new.docker, new.dns, new.proxy):
-            if self.containers is not None:
-                await _bounded(self.containers.stop(), what="containers",
-                               timeout=old.proxy.drain_grace + STOP_TIMEOUT)
-                self.containers = None
-            await self._start_containers(new)
-            if old.containers != new.containers:
-                changed.append("containers")
-        if any(s in changed for s in ("docker", "kubernetes", "kind", "containers")) or self.coredns is None:
-            await self._start_sources(new)
-        if self.relay is not None:
-            await self.relay.wait_reconciled()
-        self.metrics.reloads.labels(result="applied").inc()
-        self._last_reload = {"time": time.time(), "ok": True, "changed": changed}
-        self.events.publish("reload", ok=True, changed=changed)
-        log.info("reloaded", changed=changed)
-        return {"ok": True, "changed": changed}
+    async def start_metrics(self, cfg: Config, *, sock: socket.socket | None = None) -> None:
+        if cfg.metrics.listen is None:
+            return
+        from maculad.observability.http import MetricsServer
 
-    async def _start_containers(self, cfg: Config) -> None:
+        server = MetricsServer(listen=cfg.metrics.listen, metrics=self.metrics, not_ready=self.not_ready)
+        await server.start(self.owner, sock=sock)
+        self.metrics_server = server
+
+    async def start_containers(self, cfg: Config) -> None:
         """The container horizon on G; when it cannot serve it reports why and the host horizon goes on."""
         if cfg.containers.enabled and self.containers is None:
             from maculad.horizons.containers import ContainerHorizon
@@ -442,7 +399,7 @@ class Daemon:
         if not cfg.containers.enabled:
             self.metrics.horizon_up.labels(horizon="containers").set(0)
 
-    async def _start_web(self, cfg: Config) -> None:
+    async def start_web(self, cfg: Config, *, sock: socket.socket | None = None) -> None:
         if not cfg.web.enabled:
             return
         from maculad.web.server import WebServer
@@ -450,9 +407,9 @@ class Daemon:
         self.web = WebServer(source=self, domain=cfg.domain, listen=cfg.web_listen, metrics=self.metrics,
                              max_clients=cfg.web.max_clients, max_connections=cfg.web.max_connections,
                              check_interval=cfg.web.check_interval)
-        await self.web.start(self.owner)
+        await self.web.start(self.owner, sock=sock)
 
-    async def _start_sources(self, cfg: Config) -> None:
+    async def start_sources(self, cfg: Config) -> None:
         """Start every enabled source that is not running; forget the routes of disabled ones."""
         if cfg.docker.enabled and self.docker is None:
             from maculad.app.docker_tier import DockerTier
@@ -498,12 +455,14 @@ class Daemon:
                 except Exception as exc:  # a status bug must not break `maculactl status`
                     comps[comp.name] = {"error": f"{type(exc).__name__}: {exc}"}
         table = self.table.current
+        not_ready = self.not_ready()
         return {
             **config_view(cfg),
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "ready": self._ready,
+            "ready": self._ready and not not_ready,
+            "not_ready": not_ready,
             "summary": self._summary(),
             "routes": {"count": len(table.routes), "by_source": table.by_source(),
                        "conflicts": len(table.conflicts), "version": table.version},
@@ -511,6 +470,7 @@ class Daemon:
             "tls": self.tls.status() if self.tls is not None else {"enabled": False, "error": self.tls_error},
             "tasks": self.owner.status(),
             "last_reload": self._last_reload,
+            "state": self.table.state_status(),
         }
 
     def routes(self) -> dict[str, Any]:
@@ -591,19 +551,7 @@ class Daemon:
             yield event
 
 
-def _peer(p: PowerDNSConfig) -> dict[str, Any]:
-    """The DNS server's PowerDNS arguments: ask PowerDNS about in-zone names no route has."""
-    if p.enabled and p.dns is not None:
-        return {"peer": p.dns, "peer_zone": p.zone}
-    return {"peer": None, "peer_zone": None}
-
-
-def _apex(cfg: Config) -> tuple[str, ...]:
-    """The domain's own A answer: where the status page is served, when it is."""
-    return (cfg.web_listen.host,) if cfg.web.enabled else ()
-
-
-async def _bounded(coro: Any, *, what: str, timeout: float = STOP_TIMEOUT) -> None:
+async def bounded(coro: Any, *, what: str, timeout: float = STOP_TIMEOUT) -> None:
     try:
         await asyncio.wait_for(coro, timeout)
     except TimeoutError:

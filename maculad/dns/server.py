@@ -22,6 +22,11 @@ timeout, a cap on concurrent clients (`dns.max_tcp_clients`; beyond it a new
 connection is closed at once), and back-pressure: a client that does not read
 its replies stops being read.
 
+Listeners are per configured address: `stage` binds new addresses beside the
+serving ones (all or none), `commit` takes the new config and closes the
+addresses it dropped, so a reload never closes a listener before its
+replacement is bound, and `missing()` tells readiness what is not served.
+
 No packet can stop the server: the packet path returns FORMERR/NOTIMP or drops
 for bad input, and an unexpected exception (a bug) is logged, rate-limited,
 and the packet dropped.
@@ -33,8 +38,8 @@ import asyncio
 import errno
 import struct
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 import structlog
@@ -109,6 +114,7 @@ class DNSServer:
         self._sampler: asyncio.TimerHandle | None = None
         self._hooked = False
         self._tcp: list[tuple[asyncio.Server, str, int]] = []
+        self._pairs: dict[Backend, tuple[_UDPListener, asyncio.Server]] = {}  # by configured address
         self.tcp_conns: set[_TCPProtocol] = set()
         self._forwards: set[asyncio.Task[None]] = set()
         self._last_bug_log = 0.0
@@ -124,17 +130,59 @@ class DNSServer:
         self._metrics.dns.flushers.append(self.responder.flush)
         self._hooked = True
         try:
-            for addr in self._config.listen:
-                await self._bind(addr.host, addr.port)
+            self._adopt(await self.stage(self._config.listen))
         except BaseException:
             await self.stop()
             raise
-        for udp, _, _ in self._udp:
-            udp.sample = True
-        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="udp").set(len(self._udp))
-        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="tcp").set(len(self._tcp))
         log.info("dns_listening", listen=[f"{p}://{h}:{n}" for p, h, n in self.bound()],
                  forwarders=[f"{f.host}:{f.port}" for f in self._config.forwarders])
+
+    async def stage(self, addresses: Sequence[Backend]) -> list[StagedListener]:
+        """Bind (and serve) `addresses` besides the listeners there are; all or none: on a failure what
+        was bound here is closed and the OSError (naming the address) raised. Reload binds the new
+        addresses this way before it changes anything, then `commit`s or `discard`s."""
+        staged: list[StagedListener] = []
+        try:
+            for addr in addresses:
+                udp, tcp, actual = await self._bind(addr.host, addr.port)
+                staged.append(StagedListener(addr, udp, tcp, actual))
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    def discard(self, staged: Sequence[StagedListener]) -> None:
+        for s in staged:
+            s.udp.close()
+            s.tcp.close()
+
+    def commit(self, staged: Sequence[StagedListener], config: DNSConfig, *,
+               apex_a: tuple[str, ...] | None = None) -> None:
+        """Take `config` with the listeners `stage` bound for it; close those it no longer lists."""
+        keep = set(config.listen)
+        for addr in [a for a in self._pairs if a not in keep]:
+            udp, tcp = self._pairs.pop(addr)
+            self._udp = [e for e in self._udp if e[0] is not udp]
+            self._tcp = [e for e in self._tcp if e[0] is not tcp]
+            udp.close()
+            tcp.close()
+            log.info("dns_listener_closed", address=str(addr))
+        self._adopt(staged)
+        self.reconfigure(config, apex_a=apex_a)
+        log.info("dns_listening", listen=[f"{p}://{h}:{n}" for p, h, n in self.bound()])
+
+    def missing(self) -> list[Backend]:
+        """Configured addresses no listener serves (empty while DNS is healthy)."""
+        return [a for a in self._config.listen if a not in self._pairs]
+
+    def _adopt(self, staged: Sequence[StagedListener]) -> None:
+        for s in staged:
+            self._udp.append((s.udp, s.address.host, s.port))
+            self._tcp.append((s.tcp, s.address.host, s.port))
+            self._pairs[s.address] = (s.udp, s.tcp)
+            s.udp.sample = True
+        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="udp").set(len(self._udp))
+        self._metrics.dns_listeners.labels(horizon=self.horizon, transport="tcp").set(len(self._tcp))
 
     def _on_table(self, table: RouteTable) -> None:
         self.responder.invalidate()
@@ -149,7 +197,7 @@ class DNSServer:
         for udp, _, _ in self._udp:
             udp.sample = True
 
-    async def _bind(self, host: str, port: int) -> None:
+    async def _bind(self, host: str, port: int) -> tuple[_UDPListener, asyncio.Server, int]:
         loop = asyncio.get_running_loop()
         attempts = 20 if port == 0 else 1
         for attempt in range(attempts):
@@ -174,9 +222,8 @@ class DNSServer:
                     continue  # the free UDP port is taken on TCP: pick another
                 raise OSError(exc.errno, f"DNS cannot listen on tcp {_fmt(host, actual)}: {exc.strerror or exc}") \
                     from exc
-            self._udp.append((udp, host, actual))
-            self._tcp.append((tcp, host, actual))
-            return
+            return udp, tcp, actual
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def stop(self) -> None:
         if self._sampler is not None:
@@ -206,6 +253,7 @@ class DNSServer:
             log.info("dns_stopped")
         self._udp.clear()
         self._tcp.clear()
+        self._pairs.clear()
         self._metrics.dns_listeners.labels(horizon=self.horizon, transport="udp").set(0)
         self._metrics.dns_listeners.labels(horizon=self.horizon, transport="tcp").set(0)
 
@@ -239,7 +287,7 @@ class DNSServer:
     def reconfigure(self, config: DNSConfig, *, apex_a: tuple[str, ...] | None = None) -> list[str]:
         """Apply ttl, forwarders, timeouts, the TCP cap and the apex answer live; returns the keys that
         need a restart."""
-        needs_restart = ["dns.listen"] if config.listen != self._config.listen else []
+        needs_restart = ["dns.listen"] if any(a not in self._pairs for a in config.listen) else []
         self._config = config
         if apex_a is not None:
             self._apex_a = apex_a
@@ -328,6 +376,16 @@ class DNSServer:
         return self._latency_tcp if tcp else self._latency_udp
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class StagedListener:
+    """A configured address bound by `DNSServer.stage` and not yet committed."""
+
+    address: Backend
+    udp: _UDPListener
+    tcp: asyncio.Server
+    port: int
 
 
 class _UDPListener(Protocol):

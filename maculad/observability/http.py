@@ -1,12 +1,14 @@
 """`/metrics`, `/healthz` and `/readyz` on `metrics.listen` (aiohttp).
 
 `/healthz` says the event loop answers. `/readyz` asks the daemon's readiness
-callback, which lists what is not ready yet (DNS not bound, relay still
-reconciling); 200 with "ok" or 503 with one reason per line.
+callback, which lists what is not ready (still starting, or a configured
+listener — DNS, relay, page — that is not serving, with the reason); 200 with
+"ok" or 503 with one reason per line.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from maculad.observability.metrics import Metrics
-from maculad.core.net import Backend
+from maculad.core.net import Backend, tcp_listen_socket
 from maculad.core.tasks import TaskOwner
 
 
@@ -32,19 +34,22 @@ class MetricsServer:
     def bound(self) -> tuple[str, int] | None:
         return self._bound
 
-    async def start(self, owner: TaskOwner) -> None:
+    async def start(self, owner: TaskOwner, *, sock: socket.socket | None = None) -> None:
+        """Serve on `listen` (or on `sock`, already bound there: a reload binds first)."""
         app = web.Application()
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/healthz", self._handle_healthz)
         app.router.add_get("/readyz", self._handle_readyz)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._listen.host, self._listen.port, reuse_address=True)
         try:
+            if sock is None:
+                sock = tcp_listen_socket(self._listen, backlog=128)
+            site = web.SockSite(runner, sock, backlog=128)
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise OSError(exc.errno, f"metrics: cannot listen on {self._listen}: {exc.strerror}") from exc
+            raise OSError(exc.errno, f"metrics: {exc.strerror}") from exc
         self._runner = runner
         server = site._server
         sockets = getattr(server, "sockets", None) or []

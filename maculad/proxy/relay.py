@@ -17,6 +17,11 @@ while everything else keeps serving. Addresses that must never be bound
 (wildcards, non-loopback IPs unless allowed) are shown as `failed` with the
 reason and are not retried.
 
+A reload binds the listeners a new table would add before anything changes
+(`stage`: all or none, the OSError naming the address); once the new table is
+published, `_bind` serves on the staged socket instead of binding again, and
+staged sockets the reconcile did not use are closed.
+
 Task ownership: the reconcile loop runs on the daemon's TaskOwner; byte counts
 of open connections are folded into the metrics when they are read (a
 `before_scrape` hook), not by a timer; bind retries and drain watchers are
@@ -169,6 +174,7 @@ class Relay:
         self._version = -1
         self._subscribed = False
         self._stopping = False
+        self._staged: dict[ListenerSpec, socket.socket] = {}
 
     # -- Component
 
@@ -215,6 +221,8 @@ class Relay:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+        staged, self._staged = self._staged, {}
+        self.discard(staged)
         await self._platform.remove_all()
         self._set_gauges()
         log.info("proxy_stopped")
@@ -240,6 +248,48 @@ class Relay:
         if redirect_http is not None:
             self._ctx.redirect_http = redirect_http
         self._bump()
+
+    async def stage(self, table: RouteTable, config: ProxyConfig, *,
+                    redirect_http: bool) -> dict[ListenerSpec, socket.socket]:
+        """Bind every listener `table` under `config` would add (not the running or retrying ones, nor
+        those refused by rule); all or none: on a failure close them and raise OSError with the reason."""
+        desired = self._desired(table, config, redirect_http=redirect_http)
+        bound: dict[ListenerSpec, socket.socket] = {}
+        try:
+            for spec, target in desired.items():
+                if spec in self._entries or target.refused is not None:
+                    continue
+                try:
+                    await self._platform.add(spec.ip)
+                    bound[spec] = bind_socket(spec)
+                except OSError as exc:
+                    _code, reason = bind_reason(exc)
+                    raise OSError(exc.errno, f"proxy: cannot bind {spec.address} for {target.route}: {reason}") \
+                        from None
+        except BaseException:
+            self.discard(bound)
+            await self._release_aliases()
+            raise
+        return bound
+
+    def adopt(self, staged: dict[ListenerSpec, socket.socket]) -> None:
+        """Serve the staged sockets once their listeners are reconciled (the next table or reconfigure)."""
+        self._staged.update(staged)
+
+    @staticmethod
+    def discard(staged: dict[ListenerSpec, socket.socket]) -> None:
+        for sock in staged.values():
+            sock.close()
+
+    def _desired(self, table: RouteTable, config: ProxyConfig, *, redirect_http: bool) -> dict[ListenerSpec, Target]:
+        if self._planner is not None:
+            return self._planner(table, config)
+        return desired_listeners(table, config, terminating=self._ctx.tls is not None, redirect_http=redirect_http)
+
+    def problems(self) -> list[str]:
+        """One line per listener that should serve and does not (bind failed and retrying, or refused)."""
+        return [e.last_error or f"{e.spec.address}: {e.state}" for e in self._entries.values()
+                if e.state == "failed"]
 
     async def wait_reconciled(self) -> None:
         """Return once the listeners match the latest table (binds attempted; failures retrying)."""
@@ -276,11 +326,7 @@ class Relay:
     async def _apply(self) -> None:
         table = self._routes.current
         config = self._ctx.config
-        if self._planner is not None:
-            desired = self._planner(table, config)
-        else:
-            desired = desired_listeners(table, config, terminating=self._ctx.tls is not None,
-                                        redirect_http=self._ctx.redirect_http)
+        desired = self._desired(table, config, redirect_http=self._ctx.redirect_http)
         p = plan({s: e.target for s, e in self._entries.items()}, desired)
         for spec in p.remove:
             self._retire(self._entries.pop(spec), config.drain_grace)
@@ -299,6 +345,8 @@ class Relay:
             self._entries[spec] = e
             await self._bind(e)
         self._version = table.version
+        unused, self._staged = self._staged, {}  # staged for a table this one is not
+        self.discard(unused)
         if not p.empty:
             await self._release_aliases()
         self._set_gauges()
@@ -326,7 +374,7 @@ class Relay:
                 return
         try:
             await self._platform.add(spec.ip)
-            sock = bind_socket(spec)
+            sock = self._staged.pop(spec, None) or bind_socket(spec)
         except OSError as exc:
             self._bind_failed(e, exc)
             return

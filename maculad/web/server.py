@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -166,8 +167,9 @@ class WebServer:
         port = self._bound[1] if self._bound else self._listen.port
         return f"http://{self._domain}/" if port == 80 else f"http://{self._domain}:{port}/"
 
-    async def start(self, owner: TaskOwner) -> None:
-        """Bind now; if the address is taken or not allowed, keep retrying in the background."""
+    async def start(self, owner: TaskOwner, *, sock: socket.socket | None = None) -> None:
+        """Bind now; if the address is taken or not allowed, keep retrying in the background.
+        With `sock` (bound to `listen` already: a reload binds first) serve on it."""
         self._owner = owner
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, handler_cancellation=True,
                                keepalive_timeout=KEEPALIVE, shutdown_timeout=1.0, max_line_size=MAX_LINE,
@@ -176,13 +178,13 @@ class WebServer:
         self._runner = runner
         owner.spawn("web.invalidate", self._invalidate_on_events, stage="web")
         try:
-            await self._bind()
+            await self._bind(sock)
         except OSError as exc:
             self._last_error = f"cannot listen on {self._listen}: {exc.strerror or exc}"
             log.error("web_bind_failed", listen=str(self._listen), error=self._last_error)
             owner.spawn("web.bind", self._bind_retry, stage="web")
 
-    async def _bind(self) -> None:
+    async def _bind(self, sock: socket.socket | None = None) -> None:
         assert self._runner is not None
         handler_factory = self._runner.server
         assert handler_factory is not None
@@ -195,8 +197,11 @@ class WebServer:
             return handler_factory()
 
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(protocol, self._listen.host, self._listen.port,
-                                                reuse_address=True, backlog=128)
+        if sock is not None:
+            self._server = await loop.create_server(protocol, sock=sock, backlog=128)
+        else:
+            self._server = await loop.create_server(protocol, self._listen.host, self._listen.port,
+                                                    reuse_address=True, backlog=128)
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         self._bound = (host, port)
@@ -229,6 +234,11 @@ class WebServer:
             await runner.cleanup()
         await self.probe.close()
         self._bound = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the page is not served (None while it is)."""
+        return None if self._server is not None else self._last_error or f"not listening on {self._listen} yet"
 
     def status(self) -> dict[str, Any]:
         conns = len(self._runner.server.connections) if self._runner and self._runner.server else 0
