@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import require
-from tests.support.daemon import Maculad, base_config
+from tests.support.daemon import Maculad, base_config, dig, http_get, maculactl
 
 ROUTES = "".join(
     f'[[route]]\nname = "{n}"\nhttp = "127.0.0.1:{3000 + i}"\n'
     for i, n in enumerate(["grafana", "loki", "tempo", "prometheus", "registry"])
 )
-
-
-def dig(port: int, name: str, *args: str, server: str = "127.0.0.153") -> str:
-    require(shutil.which("dig") is not None, "dig (bind9-dnsutils) is not installed")
-    out = subprocess.run(["dig", f"@{server}", "-p", str(port), "+short", "+time=2", "+tries=2", name, *args],
-                         capture_output=True, text=True, timeout=20)
-    return out.stdout.strip()
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 @pytest.fixture
@@ -205,15 +186,6 @@ def test_reload_under_live_traffic_keeps_open_connections(tmp_path: Path) -> Non
     finally:
         d.stop()
         echo.close()
-
-
-def maculactl(tmp: Path, *args: str) -> tuple[int, str, str]:
-    import sys
-
-    exe = Path(sys.executable).parent / "maculactl"
-    p = subprocess.run([str(exe), "--socket", str(tmp / "maculad.sock"), *args],
-                       capture_output=True, text=True, timeout=60)
-    return p.returncode, p.stdout, p.stderr
 
 
 def test_maculactl_against_the_real_daemon(daemon: tuple[Maculad, dict[str, int], Path]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +75,14 @@ format = "json"
 class Maculad:
     """A `maculad run` child process with its log in a file."""
 
-    def __init__(self, config: Path, *, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *, log: Path, env: dict[str, str] | None = None,
+                 wrap: Sequence[str] = ()) -> None:
+        """`wrap`: a command line the daemon's runs under (its arguments appended; it must exec them,
+        e.g. `unshare -m sh -c '... && exec "$@"' sh`), so the daemon keeps the child's pid."""
         self.config = config
         self.log_path = log
         self.env = env
+        self.wrap = list(wrap)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Maculad:
@@ -85,7 +91,7 @@ class Maculad:
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         env.update(self.env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "maculad", "run", "--config", str(self.config)],
+            [*self.wrap, sys.executable, "-m", "maculad", "run", "--config", str(self.config)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )
         return self
@@ -131,3 +137,40 @@ class Maculad:
             return self.log_path.read_text(errors="replace")[-6000:]
         except FileNotFoundError:
             return ""
+
+
+def dig(port: int, name: str, *args: str, server: str = "127.0.0.153") -> str:
+    """`dig +short` against maculad (empty when there is no answer)."""
+    from tests.conftest import require  # pytest only here: benchmarks import this module too
+
+    require(shutil.which("dig") is not None, "dig (bind9-dnsutils) is not installed")
+    out = subprocess.run(["dig", f"@{server}", "-p", str(port), "+short", "+time=2", "+tries=2", name, *args],
+                         capture_output=True, text=True, timeout=20)
+    return out.stdout.strip()
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def maculactl(tmp: Path, *args: str) -> tuple[int, str, str]:
+    """Run the real `maculactl` against the daemon whose socket is `tmp/maculad.sock`."""
+    exe = Path(sys.executable).parent / "maculactl"
+    p = subprocess.run([str(exe), "--socket", str(tmp / "maculad.sock"), *args],
+                       capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def wait_until(pred: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    """Poll `pred` until it returns something truthy; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
