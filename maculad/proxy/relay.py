@@ -251,14 +251,14 @@ class Relay:
 
     async def stage(self, table: RouteTable, config: ProxyConfig, *,
                     redirect_http: bool) -> dict[ListenerSpec, socket.socket]:
-        """Bind every listener `table` under `config` would add (not the running or retrying ones, nor
-        those refused by rule); all or none: on a failure close them and raise OSError with the reason."""
+        """Bind every listener `table` under `config` would add (not the running or retrying ones, those
+        staged already — a table waiting for its state to be saved — nor those refused by rule); all or none: on a failure close them and raise OSError with the reason."""
         desired = self._desired(table, config, redirect_http=redirect_http)
         bound: dict[ListenerSpec, socket.socket] = {}
         try:
             for spec, target in desired.items():
-                if spec in self._entries or target.refused is not None:
-                    continue
+                if spec in self._entries or spec in self._staged or target.refused is not None:
+                    continue  # serving, retrying, staged by an earlier reload, or never bound
                 try:
                     await self._platform.add(spec.ip)
                     bound[spec] = bind_socket(spec)
