@@ -252,7 +252,8 @@ class Relay:
     async def stage(self, table: RouteTable, config: ProxyConfig, *,
                     redirect_http: bool) -> dict[ListenerSpec, socket.socket]:
         """Bind every listener `table` under `config` would add (not the running or retrying ones, those
-        staged already — a table waiting for its state to be saved — nor those refused by rule); all or none: on a failure close them and raise OSError with the reason."""
+        staged already — a table waiting for its state to be saved — nor those refused by rule);
+        all or none: on a failure close them and raise OSError with the reason."""
         desired = self._desired(table, config, redirect_http=redirect_http)
         bound: dict[ListenerSpec, socket.socket] = {}
         try:
