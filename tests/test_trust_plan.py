@@ -46,7 +46,12 @@ def test_uninstall_removes_only_what_install_wrote(tmp_path: Path) -> None:
     un, _ = plan_uninstall(f, ROOT)
     assert {a.path for a in un if a.kind == "remove"} == written
     assert {a.argv[3] for a in un if a.argv[:2] == ("certutil", "-D")} <= nicknames
-    assert inst[1].argv == ("update-ca-certificates", "--sysroot", str(tmp_path / "sys"))
+    sys_ = tmp_path / "sys"
+    assert inst[1].argv == ("update-ca-certificates", "--certsconf", f"{sys_}/etc/ca-certificates.conf",
+                            "--certsdir", f"{sys_}/usr/share/ca-certificates",
+                            "--localcertsdir", f"{sys_}/usr/local/share/ca-certificates",
+                            "--etccertsdir", f"{sys_}/etc/ssl/certs",
+                            "--hooksdir", f"{sys_}/etc/ca-certificates/update.d")
 
 
 def test_macos_and_unknown(tmp_path: Path) -> None:

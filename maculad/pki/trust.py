@@ -8,7 +8,7 @@ NSS databases are found under `home`) into `Facts`; `plan_install` and
 
 Stores, and exactly what maculad adds to each (uninstall removes only that):
 - Debian/Ubuntu: the file `usr/local/share/ca-certificates/maculad-<domain>.crt`, then
-  `update-ca-certificates` (with `--sysroot` under `--root`).
+  `update-ca-certificates` (its directories given under `--root`).
 - Fedora/RHEL: `etc/pki/ca-trust/source/anchors/maculad-<domain>.pem`, then `update-ca-trust extract`.
 - Arch: `etc/ca-certificates/trust-source/anchors/maculad-<domain>.crt`, then `update-ca-trust`
   (or `trust extract-compat`).
@@ -136,10 +136,18 @@ def system_file(facts: Facts, domain: str) -> Path | None:
     return _under(facts.root, rel) if rel else None
 
 
+#: update-ca-certificates' directories, each moved under --root by its own option (it has no --sysroot,
+#: and an unknown option makes it print its usage and exit 0 having done nothing)
+_DEBIAN_DIRS = (("--certsconf", "/etc/ca-certificates.conf"), ("--certsdir", "/usr/share/ca-certificates"),
+                ("--localcertsdir", "/usr/local/share/ca-certificates"), ("--etccertsdir", "/etc/ssl/certs"),
+                ("--hooksdir", "/etc/ca-certificates/update.d"))
+
+
 def _refresh(facts: Facts) -> tuple[str, ...] | None:
-    sysroot = () if facts.root == Path("/") else ("--sysroot", str(facts.root))
     if facts.family == "debian" and "update-ca-certificates" in facts.tools:
-        return ("update-ca-certificates", *sysroot)
+        if facts.root == Path("/"):
+            return ("update-ca-certificates",)
+        return ("update-ca-certificates", *(x for opt, d in _DEBIAN_DIRS for x in (opt, str(_under(facts.root, d)))))
     if facts.family in ("fedora", "arch") and facts.root == Path("/"):
         if "update-ca-trust" in facts.tools:
             return ("update-ca-trust", "extract")
@@ -249,8 +257,9 @@ def execute(actions: list[Action], root: Root, *, dry_run: bool, facts: Facts) -
 
 
 def _sysroot_skeleton(root: Path) -> None:
-    """update-ca-certificates --sysroot needs these to exist."""
-    for d in ("/usr/share/ca-certificates", "/etc/ssl/certs", "/etc/ca-certificates/update.d"):
+    """update-ca-certificates under --root needs these to exist."""
+    for d in ("/usr/share/ca-certificates", "/etc/ssl/certs", "/etc/ca-certificates/update.d",
+              "/usr/local/share/ca-certificates"):
         _under(root, d).mkdir(parents=True, exist_ok=True)
     conf = _under(root, "/etc/ca-certificates.conf")
     if not conf.exists():
