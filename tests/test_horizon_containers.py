@@ -109,7 +109,7 @@ async def test_default_bridge_container_with_dns_g(stack: Stack) -> None:
     metrics = stack.metrics()
     assert 'maculad_horizon_up{horizon="containers"} 1.0' in metrics
     assert 'maculad_horizon_up{horizon="host"} 1.0' in metrics
-    assert ('maculad_proxy_connections_total{horizon="containers",port="80",route="grafana.macula.local"}'
+    assert ('maculad_proxy_connections_total{horizon="containers",port="80",proto="tcp",route="grafana.macula.local"}'
             in metrics)
 
 

@@ -83,7 +83,8 @@ async def test_http_routed_by_host_header_untouched(tmp_path: Path) -> None:
             assert (await http_get(fronts.http, "bucket.s3.macula.local")).endswith(b"backend s3\n")
             # the request reached the backend byte for byte, Host header and all
             assert graf.requests == [b"GET / HTTP/1.1\r\nHost: Grafana.macula.local:80\r\nUser-Agent: t\r\n\r\n"]
-            labels = {"horizon": "containers", "route": "grafana.macula.local", "port": str(fronts.http)}
+            labels = {"horizon": "containers", "route": "grafana.macula.local", "port": str(fronts.http),
+                      "proto": "tcp"}
             await wait_for(lambda: h.sample("maculad_proxy_active_connections", **labels) == 0)
             assert h.sample("maculad_proxy_connections_total", **labels) == 1
             assert h.sample("maculad_proxy_bytes_total", direction="in", **labels) > 0
@@ -108,7 +109,7 @@ async def test_unknown_host_gets_a_404_naming_it(tmp_path: Path) -> None:
             assert page.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"no Host header" in page
             w.close()
             assert h.sample("maculad_proxy_unrouted_connections_total", horizon="containers",
-                            port=str(fronts.http), reason="unknown-host") == 2
+                            port=str(fronts.http), proto="tcp", reason="unknown-host") == 2
             assert graf.requests == []
 
 
@@ -151,7 +152,7 @@ async def test_tls_routed_by_sni_to_a_backend_with_its_own_certificate(tmp_path:
                     assert not isinstance(exc, AssertionError)
                 finally:
                     raw.close()
-            labels = {"horizon": "containers", "port": str(fronts.https), "reason": "unknown-host"}
+            labels = {"horizon": "containers", "port": str(fronts.https), "proto": "tcp", "reason": "unknown-host"}
             await wait_for(lambda: h.sample("maculad_proxy_unrouted_connections_total", **labels) == 2)
     finally:
         server.close()
@@ -188,7 +189,7 @@ async def test_peeking_connections_are_bounded(tmp_path: Path, monkeypatch: pyte
         async with running_relay(tmp_path, lambda c: route("grafana", c, http=graf.backend),
                                  horizon="containers", planner=fronts.planner()) as h:
             silent = [await asyncio.open_connection(G, fronts.http) for _ in range(3)]  # peek, say nothing
-            labels = {"horizon": "containers", "port": str(fronts.http), "reason": "overload"}
+            labels = {"horizon": "containers", "port": str(fronts.http), "proto": "tcp", "reason": "overload"}
             r, w = await asyncio.open_connection(G, fronts.http)
             assert await asyncio.wait_for(r.read(), 10) == b""  # the fourth is closed at once
             w.close()

@@ -57,7 +57,6 @@ def test_desired_listeners_kinds_and_targets() -> None:
     }
     t80 = d[ListenerSpec("127.0.10.2", "tcp", 80)]
     assert (t80.route, t80.backend, t80.service, t80.refused) == ("grafana.macula.local", B1, "grafana", None)
-    assert ListenerSpec("127.0.10.2", "udp", 4433).port_label == "4433/udp"
     assert ListenerSpec("127.0.10.2", "tcp", 80).address == "127.0.10.2:80/tcp"
 
 

@@ -74,12 +74,17 @@ async def scenario_http_host_intact(tmp_path: Path) -> None:
                     assert r.status == 200
                     assert await r.json() == {"host": "grafana.macula.local", "path": path}
         await wait_for(lambda: h.listener(ip, port)["conns"] == 0, what="connection closed")
-        labels = {"route": "grafana.macula.local", "port": str(port)}
+        labels = {"route": "grafana.macula.local", "port": str(port), "proto": "tcp"}
         assert h.sample("maculad_proxy_connections_total", **labels) >= 1
         assert h.sample("maculad_proxy_active_connections", **labels) == 0
+        # a TCP listener has connections, not sessions: no udp_sessions series at all
+        assert h.metrics.registry.get_sample_value("maculad_proxy_udp_sessions",
+                                                   {"horizon": "host", **labels}) is None
         assert h.sample("maculad_proxy_bytes_total", direction="in", **labels) > 0
         assert h.sample("maculad_proxy_bytes_total", direction="out", **labels) > 0
         assert h.sample("maculad_proxy_connect_duration_seconds_count", route="grafana.macula.local") >= 1
+        # measured with perf_counter: a loopback connect is far below uvloop's millisecond clock, never 0
+        assert h.sample("maculad_proxy_connect_duration_seconds_sum", route="grafana.macula.local") > 0
 
 
 async def scenario_large_body(tmp_path: Path) -> None:
@@ -318,7 +323,7 @@ async def test_dead_backend_gets_502_or_503(tmp_path: Path) -> None:
         # A hostile Host header is not echoed; the route name stands in.
         status, _, body = await _get_raw(ip, port, "<script>")
         assert "<script>" not in body and "grafana.macula.local" in body
-        labels = {"route": "grafana.macula.local", "port": str(port), "reason": "refused"}
+        labels = {"route": "grafana.macula.local", "port": str(port), "proto": "tcp", "reason": "refused"}
         assert h.sample("maculad_proxy_upstream_errors_total", **labels) == 3
 
 
@@ -331,7 +336,7 @@ async def test_dead_backend_on_other_port_closes_cleanly(tmp_path: Path) -> None
         assert await asyncio.wait_for(r.read(), 10) == b""  # a clean FIN, no reset
         w.close()
         assert h.sample("maculad_proxy_upstream_errors_total", route="pg.macula.local", port=str(front),
-                        reason="refused") == 1
+                        proto="tcp", reason="refused") == 1
 
 
 async def test_connect_timeout_is_reported(tmp_path: Path) -> None:

@@ -41,9 +41,12 @@ async def test_udp_echo_each_client_gets_its_own_replies(tmp_path: Path) -> None
         assert len(echo.peers) == 2  # one backend socket per client session
         status = h.listener(ip, front, "udp")
         assert status["state"] == "serving" and status["conns"] == 2
-        labels = {"route": "boot.macula.local", "port": f"{front}/udp"}
+        labels = {"route": "boot.macula.local", "port": str(front), "proto": "udp"}
         assert h.sample("maculad_proxy_udp_sessions", **labels) == 2
         assert h.sample("maculad_proxy_connections_total", **labels) == 2
+        # a UDP listener has sessions, not connections: no active_connections series at all
+        assert h.metrics.registry.get_sample_value("maculad_proxy_active_connections",
+                                                   {"horizon": "host", **labels}) is None
         h.relay.flush_metrics()
         assert h.sample("maculad_proxy_bytes_total", direction="in", **labels) > len(big)
         assert h.sample("maculad_proxy_bytes_total", direction="out", **labels) > len(big)
@@ -59,7 +62,7 @@ async def test_idle_sessions_expire(tmp_path: Path) -> None:
         async with udp_client(ip, front) as c:
             assert await c.ask(b"hi") == b"echo|hi"
             await wait_for(lambda: h.listener(ip, front, "udp")["conns"] == 0, what="idle session expired")
-            assert h.sample("maculad_proxy_udp_sessions", route="boot.macula.local", port=f"{front}/udp") == 0
+            assert h.sample("maculad_proxy_udp_sessions", route="boot.macula.local", port=str(front), proto="udp") == 0
             assert await c.ask(b"again") == b"echo|again"  # a new session for the same client
         assert len(echo.peers) == 2
 
@@ -90,7 +93,7 @@ async def test_unreachable_udp_backend_is_counted(tmp_path: Path) -> None:
     dead = Backend("127.0.0.1", _udp_port())
     async with running_relay(tmp_path, lambda c: route("boot", c, udp=[(front, dead)])) as h:
         ip = h.ip("boot")
-        labels = {"route": "boot.macula.local", "port": f"{front}/udp", "reason": "refused"}
+        labels = {"route": "boot.macula.local", "port": str(front), "proto": "udp", "reason": "refused"}
         async with udp_client(ip, front) as c:
             for _ in range(100):
                 c.transport.sendto(b"anyone?")

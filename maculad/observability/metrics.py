@@ -121,26 +121,38 @@ class Metrics:
         # relay
         self.proxy_connections = Counter(
             f"{p}_proxy_connections_total", "Connections (TCP) or sessions (UDP) accepted",
-            ["horizon", "route", "port"], registry=r,
+            ["horizon", "route", "port", "proto"], registry=r,
         )
         self.proxy_active = Gauge(
-            f"{p}_proxy_active_connections", "Relayed TCP connections open now", ["horizon", "route", "port"],
-            registry=r,
+            f"{p}_proxy_active_connections", "Relayed TCP connections open now (TCP listeners only)",
+            ["horizon", "route", "port", "proto"], registry=r,
         )
         self.proxy_bytes = Counter(
             f"{p}_proxy_bytes_total", "Bytes relayed; in = client to backend, out = backend to client",
-            ["horizon", "route", "port", "direction"], registry=r,
+            ["horizon", "route", "port", "proto", "direction"], registry=r,
         )
         self.proxy_upstream_errors = Counter(
             f"{p}_proxy_upstream_errors_total", "Backend connections that failed, by reason",
-            ["horizon", "route", "port", "reason"], registry=r,
+            ["horizon", "route", "port", "proto", "reason"], registry=r,
         )
         self.proxy_connect_latency = Histogram(
             f"{p}_proxy_connect_duration_seconds", "Time to connect to the backend",
             ["horizon", "route"], buckets=_CONNECT_BUCKETS, registry=r,
         )
         self.proxy_udp_sessions = Gauge(
-            f"{p}_proxy_udp_sessions", "UDP relay sessions open now", ["horizon", "route", "port"], registry=r
+            f"{p}_proxy_udp_sessions", "UDP relay sessions open now (UDP listeners only)",
+            ["horizon", "route", "port", "proto"], registry=r,
+        )
+        self.proxy_rejected = Counter(
+            f"{p}_proxy_rejected_connections_total",
+            "TCP connections closed at accept, by reason (limit: the listener had proxy.max_connections open)",
+            ["horizon", "route", "port", "proto", "reason"], registry=r,
+        )
+        self.proxy_timeouts = Counter(
+            f"{p}_proxy_timeouts_total",
+            "TCP connections the relay closed, by reason (idle: proxy.idle_timeout without a byte either way; "
+            "first_byte: the client sent nothing within proxy.first_byte_timeout)",
+            ["horizon", "route", "port", "proto", "reason"], registry=r,
         )
         self.proxy_listeners = Gauge(
             f"{p}_proxy_listeners", "Relay listeners, by state (serving, failed)", ["horizon", "state"], registry=r
@@ -148,7 +160,7 @@ class Metrics:
         self.proxy_unrouted = Counter(
             f"{p}_proxy_unrouted_connections_total",
             "Connections on a name-routed address (G:80/443) that named no known route, by reason",
-            ["horizon", "port", "reason"], registry=r,
+            ["horizon", "port", "proto", "reason"], registry=r,
         )
         self.proxy_listener_errors = Counter(
             f"{p}_proxy_listener_errors_total", "Failed attempts to bind a relay listener",

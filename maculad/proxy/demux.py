@@ -145,8 +145,8 @@ class DemuxListener(TcpListener):
         self.http = self.target.kind == "by-host"
         self.peek: Callable[[bytes | bytearray], Peek] = peek_http_host if self.http else peek_sni
         self._stats: dict[str, ListenerStats] = {}
-        self._unrouted = {r: self.ctx.metrics.proxy_unrouted.labels(horizon=horizon, port=self.spec.port_label,
-                                                                    reason=r)
+        self._unrouted = {r: self.ctx.metrics.proxy_unrouted.labels(horizon=horizon, port=str(self.spec.port),
+                                                                    proto="tcp", reason=r)
                           for r in ("unknown-host", "no-name", "timeout", "overload")}
         self.peeking = 0
         assert MAX_PEEK > 0
@@ -172,7 +172,7 @@ class DemuxListener(TcpListener):
         if stats is None:
             if len(self._stats) >= _MAX_STATS:
                 self._stats.clear()
-            stats = ListenerStats(metrics=self.ctx.metrics, route=route, port=self.spec.port_label,
+            stats = ListenerStats(metrics=self.ctx.metrics, route=route, port=self.spec.port, proto="tcp",
                                   horizon=self.horizon)
             self._stats[route] = stats
         return stats

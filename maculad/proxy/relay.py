@@ -353,7 +353,8 @@ class Relay:
         self._set_gauges()
 
     def _stats(self, spec: ListenerSpec, target: Target) -> ListenerStats:
-        return ListenerStats(metrics=self._metrics, route=target.route, port=spec.port_label, horizon=self.horizon)
+        return ListenerStats(metrics=self._metrics, route=target.route, port=spec.port, proto=spec.proto,
+                             horizon=self.horizon)
 
     # -- binding
 

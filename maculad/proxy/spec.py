@@ -42,11 +42,6 @@ class ListenerSpec:
     def address(self) -> str:
         return f"{format_hostport(self.ip, self.port)}/{self.proto}"
 
-    @property
-    def port_label(self) -> str:
-        """The `port` metric label: `80` for TCP, `4433/udp` for UDP (one route may use both)."""
-        return str(self.port) if self.proto == "tcp" else f"{self.port}/udp"
-
 
 @dataclass(frozen=True, slots=True)
 class Target:

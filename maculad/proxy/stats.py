@@ -68,7 +68,12 @@ _NULL = _Null()
 
 
 class ListenerStats:
+    """The metric children of one listener (and route): `port` and `proto` are labels of their own
+    (`port="4433", proto="udp"`), and each listener exports only the series that mean something
+    for it: TCP listeners `active_connections`, UDP listeners `udp_sessions`."""
+
     __slots__ = (
+        "_closed",
         "_errors",
         "_logged",
         "active",
@@ -79,16 +84,19 @@ class ListenerStats:
         "latency",
         "metrics",
         "port",
+        "proto",
         "route",
         "udp_sessions",
     )
 
-    def __init__(self, *, metrics: Metrics, route: str, port: str, horizon: str = "host") -> None:
+    def __init__(self, *, metrics: Metrics, route: str, port: int, proto: str, horizon: str = "host") -> None:
         self.metrics = metrics
         self.route = route
-        self.port = port
+        self.port = str(port)
+        self.proto = proto
         self.horizon = horizon
         self._errors: dict[str, Any] = {}
+        self._closed: dict[tuple[str, str], Any] = {}
         self._logged: dict[str, tuple[float, int]] = {}
         self.connections: Any = _NULL
         self.active: Any = _NULL
@@ -98,13 +106,15 @@ class ListenerStats:
         self.udp_sessions: Any = _NULL
         if not route:  # see _Null
             return
-        labels = {"horizon": horizon, "route": route, "port": port}
+        labels = {"horizon": horizon, "route": route, "port": self.port, "proto": proto}
         self.connections = metrics.proxy_connections.labels(**labels)
-        self.active = metrics.proxy_active.labels(**labels)
         self.bytes_in = metrics.proxy_bytes.labels(**labels, direction="in")
         self.bytes_out = metrics.proxy_bytes.labels(**labels, direction="out")
         self.latency = metrics.proxy_connect_latency.labels(horizon=horizon, route=route)
-        self.udp_sessions = metrics.proxy_udp_sessions.labels(**labels)
+        if proto == "tcp":
+            self.active = metrics.proxy_active.labels(**labels)
+        else:
+            self.udp_sessions = metrics.proxy_udp_sessions.labels(**labels)
 
     def log_allowed(self, reason: str) -> int | None:
         """Rate-limit backend-failure logs: the first per reason, then one per LOG_EVERY seconds.
@@ -122,8 +132,20 @@ class ListenerStats:
         child = self._errors.get(reason)
         if child is None:
             child = self.metrics.proxy_upstream_errors.labels(horizon=self.horizon, route=self.route, port=self.port,
-                                                              reason=reason)
+                                                              proto=self.proto, reason=reason)
             self._errors[reason] = child
+        child.inc()
+
+    def closed_by_relay(self, what: str, reason: str) -> None:
+        """Count a connection the relay refused (`what` = "rejected", reason "limit") or timed out
+        (`what` = "timeout", reason "idle" or "first_byte"). Counted on a name-routed listener too
+        (its route label is then empty)."""
+        child = self._closed.get((what, reason))
+        if child is None:
+            family = self.metrics.proxy_rejected if what == "rejected" else self.metrics.proxy_timeouts
+            child = family.labels(horizon=self.horizon, route=self.route, port=self.port, proto=self.proto,
+                                  reason=reason)
+            self._closed[(what, reason)] = child
         child.inc()
 
 

@@ -175,7 +175,7 @@ class ClientProtocol(asyncio.Protocol):
         # each cost a getpid() system call per connection); the timeout is a plain timer.
         loop = self.listener.loop
         target = self.target
-        started = time.perf_counter()
+        started = time.perf_counter()  # not loop.time(): uvloop's is a cached millisecond clock
         timer = loop.call_later(self.listener.ctx.config.connect_timeout, self._connect_timeout)
         try:
             try:
