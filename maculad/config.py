@@ -94,6 +94,8 @@ class DNSConfig:
     forwarders: tuple[Backend, ...] = setting((), check=ip_literal)
     forward_timeout: float = setting(2.0, 0.05, 60)
     max_tcp_clients: int = setting(256, 1, 100_000)
+    #: a TCP client with nothing to do (no query, no answer read) for this long is closed
+    tcp_idle_timeout: float = setting(10.0, 0.05, 3600)
 
     @staticmethod
     def _check(v: dict[str, Any], ctx: Reader) -> None:
@@ -112,6 +114,13 @@ class ProxyConfig:
     udp_idle_timeout: float = setting(60.0, 0.01, 86400)
     udp_max_sessions: int = setting(1024, 1, 1_000_000)
     bind_retry_max: float = setting(30.0, 0.01, 3600)
+    #: TCP connections one listener holds at once; beyond, a new one is closed at accept (and counted)
+    max_connections: int = setting(10_000, 1, 10_000_000)
+    #: a relayed TCP connection with no byte either way for this long is closed
+    idle_timeout: float = setting(3600.0, 0.05, 7 * 86400)
+    #: on ports where the client speaks first (HTTP, terminated TLS, Host/SNI routing), a client that
+    #: sends nothing for this long is closed; plain TCP ports (the server may speak first) are exempt
+    first_byte_timeout: float = setting(30.0, 0.05, 3600)
 
     @staticmethod
     def _check(v: dict[str, Any], ctx: Reader) -> None:

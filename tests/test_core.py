@@ -125,3 +125,14 @@ def test_restart_text() -> None:
     assert parse_restart("always") == ("always", None)
     with pytest.raises(ValueError, match="only on-failure"):
         parse_restart("always:2")
+
+
+def test_nofile_target_raises_to_the_hard_limit_and_never_lowers() -> None:
+    from maculad.core.limits import nofile_target
+
+    inf = -1
+    assert nofile_target(1024, 524288, infinity=inf, ceiling=10240) == 524288
+    assert nofile_target(256, inf, infinity=inf, ceiling=10240) == 10240  # launchd: unlimited hard
+    assert nofile_target(65536, 65536, infinity=inf, ceiling=10240) == 65536
+    assert nofile_target(20000, inf, infinity=inf, ceiling=10240) == 20000  # never lowered
+    assert nofile_target(inf, inf, infinity=inf, ceiling=10240) == inf

@@ -25,6 +25,7 @@ from maculad.control.doctor import (
     RouteFacts,
     bind_address,
     check_cluster,
+    check_limits,
     check_dns,
     check_docker,
     check_loopback,
@@ -316,3 +317,11 @@ def test_status_flags_from_explicit_keys_or_components() -> None:
     assert status_flags({"components": {"docker": {}, "kind": {}, "dns": {}}}) == (True, True)
     assert status_flags({"components": {"dns": {}}}) == (False, False)
     assert status_flags({}) == (False, False)
+
+
+def test_a_low_open_file_limit_is_a_warning_with_the_unit_setting() -> None:
+    f = Facts(socket="s", daemon_error=None, limits={"nofile_soft": 1024, "nofile_hard": 1024})
+    res = check_limits(f)
+    assert res.level == "warn" and "1024" in res.summary and "LimitNOFILE=" in res.fix
+    assert check_limits(dataclasses.replace(f, limits={"nofile_soft": 65536, "nofile_hard": 65536})).level == "ok"
+    assert check_limits(dataclasses.replace(f, limits=None)).level == "skip"

@@ -48,6 +48,7 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
 from maculad.core.fsutil import StateError, state_error
+from maculad.core.limits import LOW_NOFILE, NofileLimits, raise_nofile
 from maculad.core.names import qualify
 from maculad.core.tasks import TaskOwner
 
@@ -106,6 +107,7 @@ class Daemon:
         self.web: WebServer | None = None
         self._ready = False
         self._last_reload: dict[str, Any] | None = None
+        self.limits: NofileLimits | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,6 +140,7 @@ class Daemon:
         cfg = self.config
         log.info("starting", version=__version__, config=str(cfg.path), domain=cfg.domain,
                  pid=os.getpid())
+        self._raise_limits()
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -188,6 +191,19 @@ class Daemon:
                  metrics=str(cfg.metrics.listen) if cfg.metrics.listen else None,
                  control=str(cfg.control.socket))
         self.events.publish("ready", routes=len(self.table.current.routes))
+
+    def _raise_limits(self) -> None:
+        """Soft RLIMIT_NOFILE up to the hard limit: every relayed connection holds two descriptors."""
+        lim = self.limits = raise_nofile()
+        self.metrics.open_files_limit.labels(limit="soft").set(lim.soft)
+        self.metrics.open_files_limit.labels(limit="hard").set(lim.hard)
+        if lim.error is not None:
+            log.warning("open_files_limit", soft=lim.soft, hard=lim.hard, error=lim.error)
+        elif lim.soft < LOW_NOFILE:
+            log.warning("open_files_limit", soft=lim.soft, hard=lim.hard, raised_from=lim.before,
+                        hint=f"below {LOW_NOFILE}: raise the hard limit (LimitNOFILE= in the systemd unit)")
+        else:
+            log.info("open_files_limit", soft=lim.soft, hard=lim.hard, raised_from=lim.before)
 
     async def _stop_sources(self) -> None:
         for section in ("coredns", "kind", "kubernetes", "docker"):
@@ -469,6 +485,7 @@ class Daemon:
             "components": comps,
             "tls": self.tls.status() if self.tls is not None else {"enabled": False, "error": self.tls_error},
             "tasks": self.owner.status(),
+            "limits": self.limits.as_dict() if self.limits is not None else None,
             "last_reload": self._last_reload,
             "state": self.table.state_status(),
         }

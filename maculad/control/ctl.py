@@ -642,17 +642,20 @@ def gather_facts(ctx: Ctx) -> Facts:
         except DaemonUnavailable as exc:
             cluster = str(exc)
     containers: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None
     if error is None:
         try:
-            comp = (ctx.client.get("/v1/status").get("components") or {}).get("containers")
+            status = ctx.client.get("/v1/status")
+            comp = (status.get("components") or {}).get("containers")
             containers = comp if isinstance(comp, dict) else None
+            limits = status.get("limits") if isinstance(status.get("limits"), dict) else None
         except (DaemonError, DaemonUnavailable, AttributeError):
             containers = None
     return Facts(
         socket=sock, daemon_error=error, daemon_pid=ctx.client.server_pid() if error is None else None,
         source=snap.source, domain=snap.domain, dns_listen=snap.dns_listen, routes=routes,
         docker_enabled=snap.docker_enabled, kind_manage=snap.kind_manage, cluster=cluster,
-        containers=containers,
+        containers=containers, limits=limits,
     )
 
 

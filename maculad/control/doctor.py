@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from maculad.core.limits import LOW_NOFILE
 from maculad.core.net import Backend, parse_hostport
 
 Level = Literal["ok", "warn", "fail", "skip"]
@@ -73,6 +74,8 @@ class Facts:
     cluster: ClusterFacts | str | None = None  # str: why the cluster state is unknown
     #: the container horizon as the daemon reports it: {"state", "address", "reason"}; None: unknown
     containers: Mapping[str, Any] | None = None
+    #: the running daemon's open-file limits (status "limits": nofile_soft, nofile_hard); None: unknown
+    limits: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,25 @@ def run_checks(facts: Facts, probes: Probes) -> list[Finding]:
     out.append(check_docker(facts, probes))
     out.append(check_cluster(facts))
     out.append(check_containers(facts))
+    out.append(check_limits(facts))
     return out
+
+
+def check_limits(facts: Facts) -> Finding:
+    """The daemon's open-file soft limit: below LOW_NOFILE, a few hundred clients exhaust it."""
+    lim = facts.limits
+    soft = lim.get("nofile_soft") if lim is not None else None
+    if not isinstance(soft, int):
+        return Finding("limits", "skip", "the daemon's open-file limit is unknown (daemon not running)")
+    hard = lim.get("nofile_hard") if lim is not None else None
+    if soft < 0 or soft >= LOW_NOFILE:
+        return Finding("limits", "ok", f"the daemon may open {'unlimited' if soft < 0 else soft} files")
+    return Finding("limits", "warn",
+                   f"the daemon may open only {soft} files (hard limit {hard}); every relayed connection "
+                   "takes two, so a few hundred clients exhaust it",
+                   f"raise the hard limit to at least {LOW_NOFILE}: LimitNOFILE=65536 in the [Service] section "
+                   "of maculad.service (systemctl edit maculad), or ulimit -Hn before maculad run; maculad "
+                   "raises its soft limit to the hard one at start")
 
 
 def check_containers(facts: Facts) -> Finding:

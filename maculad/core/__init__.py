@@ -2,6 +2,6 @@
 
 `names` (qualify, the domain rule), `net` (`Backend`, host:port, the loopback
 and pin rules), `backoff`, `restart` (the restart-policy vocabulary), `tasks`,
-`events`, `fsutil`. Nothing here imports anything else of maculad, and nothing
+`events`, `fsutil`, `limits` (the open-file limit). Nothing here imports anything else of maculad, and nothing
 here needs more than the standard library and structlog.
 """

@@ -94,6 +94,10 @@ class Metrics:
         self.state_save_failures = Counter(
             f"{p}_state_save_failures", "Saves of the state (allocations.json) that failed and are retried",
             registry=r)
+        self.open_files_limit = Gauge(
+            f"{p}_open_files_limit", "RLIMIT_NOFILE of the daemon after start (soft raised to hard)", ["limit"],
+            registry=r,
+        )
 
         # route table
         self.routes = Gauge(f"{p}_routes", "Routes in the table, by source", ["source"], registry=r)

@@ -31,7 +31,7 @@ from maculad.proxy import errorpage
 from maculad.proxy.peek import MAX_PEEK, Found, NeedMore, NoName, Peek, peek_http_host, peek_sni
 from maculad.proxy.spec import Target
 from maculad.proxy.stats import ListenerStats
-from maculad.proxy.tcp import _CLOSED, _CONNECTING, ClientProtocol, TcpListener, _tune
+from maculad.proxy.tcp import _CLOSED, _CONNECTING, BACKLOG, ClientProtocol, TcpListener, _tune
 from maculad.routes.table import RouteTable
 
 log = structlog.get_logger("maculad.proxy")
@@ -61,8 +61,9 @@ class DemuxProtocol(ClientProtocol):
             self.listener.unrouted("overload")
             transport.abort()  # type: ignore[attr-defined]
             return
+        if not self._admit(transport):
+            return
         _tune(transport)
-        self.listener.opened(self)
         self.listener.peeking += 1
         self.head = bytearray()
         self.timer = self.listener.loop.call_later(PEEK_TIMEOUT, self._peek_timeout)
@@ -152,7 +153,7 @@ class DemuxListener(TcpListener):
         assert MAX_PEEK > 0
 
     async def start(self, sock: Any) -> None:
-        self._server = await self.loop.create_server(lambda: DemuxProtocol(self), sock=sock)
+        self._server = await self.loop.create_server(lambda: DemuxProtocol(self), sock=sock, backlog=BACKLOG)
 
     def route_for(self, name: str) -> tuple[Target | None, str]:
         """The target for `name`, or None and why not."""
@@ -180,8 +181,8 @@ class DemuxListener(TcpListener):
     def unrouted(self, reason: str) -> None:
         self._unrouted[reason].inc()
 
-    def opened(self, conn: ClientProtocol) -> None:
-        self.conns.add(conn)
+    def opened(self, conn: ClientProtocol) -> bool:
+        return self.admit(conn)  # counted under a route once it has one (`_decide`)
 
     def closed(self, conn: ClientProtocol) -> None:
         if conn in self.conns:
@@ -189,5 +190,4 @@ class DemuxListener(TcpListener):
             if isinstance(conn, DemuxProtocol) and conn.counted:
                 conn.flush()
                 conn.stats.active.dec()
-        if not self.conns and self._drained is not None:
-            self._drained.set()
+        self._after_close()

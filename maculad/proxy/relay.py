@@ -46,7 +46,7 @@ from maculad.proxy.demux import DemuxListener
 from maculad.proxy.platform import AliasError, LoopbackPlatform, default_platform
 from maculad.proxy.spec import ListenerSpec, Target, desired_listeners, plan
 from maculad.proxy.stats import Context, ListenerStats
-from maculad.proxy.tcp import TcpListener
+from maculad.proxy.tcp import BACKLOG, TcpListener
 from maculad.proxy.tls import Terminator
 from maculad.proxy.udp import UdpListener
 from maculad.routes.manager import RouteTableManager
@@ -58,7 +58,6 @@ log = structlog.get_logger("maculad.proxy")
 State = Literal["starting", "serving", "failed", "draining"]
 STATES: tuple[State, ...] = ("starting", "serving", "failed", "draining")
 
-BACKLOG = 1024
 RETRY_INITIAL = 0.25
 
 #: The listeners one horizon wants for a table (the host horizon: `spec.desired_listeners`).

@@ -21,6 +21,19 @@ either side goes away. Connect failures on an HTTP front port get the
 dead-backend page (errorpage.py); on other ports the client's connection is
 closed cleanly (FIN, input drained briefly so the kernel does not answer with
 a reset). Byte counts are plain integers, exported by `flush`.
+
+Bounds, per listener: at most `proxy.max_connections` open (a new one beyond is
+aborted at accept and counted as rejected, reason `limit`), and one sweep timer,
+armed only while the listener has connections (an idle relay has no timer at
+all), every min(timeouts)/4 and at most `SWEEP_MAX` seconds. The sweep reads the
+byte counts the data path keeps anyway, so the data path pays nothing for it: a
+connection whose counts did not move for `proxy.idle_timeout` is closed, and on
+a port where the client speaks first (HTTP, terminated TLS, Host/SNI routing; not
+plain TCP ports, where the server may speak first) a client that sent nothing
+for `proxy.first_byte_timeout` is closed. A connection with unsent bytes (a
+peer that does not read) is aborted, as a graceful close would wait for it
+forever. The listen backlog is `BACKLOG` (passed to `create_server` too, which
+calls listen() again).
 """
 
 from __future__ import annotations
@@ -45,6 +58,12 @@ LOW_WATER = 128 * 1024
 LINGER = 2.0
 #: Seconds the dead-backend page waits for the request head.
 HEAD_WAIT = 2.0
+#: listen() backlog of every relay listener (the kernel caps it at net.core.somaxconn).
+BACKLOG = 1024
+#: Longest gap between two sweeps of a listener's connections (idle and first-byte timeouts).
+SWEEP_MAX = 2.0
+#: Target kinds on which the client speaks first, so the first-byte timeout applies.
+CLIENT_FIRST = frozenset({"http", "tls", "by-host", "by-sni"})
 
 _CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED, _HANDSHAKE = range(6)
 #: `reason` while the connect timer has fired and the connect is being cancelled
@@ -122,6 +141,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_f_in",
         "_f_out",
+        "active_at",
         "backend",
         "bytes_in",
         "client_eof",
@@ -130,6 +150,7 @@ class ClientProtocol(asyncio.Protocol):
         "peer_write",
         "pending",
         "reason",
+        "seen",
         "state",
         "stats",
         "target",
@@ -155,20 +176,32 @@ class ClientProtocol(asyncio.Protocol):
         self.reason = ""
         self._f_in = 0
         self._f_out = 0
+        #: the byte count the listener's last sweep saw, and when it last moved (loop time)
+        self.seen = 0
+        self.active_at = 0.0
 
     # -- lifecycle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        if not self._admit(transport):
+            return
         transport.pause_reading()  # type: ignore[attr-defined]
         _tune(transport)
-        self.listener.opened(self)
         self.task = self.listener.loop.create_task(self._connect())
 
     def _connect_timeout(self) -> None:
         self.reason = _TIMED_OUT
         if self.task is not None:
             self.task.cancel()
+
+    def _admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Join the listener, or be aborted at once when it holds `proxy.max_connections`."""
+        self.transport = transport
+        if self.listener.opened(self):
+            return True
+        self.state = _CLOSED
+        transport.abort()  # type: ignore[attr-defined]
+        return False
 
     async def _connect(self) -> None:
         # The running loop is the listener's (asyncio.get_running_loop() and asyncio.timeout() would
@@ -256,6 +289,22 @@ class ClientProtocol(asyncio.Protocol):
             b.transport.close()
         if not self.transport.is_closing():
             self.transport.close()
+
+    def traffic(self) -> int:
+        """Bytes relayed so far, both ways (what the listener's sweep watches)."""
+        b = self.backend
+        return self.bytes_in + (b.bytes_out if b is not None else 0)
+
+    def heard(self) -> bool:
+        """Whether the client has sent anything yet."""
+        return self.bytes_in > 0 or bool(self.pending) or bool(self.head)
+
+    def time_out(self) -> None:
+        """Idle or silent too long: close both sides (abort when bytes wait for a peer that does not read)."""
+        if self.buffered():
+            self.abort()
+        else:
+            self.close_both()
 
     def abort(self) -> None:
         """Drain grace over (or the relay stops): drop both sides now."""
@@ -410,6 +459,7 @@ class TcpListener:
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.AbstractServer | None = None
         self._drained: asyncio.Event | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, sock: socket.socket) -> None:
         from maculad.proxy.tls import RedirectProtocol, TlsClientProtocol  # tls.py builds on this module
@@ -422,20 +472,84 @@ class TcpListener:
                 return RedirectProtocol(self)
             return ClientProtocol(self)
 
-        self._server = await self.loop.create_server(factory, sock=sock)
+        # create_server calls listen() again: without `backlog` it would be asyncio's 100
+        self._server = await self.loop.create_server(factory, sock=sock, backlog=BACKLOG)
 
-    def opened(self, conn: ClientProtocol) -> None:
-        self.conns.add(conn)
+    def opened(self, conn: ClientProtocol) -> bool:
+        """A connection was accepted: False when the listener is full (the caller aborts it)."""
+        if not self.admit(conn):
+            return False
         conn.stats.connections.inc()
         conn.stats.active.inc()
+        return True
+
+    def admit(self, conn: ClientProtocol) -> bool:
+        """Take `conn` under `proxy.max_connections`, arm the sweep; False (counted) when full."""
+        cap = self.ctx.config.max_connections
+        if len(self.conns) >= cap:
+            self.stats.closed_by_relay("rejected", "limit")
+            suppressed = self.stats.log_allowed("limit")
+            if suppressed is not None:
+                log.warning("proxy_connection_limit", listener=self.spec.address, max_connections=cap,
+                            suppressed=suppressed)
+            return False
+        self.conns.add(conn)
+        conn.active_at = self.loop.time()
+        if self._sweeper is None:
+            self._arm()
+        return True
 
     def closed(self, conn: ClientProtocol) -> None:
         if conn in self.conns:
             self.conns.discard(conn)
             conn.flush()
             conn.stats.active.dec()
-        if not self.conns and self._drained is not None:
+        self._after_close()
+
+    def _after_close(self) -> None:
+        if self.conns:
+            return
+        if self._sweeper is not None:  # no connections, no timer
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._drained is not None:
             self._drained.set()
+
+    # -- timeouts
+
+    def _arm(self) -> None:
+        if not self.conns or self.loop is None:
+            return
+        cfg = self.ctx.config
+        every = max(0.05, min(SWEEP_MAX, cfg.idle_timeout / 4, cfg.first_byte_timeout / 4))
+        self._sweeper = self.loop.call_later(every, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        assert self.loop is not None
+        now = self.loop.time()
+        cfg = self.ctx.config
+        idle_before = now - cfg.idle_timeout
+        silent_before = now - cfg.first_byte_timeout
+        for c in list(self.conns):
+            state = c.state
+            if state == _PAGE or state == _LINGER or state == _CLOSED:
+                continue  # answering or closing, each on its own timer
+            moved = c.traffic()
+            if moved != c.seen:
+                c.seen = moved
+                c.active_at = now
+            elif (c.active_at <= silent_before and (c.target.kind in CLIENT_FIRST or c.target.redirect)
+                  and not c.heard()):
+                self._time_out(c, "first_byte")
+            elif c.active_at <= idle_before:
+                self._time_out(c, "idle")
+        self._arm()
+
+    def _time_out(self, conn: ClientProtocol, reason: str) -> None:
+        conn.stats.closed_by_relay("timeout", reason)
+        log.debug("proxy_timeout", listener=self.spec.address, route=conn.target.route, reason=reason)
+        conn.time_out()
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -466,6 +580,9 @@ class TcpListener:
 
     def abort_all(self) -> None:
         self.stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for c in list(self.conns):
             c.abort()
 

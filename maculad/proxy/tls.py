@@ -238,12 +238,13 @@ def load_terminator(
 class TlsClientProtocol(ClientProtocol):
     """A relayed connection whose client side is TLS terminated here."""
 
-    __slots__ = ("incoming", "outgoing", "sslobj", "terminator")
+    __slots__ = ("hello", "incoming", "outgoing", "sslobj", "terminator")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.hello = False  # any handshake byte from the client yet (the first-byte timeout)
+        if not self._admit(transport):
+            return
         _tune(transport)
-        self.listener.opened(self)
         terminator = self.listener.ctx.tls
         if terminator is None:  # the CA went away under a live listener: refuse cleanly
             self.state = _LINGER
@@ -266,7 +267,11 @@ class TlsClientProtocol(ClientProtocol):
 
     # -- handshake
 
+    def heard(self) -> bool:
+        return self.hello or super().heard()
+
     def _handshake(self, data: bytes) -> None:
+        self.hello = True
         self.incoming.write(data)
         try:
             self.sslobj.do_handshake()
@@ -373,9 +378,9 @@ class RedirectProtocol(ClientProtocol):
     __slots__ = ()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        if not self._admit(transport):
+            return
         _tune(transport)
-        self.listener.opened(self)
         self.state = _PAGE
         self.head = bytearray()
         self.timer = self.listener.loop.call_later(HEAD_WAIT, self._send_page)
