@@ -282,14 +282,21 @@ async def test_tcp_idle_timeout_and_client_cap(routes: RouteTableManager, metric
         port = port_of(server)
         conns = [await asyncio.open_connection(HOST, port) for _ in range(2)]
         await _until(lambda: server.status()["tcp_clients"] == 2)
-        r3, w3 = await asyncio.open_connection(HOST, port)  # over the cap: closed at once
-        assert await asyncio.wait_for(r3.read(), 10) == b""
-        w3.close()
-        # the two idle ones are closed by the server after the idle timeout
-        for r, w in conns:
+        # at the cap a new client is served: the oldest idle one is evicted to make room
+        r3, w3 = await asyncio.open_connection(HOST, port)
+        assert await asyncio.wait_for(conns[0][0].read(), 10) == b""
+        conns[0][1].close()
+        assert metrics.registry.get_sample_value("maculad_dns_tcp_closed_total", {"reason": "evicted"}) == 1
+        ask = query("grafana.macula.local").to_wire()
+        w3.write(struct.pack("!H", len(ask)) + ask)
+        n = struct.unpack("!H", await asyncio.wait_for(r3.readexactly(2), 10))[0]
+        assert dns.message.from_wire(await r3.readexactly(n)).answer[0][0].address == "127.0.0.2"
+        # the other two are closed by the server after the idle timeout
+        for r, w in (conns[1], (r3, w3)):
             assert await asyncio.wait_for(r.read(), 10) == b""
             w.close()
         await _until(lambda: server.status()["tcp_clients"] == 0)
+        assert metrics.registry.get_sample_value("maculad_dns_tcp_closed_total", {"reason": "idle"}) == 2
         # a half-sent message does not keep a connection forever either
         r, w = await asyncio.open_connection(HOST, port)
         w.write(struct.pack("!H", 40) + b"\x00\x01")

@@ -17,10 +17,16 @@ histogram: a bool test per query, no clock reads. The flag is raised again
 `SAMPLE_INTERVAL` after a sample was taken, so an idle server has no timer at all.
 
 TCP: 2-byte length framing, any number of pipelined queries per connection
-(forwarded ones may be answered out of order, as RFC 7766 allows), an idle
-timeout, a cap on concurrent clients (`dns.max_tcp_clients`; beyond it a new
-connection is closed at once), and back-pressure: a client that does not read
-its replies stops being read.
+(forwarded ones may be answered out of order, as RFC 7766 allows), and
+back-pressure: a client that does not read its replies fills the transport's
+bounded write buffer (`TCP_WRITE_HIGH`) and stops being read (`pause_writing`).
+A client that sends nothing and reads nothing for `dns.tcp_idle_timeout` is
+closed — aborted when replies it never read are still buffered, since a
+graceful close would wait for them forever. At `dns.max_tcp_clients` a new
+client is never refused: the least recently active client is evicted (RST),
+one with no forwarded query outstanding if there is one, so idle or stuck
+clients cannot lock new ones out. Both closes are counted in
+`maculad_dns_tcp_closed_total{reason}`.
 
 Listeners are per configured address: `stage` binds new addresses beside the
 serving ones (all or none), `commit` takes the new config and closes the
@@ -63,8 +69,9 @@ log = structlog.get_logger("maculad.dns")
 
 #: how often the next query is timed for `maculad_dns_query_duration_seconds`
 SAMPLE_INTERVAL = 0.05
-#: a TCP connection with nothing to do for this long is closed
-TCP_IDLE_TIMEOUT = 10.0
+#: bytes of unread replies a TCP client may have buffered here before it stops being read
+TCP_WRITE_HIGH = 64 * 1024
+TCP_WRITE_LOW = 16 * 1024
 #: forwarded queries one TCP connection may have outstanding before it stops being read
 TCP_MAX_PENDING = 32
 _BUG_LOG_INTERVAL = 10.0
@@ -80,7 +87,6 @@ class DNSServer:
         domain: str,
         routes: RouteTableManager,
         metrics: Metrics,
-        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
         udp_batch: bool | None = None,
         peer: Backend | None = None,
         peer_zone: str | None = None,
@@ -100,7 +106,6 @@ class DNSServer:
         self._client_allowed = client_allowed
         self._apex_a = apex_a
         self._config = config
-        self.tcp_idle_timeout = tcp_idle_timeout
         self._domain = domain
         self._routes = routes
         self._metrics = metrics
@@ -121,6 +126,8 @@ class DNSServer:
         self._bugs = 0
         self._latency_udp = metrics.dns_latency.labels(transport="udp")
         self._latency_tcp = metrics.dns_latency.labels(transport="tcp")
+        self._tcp_idle_closed = metrics.dns_tcp_closed.labels(reason="idle")
+        self._tcp_evicted = metrics.dns_tcp_closed.labels(reason="evicted")
 
     # --- Component ------------------------------------------------------------------
 
@@ -321,8 +328,23 @@ class DNSServer:
     # --- shared by the transports ---------------------------------------------------
 
     @property
-    def max_tcp_clients(self) -> int:
-        return self._config.max_tcp_clients
+    def tcp_idle_timeout(self) -> float:
+        return self._config.tcp_idle_timeout
+
+    def admit_tcp(self, conn: _TCPProtocol) -> None:
+        """Take a new TCP client; at `dns.max_tcp_clients`, evict the least recently active one first."""
+        conns = self.tcp_conns
+        while len(conns) >= self._config.max_tcp_clients:
+            # the oldest of the clients with nothing in flight, else the oldest of all
+            victim = min(conns, key=lambda c: (c.pending > 0, c.last_active))
+            conns.discard(victim)
+            self._tcp_evicted.inc()
+            log.debug("dns_tcp_client_evicted", cap=self._config.max_tcp_clients, client=victim.peer)
+            victim.abort()
+        conns.add(conn)
+
+    def tcp_idle_closed(self) -> None:
+        self._tcp_idle_closed.inc()
 
     def bug(self, where: str) -> None:
         """An exception escaped the packet path: count it, log it (at most every few seconds), carry on."""
@@ -473,45 +495,48 @@ class _TCPProtocol(asyncio.Protocol):
         self._responder = server.responder
         self._latency = server.latency(True)
         self._transport: asyncio.Transport | None = None
-        self._peer = ""
+        self.peer = ""
         self._buf = bytearray()
-        self._pending = 0
+        self.pending = 0
         self._closed = False
         self._paused_writing = False
         self._paused_reading = False
         self._eof = False
-        self._last_active = 0.0
+        #: loop time of the client's last sign of life: a query read, replies read (or sent)
+        self.last_active = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        self._transport.set_write_buffer_limits(high=TCP_WRITE_HIGH, low=TCP_WRITE_LOW)
         peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if peer else ""
-        if len(self._server.tcp_conns) >= self._server.max_tcp_clients:
-            log.debug("dns_tcp_client_cap", cap=self._server.max_tcp_clients)
-            self._closed = True
-            self._transport.abort()
-            return
-        self._server.tcp_conns.add(self)
+        self.peer = str(peer[0]) if peer else ""
         loop = asyncio.get_running_loop()
-        self._last_active = loop.time()
+        self.last_active = loop.time()
+        self._server.admit_tcp(self)
         self._timer = loop.call_later(self._server.tcp_idle_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
+        self._timer = None
         if self._closed:
             return
         loop = asyncio.get_running_loop()
-        idle = loop.time() - self._last_active
+        idle = loop.time() - self.last_active
         limit = self._server.tcp_idle_timeout
-        if idle >= limit and self._pending == 0:
-            self.close()
+        if idle >= limit and self.pending == 0:
+            self._server.tcp_idle_closed()
+            t = self._transport
+            if t is not None and t.get_write_buffer_size():  # replies it never read: close() would wait
+                self.abort()
+            else:
+                self.close()
             return
         self._timer = loop.call_later(max(limit - idle, limit / 10), self._idle_check)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._last_active = asyncio.get_running_loop().time()
+        self.last_active = asyncio.get_running_loop().time()
         buf = self._buf
         buf += data
         while len(buf) >= 2:
@@ -542,25 +567,26 @@ class _TCPProtocol(asyncio.Protocol):
             self.send(out)
             self._latency.observe(time.perf_counter() - started)
             return
-        self._pending += 1
-        if self._pending >= TCP_MAX_PENDING:
+        self.pending += 1
+        if self.pending >= TCP_MAX_PENDING:
             self._pause_reading()
-        self._server.forward(out, self._forwarded, self._peer)
+        self._server.forward(out, self._forwarded, self.peer)
 
     def _forwarded(self, reply: bytes) -> None:
-        self._pending -= 1
+        self.pending -= 1
         self.send(reply)
-        if self._eof and self._pending == 0:
+        if self._eof and self.pending == 0:
             self.close()
             return
-        if self._pending < TCP_MAX_PENDING and not self._paused_writing:
+        if self.pending < TCP_MAX_PENDING and not self._paused_writing:
             self._resume_reading()
 
     def send(self, reply: bytes) -> None:
         if self._closed or self._transport is None:
             return
         self._transport.write(struct.pack("!H", len(reply)) + reply)
-        self._last_active = asyncio.get_running_loop().time()
+        if not self._paused_writing:  # a reply queued behind unread ones is no sign of life
+            self.last_active = asyncio.get_running_loop().time()
 
     def _pause_reading(self) -> None:
         if not self._paused_reading and self._transport is not None and not self._closed:
@@ -578,13 +604,14 @@ class _TCPProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused_writing = False
-        if self._pending < TCP_MAX_PENDING:
+        self.last_active = asyncio.get_running_loop().time()  # the client read its replies
+        if self.pending < TCP_MAX_PENDING:
             self._resume_reading()
 
     def eof_received(self) -> bool | None:
         # the client is done sending; let pending forwarded replies go out, then close
         self._eof = True
-        if self._pending == 0:
+        if self.pending == 0:
             self.close()
         return True
 
@@ -602,4 +629,5 @@ class _TCPProtocol(asyncio.Protocol):
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self._server.tcp_conns.discard(self)

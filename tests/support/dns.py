@@ -61,9 +61,9 @@ async def serving(
 ) -> AsyncIterator[DNSServer]:
     """A started DNSServer on a free port (UDP and TCP on the same port); stopped on exit."""
     cfg = DNSConfig(listen=listen or (Backend(host, 0),), ttl=ttl, forwarders=forwarders,
-                    forward_timeout=forward_timeout, max_tcp_clients=max_tcp_clients)
-    server = DNSServer(config=cfg, domain=DOMAIN, routes=routes, metrics=metrics,
-                       tcp_idle_timeout=tcp_idle_timeout, udp_batch=udp_batch)
+                    forward_timeout=forward_timeout, max_tcp_clients=max_tcp_clients,
+                    tcp_idle_timeout=tcp_idle_timeout)
+    server = DNSServer(config=cfg, domain=DOMAIN, routes=routes, metrics=metrics, udp_batch=udp_batch)
     owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: None)
     await server.start(owner)
     try:
