@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -76,13 +77,15 @@ class Maculad:
     """A `maculad run` child process with its log in a file."""
 
     def __init__(self, config: Path, *, log: Path, env: dict[str, str] | None = None,
-                 wrap: Sequence[str] = ()) -> None:
+                 wrap: Sequence[str] = (), nofile: tuple[int, int] | None = None) -> None:
         """`wrap`: a command line the daemon's runs under (its arguments appended; it must exec them,
-        e.g. `unshare -m sh -c '... && exec "$@"' sh`), so the daemon keeps the child's pid."""
+        e.g. `unshare -m sh -c '... && exec "$@"' sh`), so the daemon keeps the child's pid.
+        `nofile`: start the daemon under this (soft, hard) RLIMIT_NOFILE, like `ulimit -n`."""
         self.config = config
         self.log_path = log
         self.env = env
         self.wrap = list(wrap)
+        self.nofile = nofile
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Maculad:
@@ -90,9 +93,16 @@ class Maculad:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         env.update(self.env or {})
+        nofile = self.nofile
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen(
             [*self.wrap, sys.executable, "-m", "maculad", "run", "--config", str(self.config)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            preexec_fn=limit if nofile is not None else None,
         )
         return self
 
