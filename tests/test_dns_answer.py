@@ -11,7 +11,11 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdataclass
+import dns.name
 import dns.rdatatype
+import dns.tsig
+import dns.tsigkeyring
+import dns.update
 import pytest
 
 from maculad.dns.answer import RR, A, Question, ZoneSettings, ZoneView, answer
@@ -162,6 +166,80 @@ def test_badvers_formerr_notimp_and_drops(routes: RouteTableManager, metrics: Me
     assert r.respond(response, tcp=False) is None  # QR=1: never answer a response
     assert r.respond(b"\x12\x34\x01", tcp=False) is None  # shorter than a header
     assert metrics.dns.malformed == 3
+
+
+def test_notimp_and_formerr_keep_the_question_and_the_opt_record(routes: RouteTableManager,
+                                                                   metrics: Metrics) -> None:
+    r = responder(routes, metrics)
+    notify = dns.message.make_query("macula.local", "SOA", use_edns=0, payload=1232, want_dnssec=True)
+    notify.set_opcode(dns.opcode.NOTIFY)
+    out = r.respond(notify.to_wire(), tcp=False)
+    assert isinstance(out, bytes)
+    m = dns.message.from_wire(out)
+    assert m.rcode() == dns.rcode.NOTIMP and m.id == notify.id
+    assert m.edns == 0 and m.ednsflags & dns.flags.DO  # RFC 6891 §7: an EDNS query gets an OPT back
+    assert [str(x.name) for x in m.question] == ["macula.local."]
+    # FORMERR for a second OPT record: the question parsed, so it is kept, and one OPT is sent back
+    query = dns.message.make_query("Grafana.macula.local", "A", use_edns=0)
+    wire = bytearray(query.to_wire())
+    opt = bytes(wire[-11:])
+    wire[10:12] = b"\x00\x02"
+    out = r.respond(bytes(wire) + opt, tcp=False)
+    assert isinstance(out, bytes)
+    m = dns.message.from_wire(out)
+    assert m.rcode() == dns.rcode.FORMERR and m.edns == 0
+    assert [str(x.name) for x in m.question] == ["Grafana.macula.local."]  # the client's own case
+    # without EDNS in the query there is none in the reply; garbage keeps no question
+    plain = dns.message.make_query("macula.local", "SOA")
+    plain.set_opcode(dns.opcode.NOTIFY)
+    out = r.respond(plain.to_wire(), tcp=False)
+    assert isinstance(out, bytes) and dns.message.from_wire(out).edns == -1
+    out = r.respond(bytes.fromhex("abcd0100000100000000000" "0c00c00010001"), tcp=False)
+    assert isinstance(out, bytes) and out[4:6] == b"\x00\x00" and out[3] & 0xF == dns.rcode.FORMERR
+
+
+def _keyring() -> dict[dns.name.Name, dns.tsig.Key]:
+    return dns.tsigkeyring.from_text({"deploy-key.": ("hmac-sha256", "c2VjcmV0LXNlY3JldC1zZWNyZXQ=")})
+
+
+def test_a_tsig_signed_query_is_notauth_badkey(routes: RouteTableManager, metrics: Metrics) -> None:
+    r = responder(routes, metrics)
+    keyring = _keyring()
+    q = dns.message.make_query("grafana.macula.local", "A", use_edns=0)
+    q.use_tsig(keyring)
+    out = r.respond(q.to_wire(), tcp=False)
+    assert isinstance(out, bytes)
+    with pytest.raises(dns.tsig.PeerBadKey):  # what a real TSIG client concludes
+        dns.message.from_wire(out, keyring=keyring, request_mac=q.mac)
+    m = dns.message.from_wire(out, keyring=False)
+    assert m.rcode() == dns.rcode.NOTAUTH and m.id == q.id and m.edns == 0
+    assert [str(x.name) for x in m.question] == ["grafana.macula.local."]
+    assert not m.answer
+    assert m.tsig is not None
+    tsig = m.tsig[0]
+    assert str(m.tsig.name) == "deploy-key." and str(tsig.algorithm) == "hmac-sha256."
+    assert tsig.error == dns.rcode.BADKEY and tsig.mac == b"" and tsig.original_id == q.id
+    assert metrics.dns.queries[("other", "NOTAUTH")] == 1 and metrics.dns.malformed == 0
+    # not cached: every signed query is refused the same way, and an unsigned one is answered
+    assert r.respond(q.to_wire(), tcp=False) == out
+    assert ask(r, "grafana.macula.local").answer[0][0].address == "127.0.0.2"
+
+    # a signed UPDATE (nsupdate -y) gets the same answer rather than NOTIMP
+    update = dns.update.UpdateMessage("macula.local", keyring=keyring)
+    update.add("x", 60, "A", "127.0.0.9")
+    out = r.respond(update.to_wire(), tcp=False)
+    assert isinstance(out, bytes)
+    m = dns.message.from_wire(out, keyring=False)
+    assert m.rcode() == dns.rcode.NOTAUTH and m.tsig is not None and m.tsig[0].error == dns.rcode.BADKEY
+
+    # a TSIG record that is not the last one is malformed (RFC 8945 §5.1)
+    wire = bytearray(q.to_wire())
+    wire[10:12] = (int.from_bytes(wire[10:12], "big") + 1).to_bytes(2, "big")
+    wire += b"\x00" + bytes.fromhex("0001000100000000" "0004") + bytes(4)  # root A 0.0.0.0 after the TSIG
+    with pytest.raises(WireError, match="not the last"):
+        parse_query(bytes(wire))
+    out = r.respond(bytes(wire), tcp=False)
+    assert isinstance(out, bytes) and out[3] & 0xF == dns.rcode.FORMERR
 
 
 _HDR1 = bytes.fromhex("abcd01000001000000000001")  # one question, one additional record

@@ -9,6 +9,7 @@ QTYPE_SOA = 6
 QTYPE_HINFO = 13
 QTYPE_AAAA = 28
 QTYPE_OPT = 41
+QTYPE_TSIG = 250
 QTYPE_IXFR = 251
 QTYPE_AXFR = 252
 QTYPE_ANY = 255
@@ -21,7 +22,10 @@ SERVFAIL = 2
 NXDOMAIN = 3
 NOTIMP = 4
 REFUSED = 5
+NOTAUTH = 9
 BADVERS = 16
+#: TSIG error (RFC 8945): the key is not known here. maculad has no keys.
+BADKEY = 17
 
 QR = 0x8000
 AA = 0x0400
@@ -44,7 +48,7 @@ _QTYPE_NAMES = {
     252: "AXFR", 255: "ANY", 257: "CAA",
 }
 _RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-                16: "BADVERS"}
+                9: "NOTAUTH", 16: "BADVERS"}
 
 
 def qtype_label(qtype: int) -> str:

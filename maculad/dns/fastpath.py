@@ -37,7 +37,7 @@ from typing import Protocol
 
 from maculad.config import DNSConfig
 from maculad.dns.answer import Decision, Question, ZoneSettings, ZoneView, answer
-from maculad.dns.codes import BADVERS, MAX_TCP_SIZE, NOTIMP, qtype_label, rcode_label
+from maculad.dns.codes import BADVERS, MAX_TCP_SIZE, NOTAUTH, NOTIMP, qtype_label, rcode_label
 from maculad.dns.wire import ParsedQuery, WireError, encode, error_reply, parse_query, udp_limit
 from maculad.observability.metrics import DNSCounters
 from maculad.routes.table import RouteTable
@@ -197,7 +197,7 @@ class Responder:
         try:
             q = parse_query(packet)
         except WireError as exc:
-            if exc.rcode != NOTIMP:  # an UPDATE or NOTIFY is well-formed, just not served
+            if exc.rcode != NOTIMP and exc.rcode != NOTAUTH:  # well-formed, just not served (UPDATE, TSIG)
                 counters.malformed += 1
             if exc.rcode is None:
                 return None

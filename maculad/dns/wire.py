@@ -6,7 +6,15 @@ use compression (a pointer there could only point into the header, and the
 question is copied verbatim into the reply), and the other sections are only
 *skipped* — compression pointers are never followed, so a hostile pointer loop
 costs nothing. The only record read from them is EDNS0's OPT. Failures raise
-`WireError` carrying the response code to answer with, or `None` to drop.
+`WireError` carrying the response code to answer with, or `None` to drop; a
+TSIG-signed query raises it with NOTAUTH (maculad holds no keys).
+
+`error_reply` answers those (slow path only, nothing of it runs for a good
+query): it re-reads what it can of the packet, and the reply keeps the
+question when it parsed and carries an OPT record when the query had one
+(RFC 6891 §7). A signed query (or UPDATE) gets NOTAUTH with an unsigned TSIG
+record that echoes the key name and algorithm with error BADKEY and an empty
+MAC (RFC 8945 §5.2.1, §5.3.2).
 
 `encode` turns a `Decision` (see answer.py) into reply bytes: the question is
 the query's own bytes (so the client's letter case comes back, 0x20), names
@@ -24,10 +32,13 @@ from dataclasses import dataclass
 from maculad.dns.answer import AAAA, CNAME, NS, RR, SOA, A, Decision, RData
 from maculad.dns.codes import (
     AA,
+    BADKEY,
     CD,
+    CLASS_ANY,
     CLASS_IN,
     FORMERR,
     MIN_UDP_SIZE,
+    NOTAUTH,
     NOTIMP,
     OPCODE_MASK,
     OUR_UDP_SIZE,
@@ -38,6 +49,7 @@ from maculad.dns.codes import (
     QTYPE_NS,
     QTYPE_OPT,
     QTYPE_SOA,
+    QTYPE_TSIG,
     RA,
     RD,
     SERVFAIL,
@@ -181,6 +193,10 @@ def parse_query(buf: bytes) -> ParsedQuery:
                 raise WireError("OPT owner is not the root", FORMERR)
             _check_options(buf, off, off + rdlen)
             edns = EDNS(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+        elif rtype == QTYPE_TSIG:
+            if i != ancount + nscount + arcount - 1:
+                raise WireError("TSIG is not the last record", FORMERR)
+            raise WireError("signed with a TSIG key maculad does not have", NOTAUTH)
         off += rdlen
     return ParsedQuery(
         id=ident,
@@ -330,15 +346,135 @@ def _encode(q: ParsedQuery, d: Decision, *, ra: bool, sections: tuple[tuple[RR, 
     return bytes(w.buf)
 
 
+def _read_name(buf: bytes, off: int) -> tuple[bytes, int]:
+    """The name at `off`, uncompressed in wire form, and the offset after it. Pointers are followed
+    only backwards, so a loop is impossible; raises WireError."""
+    out = bytearray()
+    end: int | None = None
+    n = len(buf)
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end", FORMERR)
+        length = buf[off]
+        if length & 0xC0 == 0xC0:
+            if off + 2 > n:
+                raise WireError("pointer runs past the end", FORMERR)
+            target = ((length & 0x3F) << 8) | buf[off + 1]
+            if end is None:
+                end = off + 2
+            if target >= off:
+                raise WireError("forward compression pointer", FORMERR)
+            off = target
+            continue
+        if length & 0xC0:
+            raise WireError("unsupported label type", FORMERR)
+        out += buf[off : off + 1 + length]
+        if len(out) > 255 or off + 1 + length > n:
+            raise WireError("bad name", FORMERR)
+        if length == 0:
+            return bytes(out), end if end is not None else off + 1
+        off += 1 + length
+
+
+@dataclass(frozen=True, slots=True)
+class _Tsig:
+    key: bytes  # the key name, wire form
+    algorithm: bytes
+    time_fudge: bytes  # Time Signed (48 bits) and Fudge, as sent
+
+
+def _tsig_rdata(buf: bytes, start: int, end: int) -> tuple[bytes, bytes]:
+    algorithm, off = _read_name(buf, start)
+    if off + 10 > end:
+        raise WireError("TSIG record too short", FORMERR)
+    (mac_size,) = _U16.unpack_from(buf, off + 8)
+    if off + 10 + mac_size + 6 > end:
+        raise WireError("TSIG MAC runs past its record", FORMERR)
+    return algorithm, bytes(buf[off : off + 8])
+
+
+def _salvage(buf: bytes) -> tuple[bytes | None, EDNS | None, _Tsig | None]:
+    """What an error reply can keep from a packet that did not parse: its one question, the OPT
+    record's size and DO bit, and the TSIG record (when it is the last one). Stops at the first damage."""
+    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf)
+    question: bytes | None = None
+    edns: EDNS | None = None
+    tsig: _Tsig | None = None
+    off = 12
+    try:
+        for _ in range(qdcount):
+            end = _plain_name_end(buf, off)
+            off = (_skip_name(buf, off) if end is None else end) + 4
+            if off > len(buf):
+                raise WireError("question runs past the end", FORMERR)
+            if qdcount == 1 and end is not None:
+                question = bytes(buf[12:off])
+        total = ancount + nscount + arcount
+        for i in range(total):
+            owner = off
+            off = _skip_name(buf, off)
+            if off + 10 > len(buf):
+                break
+            rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(buf, off)
+            off += 10
+            if off + rdlen > len(buf):
+                break
+            if rtype == QTYPE_OPT and i >= ancount + nscount and edns is None and buf[owner] == 0:
+                edns = EDNS(udp_size=rclass, version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
+            elif rtype == QTYPE_TSIG and i == total - 1 and rclass == CLASS_ANY:
+                key, _ = _read_name(buf, owner)
+                algorithm, time_fudge = _tsig_rdata(buf, off, off + rdlen)
+                tsig = _Tsig(key=key, algorithm=algorithm, time_fudge=time_fudge)
+            off += rdlen
+    except WireError:
+        pass
+    return question, edns, tsig
+
+
+def _plain_name_end(buf: bytes, off: int) -> int | None:
+    """The offset after the uncompressed name at `off`; None when it is compressed or damaged."""
+    n = len(buf)
+    total = 0
+    while off < n:
+        length = buf[off]
+        if length == 0:
+            return off + 1
+        if length & 0xC0:
+            return None
+        total += length + 1
+        if total > 255:
+            return None
+        off += length + 1
+    return None
+
+
 def error_reply(buf: bytes, rcode: int) -> bytes | None:
-    """A header-only reply (FORMERR, NOTIMP) to a packet that could not be parsed; None → drop."""
+    """The reply (FORMERR, NOTIMP, NOTAUTH) to a packet that could not be answered; None → drop.
+
+    The question is kept when it parsed, an OPT record added when the query had one, and a signed
+    packet gets NOTAUTH with a TSIG record saying BADKEY (unsigned: maculad holds no keys)."""
     if len(buf) < 12:
         return None
     ident, flags = struct.unpack_from("!HH", buf)
     if flags & QR:
         return None
+    question, edns, tsig = _salvage(buf)
+    if tsig is not None and rcode in (NOTIMP, NOTAUTH):
+        rcode = NOTAUTH
+    elif rcode == NOTAUTH:  # the TSIG record itself is damaged
+        rcode = FORMERR
     out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
-    return _HEADER.pack(ident, out_flags, 0, 0, 0, 0)
+    out = bytearray(_HEADER.pack(ident, out_flags, 1 if question else 0, 0, 0,
+                                 (edns is not None) + (tsig is not None and rcode == NOTAUTH)))
+    if question:
+        out += question
+    if edns is not None:
+        out += b"\x00" + _RR_FIXED.pack(QTYPE_OPT, OUR_UDP_SIZE, 0x8000 if edns.do else 0, 0)
+    if tsig is not None and rcode == NOTAUTH:
+        rdata = (tsig.algorithm + tsig.time_fudge + _U16.pack(0)  # MAC size 0: an unsigned error
+                 + struct.pack("!HHH", ident, BADKEY, 0))  # original ID, error, no other data
+        out += tsig.key + _RR_FIXED.pack(QTYPE_TSIG, CLASS_ANY, 0, len(rdata)) + rdata
+    return bytes(out)
 
 
 def simple_reply(q: ParsedQuery, rcode: int, *, ra: bool) -> bytes:

@@ -132,7 +132,7 @@ class DemuxProtocol(ClientProtocol):
         if self.state == _CLOSED:
             return
         if page is not None:
-            self.transport.write(page)
+            self.transport.write(errorpage.for_request(page, self.head or b""))
         self._linger()
 
 

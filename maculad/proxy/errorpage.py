@@ -10,6 +10,9 @@ are sanitised so nothing from the network is echoed verbatim.
 On an address that routes by Host header (the container horizon's G:80), a
 name no route answers gets `not_found` (404, naming it) and a request that
 names no host at all gets `bad_request` (400, saying why).
+
+A HEAD request gets each of these pages' status and headers (Content-Length
+included, as GET would have it) and no body: `for_request` (RFC 9110 §9.3.2).
 """
 
 from __future__ import annotations
@@ -25,6 +28,19 @@ _HOST_OK = re.compile(rb"^[A-Za-z0-9._\-\[\]:]{1,255}$")
 def request_complete(head: bytes | bytearray) -> bool:
     """True once the request head is complete (or too long to wait for)."""
     return b"\r\n\r\n" in head or b"\n\n" in head or len(head) >= MAX_HEAD
+
+
+def is_head(head: bytes | bytearray) -> bool:
+    """Whether the request (head) is a HEAD request."""
+    return bytes(head[:5]) == b"HEAD "
+
+
+def for_request(response: bytes, head: bytes | bytearray) -> bytes:
+    """`response` as the answer to this request: without its body when it is a HEAD."""
+    if not is_head(head):
+        return response
+    end = response.find(b"\r\n\r\n")
+    return response if end < 0 else response[: end + 4]
 
 
 def host_header(head: bytes | bytearray) -> str | None:

@@ -399,9 +399,9 @@ class ClientProtocol(asyncio.Protocol):
         t = self.target
         host = errorpage.host_header(self.head or b"") or t.route
         status = 503 if self.listener.ctx.restarting(t.service) else 502
-        self.client_writer()(
-            errorpage.render(status=status, host=host, backend=str(t.backend), reason=self.reason, service=t.service)
-        )
+        page = errorpage.render(status=status, host=host, backend=str(t.backend), reason=self.reason,
+                                service=t.service)
+        self.client_writer()(errorpage.for_request(page, self.head or b""))
         self._linger()
 
     def _linger(self) -> None:

@@ -393,7 +393,7 @@ class RedirectProtocol(ClientProtocol):
         response, _ = errorpage.redirect_response(self.head or b"", fallback_host=fallback,
                                                   https_port=self.listener.ctx.config.https_port)
         self.listener.ctx.metrics.tls_redirects.labels(route=route).inc()
-        self.transport.write(response)
+        self.transport.write(errorpage.for_request(response, self.head or b""))
         self._linger()
 
 
