@@ -119,31 +119,43 @@ def test_status_is_one_line() -> None:
     assert len(one_line("x" * 500)) == 200
 
 
-async def test_watchdog_loop_pings_while_healthy(listener: tuple[str, socket.socket]) -> None:
+async def test_watchdog_loop_pings_only_when_the_check_passes(listener: tuple[str, socket.socket]) -> None:
     path, s = listener
     s.setblocking(False)
     n = SdNotifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "40000"})
     assert n.watchdog_interval == 0.02
-    healthy = True
-    task = asyncio.create_task(n.run_watchdog(lambda: healthy))
-    loop = asyncio.get_running_loop()
-    try:
-        for _ in range(3):
-            data = await asyncio.wait_for(loop.sock_recv(s, 4096), 5)
-            assert data == b"WATCHDOG=1"
-        healthy = False
-        await asyncio.sleep(0.1)  # let a ping already in flight land before draining
+    # Each round, the check first counts the pings the previous round sent (a unix datagram is in
+    # the receiver's queue when sendto returns), then answers: healthy, healthy, sick ×3, healthy.
+    plan = [None, None, "DNS: no answer", "DNS: no answer", "relay: gone", None, None]
+    seen: list[int] = []
+    lags: list[float] = []
+    finished = asyncio.get_running_loop().create_future()
+
+    async def check(lag: float) -> str | None:
+        pings = 0
         while True:
             try:
-                s.recv(4096)
+                assert s.recv(4096) == b"WATCHDOG=1"
             except BlockingIOError:
                 break
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(loop.sock_recv(s, 4096), 0.3)
+            pings += 1
+        seen.append(pings)
+        lags.append(lag)
+        if len(seen) > len(plan):
+            finished.set_result(None)
+            await asyncio.Future()
+        return plan[len(seen) - 1]
+
+    task = asyncio.create_task(n.run_watchdog(check))
+    try:
+        await asyncio.wait_for(finished, 10)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         n.close()
+    # the pings each round's verdict allowed, counted at the start of the next round
+    assert seen == [0, 1, 1, 0, 0, 0, 1, 1]
+    assert all(lag >= 0 for lag in lags)
 
 
 async def test_watchdog_loop_waits_quietly_when_off() -> None:
@@ -171,3 +183,17 @@ def test_module_functions_use_the_process_environment(listener: tuple[str, socke
     assert sdnotify.stopping() and recv(s) == ["STOPPING=1"]
     sdnotify.default_notifier().close()
     monkeypatch.setattr(sdnotify, "_default", None)
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(listener: tuple[str, socket.socket]) -> None:
+    import threading
+
+    path, _ = listener  # bound, never read: its queue (net.unix.max_dgram_qlen) fills up
+    n = SdNotifier(env={"NOTIFY_SOCKET": path})
+    results: list[bool] = []
+    sender = threading.Thread(target=lambda: results.extend(n.watchdog() for _ in range(200)), daemon=True)
+    sender.start()
+    sender.join(30)
+    assert not sender.is_alive(), "sendto blocked on a full notify socket"
+    assert results[0] is True and results[-1] is False  # the full queue is reported, not waited for
+    n.close()

@@ -48,6 +48,7 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
 from maculad.core.fsutil import StateError, state_error
+from maculad.app.health import Health, probe_dns, probe_target, verdict
 from maculad.core.limits import LOW_NOFILE, NofileLimits, raise_nofile
 from maculad.core.names import qualify
 from maculad.core.tasks import TaskOwner
@@ -182,9 +183,9 @@ class Daemon:
         self.metrics.up.set(1)
         sdnotify.ready()
         sdnotify.status(self._summary())
-        interval = sdnotify.watchdog_interval()
-        if interval is not None:
-            self.owner.spawn("watchdog", lambda: self._watchdog(interval), stage="meta")
+        notifier = sdnotify.default_notifier()
+        if notifier.watchdog_interval is not None:
+            self.owner.spawn("watchdog", lambda: notifier.run_watchdog(self.watchdog_check), stage="meta")
         if sdnotify.default_notifier().enabled:  # no systemd, nobody to tell: no timer
             self.owner.spawn("status-line", self._status_loop, stage="meta")
         log.info("ready", routes=len(self.table.current.routes), dns=[str(a) for a in cfg.dns.listen],
@@ -298,10 +299,17 @@ class Daemon:
 
     # ------------------------------------------------------------------ background
 
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            sdnotify.watchdog()
-            await asyncio.sleep(interval)
+    async def watchdog_check(self, lag: float) -> str | None:
+        """None while the loop turns, the first DNS listener answers a real query and the relay
+        accepts (see app/health.py); else why systemd should not hear WATCHDOG=1."""
+        interval = sdnotify.default_notifier().watchdog_interval or 1.0
+        dns_problem: str | None = "not started"
+        if self.dns is not None:
+            udp = [(h, p) for proto, h, p in self.dns.bound() if proto == "udp"]
+            dns_problem = "no UDP listener" if not udp else await probe_dns(
+                probe_target(*udp[0]), self.config.domain, timeout=min(1.0, interval / 2))
+        relay_problem = "not started" if self.relay is None else self.relay.health()
+        return verdict(Health(loop_lag=lag, dns=dns_problem, relay=relay_problem), max_lag=2 * interval)
 
     async def _status_loop(self) -> None:
         last = ""
@@ -486,6 +494,7 @@ class Daemon:
             "tls": self.tls.status() if self.tls is not None else {"enabled": False, "error": self.tls_error},
             "tasks": self.owner.status(),
             "limits": self.limits.as_dict() if self.limits is not None else None,
+            "watchdog": sdnotify.default_notifier().watchdog_status(),
             "last_reload": self._last_reload,
             "state": self.table.state_status(),
         }

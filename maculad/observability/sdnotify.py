@@ -3,16 +3,19 @@
 The protocol is newline-separated `KEY=VALUE` assignments in a single
 datagram on an `AF_UNIX`/`SOCK_DGRAM` socket whose path comes from
 `$NOTIFY_SOCKET` (a leading `@` means the Linux abstract namespace). Nothing
-here raises: outside systemd (no variable) every call is a cheap no-op that
-returns False, and a send error is logged once per state and reported as False,
-because a service manager hiccup must never take the daemon down.
+here raises or blocks: outside systemd (no variable) every call is a cheap no-op
+that returns False, and a send error (a full queue included: the socket is
+non-blocking) is logged once per state and reported as False, because a service
+manager hiccup must never take the daemon down.
 
 `SdNotifier` reads the environment once (injectable for tests); the module-level
 `ready()`, `status()`, `watchdog()`, `reloading()` and `stopping()` use one
 process-wide notifier built from `os.environ` on first use. The watchdog
 interval is half of `$WATCHDOG_USEC` (honouring `$WATCHDOG_PID`), and
-`run_watchdog` is the loop the daemon spawns on its `TaskOwner`: it pings only
-while the given health check passes, so a wedged daemon gets restarted.
+`run_watchdog` is the loop the daemon spawns on its `TaskOwner`: each interval it
+awaits the given health check (told how late its timer fired, so a stalled loop
+shows) and pings only when the check passes, so a wedged daemon gets restarted.
+A withheld ping is logged with the reason, and so is the recovery.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -90,6 +93,9 @@ class SdNotifier:
         self._monotonic_usec = monotonic_usec or (lambda: time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         self._sock: socket.socket | None = None
         self._failed: set[str] = set()
+        #: watchdog rounds whose ping was withheld, and the latest reason (shown by `maculactl status`)
+        self.withheld = 0
+        self.last_withheld: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -108,6 +114,8 @@ class SdNotifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # a service manager that stops reading must not stall the event loop (a full queue: EAGAIN)
+                self._sock.setblocking(False)
             self._sock.sendto(payload, self._address)
         except OSError as exc:
             if key not in self._failed:
@@ -135,20 +143,39 @@ class SdNotifier:
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")
 
-    async def run_watchdog(self, healthy: Callable[[], bool] | None = None) -> None:
-        """Ping WATCHDOG=1 every interval while `healthy()` holds; runs until cancelled.
+    async def run_watchdog(self, check: Callable[[float], Awaitable[str | None]] | None = None) -> None:
+        """Each interval, await `check(lag)` (lag: seconds the timer fired late) and ping WATCHDOG=1
+        when it returns None; a reason withholds the ping. Runs until cancelled.
 
         With the watchdog off it just waits, so the daemon can always spawn it."""
         interval = self.watchdog_interval
         if interval is None:
             await asyncio.Future()
             return
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        withheld = False
         while True:
-            if healthy is None or healthy():
+            lag = max(0.0, loop.time() - due)
+            reason = await check(lag) if check is not None else None
+            if reason is None:
+                if withheld:
+                    log.info("watchdog_resumed")
+                    withheld = False
                 self.watchdog()
             else:
-                log.warning("watchdog_withheld", reason="health check failed")
+                withheld = True
+                self.withheld += 1
+                self.last_withheld = reason
+                log.warning("watchdog_withheld", reason=reason)
+            due = loop.time() + interval
             await asyncio.sleep(interval)
+
+    def watchdog_status(self) -> dict[str, object] | None:
+        """The watchdog as `maculactl status` shows it; None when systemd wants no pings."""
+        if self.watchdog_interval is None:
+            return None
+        return {"interval": self.watchdog_interval, "withheld": self.withheld, "last_withheld": self.last_withheld}
 
     def close(self) -> None:
         if self._sock is not None:

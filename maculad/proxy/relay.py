@@ -241,6 +241,17 @@ class Relay:
             "aliases": sorted(self._platform.managed()),
         }
 
+    def health(self) -> str | None:
+        """None while the relay runs and every listener it reports as serving still accepts; else
+        what is wrong (the systemd watchdog's question, app/health.py). A listener that failed to
+        bind is no sign of a wedged daemon (it is retried and shown in status): not counted here."""
+        if self._owner is None or self._stopping:
+            return "not running"
+        for e in self._entries.values():
+            if e.state == "serving" and e.impl is not None and not e.impl.serving():
+                return f"{e.spec.address} no longer accepts"
+        return None
+
     def reconfigure(self, config: ProxyConfig, *, redirect_http: bool | None = None) -> None:
         """Live reload: new timeouts apply to new connections; ports/permissions re-reconcile."""
         self._ctx.config = config

@@ -551,6 +551,10 @@ class TcpListener:
         log.debug("proxy_timeout", listener=self.spec.address, route=conn.target.route, reason=reason)
         conn.time_out()
 
+    def serving(self) -> bool:
+        """Whether the listening socket still accepts (the watchdog's question)."""
+        return self._server is not None and self._server.is_serving()
+
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -231,6 +231,10 @@ class UdpListener(asyncio.DatagramProtocol):
             self.drop(s)
         self._schedule_sweep()
 
+    def serving(self) -> bool:
+        """Whether the socket is still open and read (the watchdog's question)."""
+        return not self._closed and self._transport is not None and not self._transport.is_closing()
+
     def drain(self, grace: float) -> None:
         self.abort_all()
 
