@@ -4,11 +4,13 @@ against real sockets, and the real daemon under a fake NOTIFY_SOCKET, paused wit
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,7 @@ async def test_probe_against_a_real_server_and_a_silent_socket(tmp_path: Path) -
 
 
 def test_the_daemon_withholds_pings_while_stalled_and_resumes(tmp_path: Path) -> None:
-    text, _ = base_config(tmp_path, extra='[[route]]\nname = "grafana"\nhttp = "127.0.0.1:3000"\n')
+    text, ports = base_config(tmp_path, extra='[[route]]\nname = "grafana"\nhttp = "127.0.0.1:3000"\n')
     cfg = tmp_path / "maculad.toml"
     cfg.write_text(text)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -106,6 +108,8 @@ def test_the_daemon_withholds_pings_while_stalled_and_resumes(tmp_path: Path) ->
         drain()
         next_ping()  # healthy again: pings resume
         assert "watchdog_withheld" in d.log_path.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10) as r:
+            assert re.search(r"^maculad_watchdog_withheld_total [1-9]", r.read().decode(), re.M)
     finally:
         d.stop()
         notify.close()

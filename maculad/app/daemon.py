@@ -309,7 +309,10 @@ class Daemon:
             dns_problem = "no UDP listener" if not udp else await probe_dns(
                 probe_target(*udp[0]), self.config.domain, timeout=min(1.0, interval / 2))
         relay_problem = "not started" if self.relay is None else self.relay.health()
-        return verdict(Health(loop_lag=lag, dns=dns_problem, relay=relay_problem), max_lag=2 * interval)
+        problem = verdict(Health(loop_lag=lag, dns=dns_problem, relay=relay_problem), max_lag=2 * interval)
+        if problem is not None:
+            self.metrics.watchdog_withheld.inc()
+        return problem
 
     async def _status_loop(self) -> None:
         last = ""

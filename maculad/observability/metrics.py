@@ -94,6 +94,10 @@ class Metrics:
         self.state_save_failures = Counter(
             f"{p}_state_save_failures", "Saves of the state (allocations.json) that failed and are retried",
             registry=r)
+        self.watchdog_withheld = Counter(
+            f"{p}_watchdog_withheld_total", "systemd watchdog rounds whose WATCHDOG=1 was withheld (unhealthy)",
+            registry=r,
+        )
         self.open_files_limit = Gauge(
             f"{p}_open_files_limit", "RLIMIT_NOFILE of the daemon after start (soft raised to hard)", ["limit"],
             registry=r,
