@@ -286,7 +286,8 @@ async def test_tcp_idle_timeout_and_client_cap(routes: RouteTableManager, metric
         r3, w3 = await asyncio.open_connection(HOST, port)
         assert await asyncio.wait_for(conns[0][0].read(), 10) == b""
         conns[0][1].close()
-        assert metrics.registry.get_sample_value("maculad_dns_tcp_closed_total", {"reason": "evicted"}) == 1
+        closed = "maculad_dns_tcp_closed_total"
+        assert metrics.registry.get_sample_value(closed, {"horizon": "host", "reason": "evicted"}) == 1
         ask = query("grafana.macula.local").to_wire()
         w3.write(struct.pack("!H", len(ask)) + ask)
         n = struct.unpack("!H", await asyncio.wait_for(r3.readexactly(2), 10))[0]
@@ -296,7 +297,7 @@ async def test_tcp_idle_timeout_and_client_cap(routes: RouteTableManager, metric
             assert await asyncio.wait_for(r.read(), 10) == b""
             w.close()
         await _until(lambda: server.status()["tcp_clients"] == 0)
-        assert metrics.registry.get_sample_value("maculad_dns_tcp_closed_total", {"reason": "idle"}) == 2
+        assert metrics.registry.get_sample_value(closed, {"horizon": "host", "reason": "idle"}) == 2
         # a half-sent message does not keep a connection forever either
         r, w = await asyncio.open_connection(HOST, port)
         w.write(struct.pack("!H", 40) + b"\x00\x01")

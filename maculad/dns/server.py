@@ -126,8 +126,8 @@ class DNSServer:
         self._bugs = 0
         self._latency_udp = metrics.dns_latency.labels(transport="udp")
         self._latency_tcp = metrics.dns_latency.labels(transport="tcp")
-        self._tcp_idle_closed = metrics.dns_tcp_closed.labels(reason="idle")
-        self._tcp_evicted = metrics.dns_tcp_closed.labels(reason="evicted")
+        self._tcp_idle_closed = metrics.dns_tcp_closed.labels(horizon=horizon, reason="idle")
+        self._tcp_evicted = metrics.dns_tcp_closed.labels(horizon=horizon, reason="evicted")
 
     # --- Component ------------------------------------------------------------------
 

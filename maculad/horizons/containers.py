@@ -195,7 +195,8 @@ class ContainerHorizon:
         dcfg: DNSConfig = self._cfg.dns
         dns = DNSServer(
             config=DNSConfig(listen=(Backend(address, dns_port),), ttl=dcfg.ttl, forwarders=self._upstreams,
-                             forward_timeout=dcfg.forward_timeout, max_tcp_clients=dcfg.max_tcp_clients),
+                             forward_timeout=dcfg.forward_timeout, max_tcp_clients=dcfg.max_tcp_clients,
+                             tcp_idle_timeout=dcfg.tcp_idle_timeout),
             domain=self._cfg.domain, routes=self._routes, metrics=self._metrics, horizon=HORIZON_CONTAINERS,
             answer_address=address, client_allowed=self._allowed,
         )

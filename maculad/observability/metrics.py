@@ -125,7 +125,7 @@ class Metrics:
         self.dns_tcp_closed = Counter(
             f"{p}_dns_tcp_closed_total", "DNS TCP clients the server closed, by reason (idle: dns.tcp_idle_timeout "
             "without a query or a read; evicted: the oldest idle one, to admit a new client at dns.max_tcp_clients)",
-            ["reason"], registry=r,
+            ["horizon", "reason"], registry=r,
         )
         self.dns_listeners = Gauge(
             f"{p}_dns_listeners", "DNS sockets serving", ["horizon", "transport"], registry=r
