@@ -20,9 +20,11 @@ from aiohttp import web
 from maculad.proxy import tcp as tcp_mod
 from maculad.core.net import Backend
 from tests.support.proxy import (
+    TcpEcho,
     aiohttp_backend,
     dead_port,
     pattern,
+    proxy_config,
     route,
     running_relay,
     self_signed,
@@ -365,3 +367,22 @@ async def test_connect_timeout_is_reported(tmp_path: Path) -> None:
         for s in fillers:
             s.close()
         blocker.close()
+
+
+async def test_the_sweep_timer_runs_only_while_a_listener_has_connections(tmp_path: Path) -> None:
+    front = dead_port()
+    async with TcpEcho(b"pg") as pg, running_relay(tmp_path, lambda c: route("pg", c, tcp=[(front, pg.backend)]),
+                                                   config=proxy_config(idle_timeout=60.0)) as h:
+        entry = next(e for e in h.relay._entries.values() if e.spec.port == front)
+        impl = entry.impl
+        assert isinstance(impl, tcp_mod.TcpListener)
+        assert impl._sweeper is None  # an idle listener has no timer at all
+        r, w = await asyncio.open_connection(h.ip("pg"), front)
+        assert await r.readline() == b"pg\n"
+        assert impl._sweeper is not None  # armed with the first connection
+        w.close()
+        await wait_for(lambda: not impl.conns, what="the connection closed")
+        assert impl._sweeper is None  # and gone with the last one
+        assert h.relay.health() is None
+        impl.stop_accepting()  # a listener that stopped accepting under a "serving" entry
+        assert h.relay.health() == f"{entry.spec.address} no longer accepts"
