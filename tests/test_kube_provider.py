@@ -266,7 +266,7 @@ async def test_a_config_route_wins_a_name_conflict_and_the_loser_is_reported(env
     assert route is not None and route.source == "config"
     conflict = next(x for x in env.routes.current.conflicts if x.name == name)
     assert (conflict.kind, conflict.loser, conflict.winner) == ("name", f"kubernetes:{ns}/grafana", "config:grafana")
-    assert env.metric("maculad_route_conflicts") >= 1
+    assert env.metric("maculad_route_conflicts", kind="name") >= 1
 
 
 # ---------------------------------------------------------------------------------- fake-only failure modes

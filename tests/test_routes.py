@@ -42,7 +42,9 @@ def test_pinned_and_allocated() -> None:
     assert table.lookup("grafana.macula.local").ip == "127.0.0.2"  # type: ignore[union-attr]
     assert table.lookup("loki.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
     assert table.lookup("tempo.macula.local").ip == "127.0.10.2"  # type: ignore[union-attr]
-    assert alloc == {"loki.macula.local": "127.0.10.1", "tempo.macula.local": "127.0.10.2"}
+    assert alloc == {"grafana.macula.local": "127.0.0.2", "loki.macula.local": "127.0.10.1",
+                     "tempo.macula.local": "127.0.10.2"}
+    assert table.changes == ()
     assert table.by_ip("127.0.0.2").name == "grafana.macula.local"  # type: ignore[union-attr]
     assert table.lookup("nope.macula.local") is None
 
@@ -90,16 +92,84 @@ def test_same_backends_conflict_is_marked_harmless() -> None:
     assert table.conflicts[0].same_backends is True
 
 
-def test_pinned_ip_conflict_falls_back_to_pool() -> None:
-    table, _ = build([spec("a", ip="127.0.0.9"), spec("b", "docker", ip="127.0.0.9"),
-                      spec("c", "docker", ip="10.0.0.1")])
+def test_between_two_new_pins_the_first_wins_and_the_loser_is_not_served() -> None:
+    table, alloc = build([spec("a", ip="127.0.0.9"), spec("b", "docker", ip="127.0.0.9"),
+                          spec("c", "docker", ip="10.0.0.1")])
     assert table.lookup("a.macula.local").ip == "127.0.0.9"  # type: ignore[union-attr]
-    for n in ("b", "c"):
-        route = table.lookup(f"{n}.macula.local")
-        assert route is not None and ipaddress.IPv4Address(route.ip) in POOL
-    reasons = sorted(c.reason for c in table.conflicts)
-    assert "already used by config:a" in reasons[1]
-    assert "not a loopback address" in reasons[0]
+    assert table.lookup("b.macula.local") is None and table.lookup("c.macula.local") is None
+    by_name = {c.name: c for c in table.conflicts}
+    assert by_name["b.macula.local"].kind == "ip" and by_name["b.macula.local"].winner == "config:a"
+    assert "already used by config:a" in by_name["b.macula.local"].reason
+    assert "not a loopback address" in by_name["c.macula.local"].reason
+    assert "not served" in by_name["c.macula.local"].reason
+    assert alloc == {"a.macula.local": "127.0.0.9"}
+
+
+def test_a_later_pin_does_not_take_an_allocated_ip_from_its_holder() -> None:
+    """The issue's case: grafana got 127.0.10.1 from the pool; a route pinned there later loses."""
+    t1, a1 = build([spec("grafana"), spec("loki")])
+    assert t1.lookup("grafana.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
+    t2, a2 = build([spec("grafana"), spec("loki"), spec("draw", ip="127.0.10.1")], a1)
+    assert t2.lookup("grafana.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
+    assert t2.lookup("loki.macula.local").ip == "127.0.10.2"  # type: ignore[union-attr]
+    assert t2.lookup("draw.macula.local") is None
+    [c] = t2.conflicts
+    assert (c.kind, c.name, c.loser, c.winner) == ("ip", "draw.macula.local", "config:draw", "config:grafana")
+    assert c.reason == ("pinned IP 127.0.10.1 is held by grafana.macula.local (config:grafana); "
+                        "not served until the pin changes")
+    assert t2.changes == () and a2 == a1
+    # the holder is a higher-priority source's business only by holding: a docker holder keeps it too
+    t3, _ = build([spec("grafana", "docker"), spec("draw", "config", ip="127.0.10.1")], a1)
+    assert t3.lookup("grafana.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
+    assert [c.kind for c in t3.conflicts] == ["ip"]
+    # once the holder leaves, the pin is served, and the holder's reservation is reported as given away
+    t4, a4 = build([spec("loki"), spec("draw", ip="127.0.10.1")], a2)
+    assert t4.lookup("draw.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
+    assert [(ch.name, ch.old, ch.new) for ch in t4.changes] == [("grafana.macula.local", "127.0.10.1", None)]
+    assert "draw.macula.local" in t4.changes[0].reason
+    assert a4 == {"draw.macula.local": "127.0.10.1", "loki.macula.local": "127.0.10.2"}
+    # ... and when it comes back it gets a fresh IP while the pin keeps its own
+    t5, _ = build([spec("grafana"), spec("loki"), spec("draw", ip="127.0.10.1")], a4)
+    assert t5.lookup("draw.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
+    assert t5.lookup("grafana.macula.local").ip == "127.0.10.3"  # type: ignore[union-attr]
+    assert t5.conflicts == ()
+
+
+@pytest.mark.parametrize(("before", "after", "old", "new", "reason"), [
+    # a pin moves its own name (deliberately), with the change reported
+    ([spec("grafana")], [spec("grafana", ip="127.0.0.5")], "127.0.10.1", "127.0.0.5", "pinned to 127.0.0.5"),
+    # a pin outside the pool removed: back to the pool
+    ([spec("grafana", ip="127.0.0.5")], [spec("grafana")], "127.0.0.5", "127.0.10.1",
+     "its IP 127.0.0.5 is outside the pool 127.0.10.0/24"),
+])
+def test_every_ip_change_is_reported(before: list[RouteSpec], after: list[RouteSpec], old: str, new: str,
+                                     reason: str) -> None:
+    _, a1 = build(before)
+    t2, _ = build(after, a1)
+    assert [(c.name, c.old, c.new, c.reason) for c in t2.changes] == [("grafana.macula.local", old, new, reason)]
+
+
+def test_a_pin_removed_inside_the_pool_keeps_its_ip() -> None:
+    _, a1 = build([spec("grafana", ip="127.0.10.7"), spec("loki")])
+    t2, _ = build([spec("grafana"), spec("loki"), spec("tempo")], a1)
+    assert t2.lookup("grafana.macula.local").ip == "127.0.10.7"  # type: ignore[union-attr]
+    assert t2.changes == ()
+
+
+def test_a_pin_holding_its_ip_beats_a_returning_name_that_once_had_it() -> None:
+    _, a1 = build([spec("grafana")])                                 # grafana: .1
+    _, a2 = build([spec("draw", ip="127.0.10.1")], a1)               # grafana gone; the pin takes .1
+    t3, _ = build([spec("draw", ip="127.0.10.1"), spec("grafana")], a2)
+    assert t3.lookup("draw.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
+    assert t3.lookup("grafana.macula.local").ip == "127.0.10.2"  # type: ignore[union-attr]
+
+
+def test_a_full_pool_reports_the_reservations_it_reclaims() -> None:
+    pool = ipaddress.IPv4Network("127.0.10.0/30")
+    _, alloc = build([spec("a"), spec("b")], pool=pool)
+    table, _ = build([spec("c"), spec("d")], alloc, pool=pool)
+    assert sorted((c.name, c.new) for c in table.changes) == [("a.macula.local", None), ("b.macula.local", None)]
+    assert all("the pool 127.0.10.0/30 is full" in c.reason for c in table.changes)
 
 
 def test_wildcards_cover_names_below_most_specific_first() -> None:
@@ -137,6 +207,50 @@ def test_allocation_is_stable_and_unique(first: list[str], second: list[str]) ->
     assert len(ips) == len(set(ips))
     for n in set(first) & set(second):
         assert t2.lookup(f"{n}.{D}").ip == t1.lookup(f"{n}.{D}").ip  # type: ignore[union-attr]
+
+
+pins = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+                          st.one_of(st.none(), st.sampled_from(["127.0.10.1", "127.0.10.2", "127.0.0.9"]))),
+                max_size=6, unique_by=lambda t: t[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=pins, second=pins)
+def test_no_name_changes_ip_unreported_and_no_ip_is_given_twice(
+        first: list[tuple[str, str | None]], second: list[tuple[str, str | None]]) -> None:
+    t1, a1 = build([spec(n, ip=ip) for n, ip in first])
+    t2, a2 = build([spec(n, ip=ip) for n, ip in second], a1)
+    assert len(set(a2.values())) == len(a2)
+    assert len({r.ip for r in t2.routes}) == len(t2.routes)
+    reported = {c.name: c.new for c in t2.changes}
+    for r1 in t1.routes:
+        r2 = t2.lookup(r1.name)
+        if r2 is not None and r2.ip != r1.ip:
+            assert reported.get(r1.name) == r2.ip
+    for name, ip in a1.items():
+        if a2.get(name, ip) != ip or (name not in a2 and t2.lookup(name) is None):
+            assert name in reported
+
+
+def test_manager_logs_counts_and_publishes_conflicts_and_ip_changes(tmp_path: Path) -> None:
+    from maculad.core.events import EventBus
+
+    metrics, events = Metrics(), EventBus()
+    m = RouteTableManager(domain=D, pool=POOL, store=AllocationStore(state_dir=tmp_path), metrics=metrics,
+                          events=events)
+    m.update("config", [spec("grafana")])
+    m.update("config", [spec("grafana"), spec("draw", ip="127.0.10.1")])
+    kinds = [e["kind"] for e in events.recent()]
+    assert kinds.count("route_conflict") == 1
+    conflict = next(e for e in events.recent() if e["kind"] == "route_conflict")
+    assert (conflict["name"], conflict["winner"]) == ("draw.macula.local", "config:grafana")
+    assert metrics.registry.get_sample_value("maculad_route_conflicts", {"kind": "ip"}) == 1
+    m.update("config", [spec("grafana", ip="127.0.0.5"), spec("draw", ip="127.0.10.1")])
+    moved = [e for e in events.recent() if e["kind"] == "route_ip_changed"]
+    assert [(e["name"], e["old"], e["new"]) for e in moved] == [("grafana.macula.local", "127.0.10.1", "127.0.0.5")]
+    assert metrics.registry.get_sample_value("maculad_route_conflicts", {"kind": "ip"}) == 0
+    assert metrics.registry.get_sample_value("maculad_route_ip_changes_total") == 1
+    assert m.current.lookup("draw.macula.local").ip == "127.0.10.1"  # type: ignore[union-attr]
 
 
 def test_manager_drops_equal_snapshots_persists_and_notifies(tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ class Daemon:
             pool=config.proxy.pool,
             store=AllocationStore(state_dir=config.state_dir),
             metrics=self.metrics,
+            events=self.events,
             allow_non_loopback=config.proxy.allow_non_loopback,
         )
         self.table.add_listener(self._on_table)

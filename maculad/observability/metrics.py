@@ -106,7 +106,12 @@ class Metrics:
         # route table
         self.routes = Gauge(f"{p}_routes", "Routes in the table, by source", ["source"], registry=r)
         self.route_conflicts = Gauge(
-            f"{p}_route_conflicts", "Route specs that lost their name, pin or pool IP", registry=r
+            f"{p}_route_conflicts", "Route specs that lost their name, pin or pool IP, by kind (name, ip, pool)",
+            ["kind"], registry=r
+        )
+        self.route_ip_changes = Counter(
+            f"{p}_route_ip_changes_total", "Names whose IP changed from the one they last had (each one logged)",
+            registry=r
         )
         self.route_table_updates = Counter(
             f"{p}_route_table_updates_total", "Route tables built and published", registry=r

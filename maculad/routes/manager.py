@@ -13,6 +13,10 @@ save that succeeds publishes the latest table. Failures are counted
 (`maculad_state_save_failures_total`) and shown by `state_status()`.
 `preview()` builds the table a change would give, without saving or publishing
 (reload binds its new listeners from it before anything changes).
+
+What a rebuild changed is told where a user looks: a new conflict is one log
+line and a `route_conflict` event, a name whose IP changed (`table.changes`)
+one `route_ip_changed` warning and event; both are counted in metrics.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import structlog
 
 from maculad.core.backoff import Backoff
 from maculad.core.fsutil import StateError
+from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
-from maculad.routes.model import SOURCES, Conflict, RouteSpec, Source
+from maculad.routes.model import CONFLICT_KINDS, SOURCES, Conflict, RouteSpec, Source
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable, build_table
 
@@ -49,8 +54,10 @@ class RouteTableManager:
         pool: ipaddress.IPv4Network,
         store: AllocationStore,
         metrics: Metrics,
+        events: EventBus | None = None,
         allow_non_loopback: bool = False,
     ) -> None:
+        self._events = events
         self._domain = domain
         self._pool = pool
         self._store = store
@@ -158,13 +165,20 @@ class RouteTableManager:
         counts = table.by_source()
         for src in SOURCES:
             self._metrics.routes.labels(source=src).set(counts[src])
-        self._metrics.route_conflicts.set(len(table.conflicts))
+        for kind in CONFLICT_KINDS:
+            self._metrics.route_conflicts.labels(kind=kind).set(sum(1 for c in table.conflicts if c.kind == kind))
         self._metrics.route_table_updates.inc()
         fresh = set(table.conflicts) - self._reported
         for c in sorted(fresh, key=lambda c: (c.name, c.loser)):
             level = log.debug if c.same_backends else log.warning
             level("route_conflict", kind=c.kind, name=c.name, loser=c.loser, winner=c.winner, reason=c.reason)
+            self._publish("route_conflict", conflict=c.kind, name=c.name, loser=c.loser, winner=c.winner,
+                          reason=c.reason)
         self._reported = set(table.conflicts)
+        for ch in table.changes:
+            log.warning("route_ip_changed", name=ch.name, old=ch.old, new=ch.new, reason=ch.reason)
+            self._publish("route_ip_changed", name=ch.name, old=ch.old, new=ch.new, reason=ch.reason)
+            self._metrics.route_ip_changes.inc()
         log.info("route_table", version=table.version, routes=len(table.routes), reason=reason,
                  conflicts=len(table.conflicts))
         for listener in list(self._listeners):
@@ -194,3 +208,7 @@ class RouteTableManager:
     def _rebuild_later(self) -> None:
         self._retry = None
         self._rebuild(reason="save retry")
+
+    def _publish(self, event: str, **fields: object) -> None:
+        if self._events is not None:
+            self._events.publish(event, **fields)

@@ -85,6 +85,7 @@ class Route:
 
 
 ConflictKind = Literal["name", "ip", "pool"]
+CONFLICT_KINDS: tuple[ConflictKind, ...] = ("name", "ip", "pool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,4 +103,19 @@ class Conflict:
     winner: str
     reason: str
     same_backends: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IPChange:
+    """A name whose IP is not the one it last had (`allocations.json`).
+
+    `new` is None when the name is not routed and its reserved IP went to
+    another name (it gets a fresh one when it comes back). Every change is
+    logged, counted and published as an event: a name never moves silently.
+    """
+
+    name: str
+    old: str
+    new: str | None
+    reason: str
 

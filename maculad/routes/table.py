@@ -2,10 +2,14 @@
 
 `build_table` merges the latest snapshot of every provider into one
 `RouteTable`: names are claimed in source priority (config > docker >
-kubernetes, then by origin so the result is deterministic), pinned IPs are
-honoured first-come, and everything else gets a loopback IP from the pool,
-preferring the IP the name had before (the persisted allocations) so a name
-keeps its IP across restarts. Losers become `Conflict`s, never silent drops.
+kubernetes, then by origin so the result is deterministic); a routed name
+keeps the IP it last had (the persisted allocations, pins included) so it
+keeps its IP across restarts; a pin is honoured exactly or not at all — a pin
+onto an IP another routed name holds loses (the holder keeps it, the pinned
+route is not served), between two new pins the first wins; everything else
+gets a free loopback IP from the pool. Losers become `Conflict`s, never silent
+drops, and every name whose IP differs from the one it last had is listed in
+`changes`, so nothing moves without a log line and an event.
 
 Readers (DNS, relay, status) take `manager.current` once per query or
 connection; a table is never mutated after it is built.
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from maculad.core.net import pin_problem
-from maculad.routes.model import SOURCE_PRIORITY, Conflict, Route, RouteSpec, Source
+from maculad.routes.model import SOURCE_PRIORITY, Conflict, IPChange, Route, RouteSpec, Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,8 @@ class RouteTable:
     version: int
     routes: tuple[Route, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
+    #: Names whose IP this build changed from the one they last had (see `IPChange`).
+    changes: tuple[IPChange, ...] = ()
     _exact: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     _wild: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     _by_ip: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}), repr=False)
@@ -88,12 +94,15 @@ def build_table(
 ) -> tuple[RouteTable, dict[str, str]]:
     """Merge provider snapshots into a table; return it and the new allocations.
 
-    `allocations` maps names to the pool IPs they had; the returned mapping keeps
-    every previous entry (a name that comes back gets its old IP) except those
-    whose IP had to be handed to someone else because the pool was full.
+    `allocations` maps names to the IPs they last had (from the pool or pinned);
+    the returned mapping keeps every previous entry (a name that comes back gets
+    its old IP) and never gives one IP to two names: an entry whose IP went to
+    someone else (a pin, or a full pool) is dropped, and reported as an `IPChange`.
     """
     ordered = sorted((s for seq in specs.values() for s in seq), key=_sort_key)
     conflicts: list[Conflict] = []
+    changes: list[IPChange] = []
+    lo, hi = int(pool.network_address), int(pool.broadcast_address)
 
     # 1. names: first claim (by priority) wins.
     winners: dict[str, RouteSpec] = {}
@@ -112,61 +121,92 @@ def build_table(
                 same_backends=held.ports == spec.ports,
             )
         )
+    present = sorted(winners.values(), key=_sort_key)
 
-    # 2. pinned IPs: first pin wins; a losing or invalid pin falls back to the pool.
+    # 2. holders: a routed name keeps the IP it last had, if it may still have it.
+    pin_problems: dict[str, str] = {}
+    for spec in present:
+        if spec.ip is not None:
+            problem = pin_problem(spec.ip, allow_non_loopback=allow_non_loopback)
+            if problem is not None:
+                pin_problems[spec.name] = f"pinned IP {problem}"
+    holder: dict[str, RouteSpec] = {}
+    for spec in present:
+        prev = allocations.get(spec.name)
+        if prev is None or prev in holder or spec.name in pin_problems:
+            continue
+        if spec.ip == prev or (spec.ip is None and _in_pool(prev, lo, hi)):
+            holder[prev] = spec
+
+    new_alloc = dict(allocations)
+    names_at: dict[str, set[str]] = {}  # IP → names whose entry has it (one, unless the file was edited)
+    for n, a in allocations.items():
+        names_at.setdefault(a, set()).add(n)
     ip_of: dict[str, str] = {}
-    ip_owner: dict[str, RouteSpec] = {}
+    taken: dict[str, RouteSpec] = {}
+    released: dict[str, IPChange] = {}
+
+    def assign(spec: RouteSpec, ip: str, why: str, taking: str) -> None:
+        for other in sorted(names_at.pop(ip, set()) - {spec.name}):
+            del new_alloc[other]  # not served at `ip` (that IP is free): its reservation goes
+            released[other] = IPChange(other, ip, None, f"its reserved IP went to {spec.name} ({taking})")
+        prev = allocations.get(spec.name)
+        if prev is not None and prev != ip:
+            changes.append(IPChange(spec.name, prev, ip, why))
+            names_at.get(prev, set()).discard(spec.name)
+        names_at[ip] = {spec.name}
+        new_alloc[spec.name] = ip
+        ip_of[spec.name] = ip
+        taken[ip] = spec
+
+    # 3. pinned IPs: honoured exactly, or the route is not served. An IP another
+    #    routed name holds stays with it; between two new pins the first wins.
     unpinned: list[RouteSpec] = []
-    for spec in winners.values():
+    for spec in present:
         if spec.ip is None:
             unpinned.append(spec)
             continue
-        problem = pin_problem(spec.ip, allow_non_loopback=allow_non_loopback)
-        if problem is not None:
-            problem = f"pinned IP {problem}"
-        owner = ip_owner.get(spec.ip)
-        if problem is None and owner is not None:
-            problem = f"pinned IP {spec.ip} is already used by {owner.origin}"
+        problem = pin_problems.get(spec.name)
+        winner: RouteSpec | None = None
+        if problem is None:
+            owner = holder.get(spec.ip)
+            if owner is not None and owner is not spec:
+                winner = owner
+                problem = f"pinned IP {spec.ip} is held by {owner.name} ({owner.origin})"
+            elif spec.ip in taken:
+                winner = taken[spec.ip]
+                problem = f"pinned IP {spec.ip} is already used by {winner.origin}"
         if problem is not None:
             conflicts.append(
                 Conflict(
                     kind="ip",
                     name=spec.name,
                     loser=spec.origin,
-                    winner=owner.origin if owner is not None else "",
-                    reason=problem + "; allocated from the pool instead",
+                    winner=winner.origin if winner is not None else "",
+                    reason=problem + "; not served until the pin changes",
                 )
             )
-            unpinned.append(spec)
             continue
-        ip_of[spec.name] = spec.ip
-        ip_owner[spec.ip] = spec
+        assign(spec, spec.ip, f"pinned to {spec.ip}", "pinned there")
 
-    # 3. the pool: keep previous allocations, then hand out free IPs in order.
-    new_alloc = dict(allocations)
-    used = set(ip_owner)
-    lo, hi = int(pool.network_address), int(pool.broadcast_address)
+    # 4. the pool: keep previous IPs, then hand out free ones in order
+    #    (reservations of names not routed now are reclaimed only when nothing else is free).
     needs: list[RouteSpec] = []
-    for spec in sorted(unpinned, key=_sort_key):
+    for spec in unpinned:
         prev = allocations.get(spec.name)
-        if prev is not None and prev not in used and _in_pool(prev, lo, hi):
+        if prev is not None and prev not in taken and _in_pool(prev, lo, hi):
             ip_of[spec.name] = prev
-            used.add(prev)
+            taken[prev] = spec
         else:
             needs.append(spec)
     if needs:
-        present = set(winners)
-        reserved = {ip for n, ip in allocations.items() if n not in present}
-        fresh = (ip for ip in _pool_hosts(pool) if ip not in used and ip not in reserved)
-        reclaim = (ip for ip in _pool_hosts(pool) if ip not in used)
+        reserved = {ip for n, ip in new_alloc.items() if ip_of.get(n) != ip}  # names not served there now
+        fresh = (ip for ip in _pool_hosts(pool) if ip not in taken and ip not in reserved)
+        reclaim = (ip for ip in _pool_hosts(pool) if ip not in taken)
         for spec in needs:
             ip = next(fresh, None)
             if ip is None:
-                ip = next((r for r in reclaim if r not in used), None)
-                if ip is not None:
-                    for n, old in list(new_alloc.items()):
-                        if old == ip:
-                            del new_alloc[n]
+                ip = next((r for r in reclaim if r not in taken), None)
             if ip is None:
                 conflicts.append(
                     Conflict(
@@ -178,10 +218,14 @@ def build_table(
                     )
                 )
                 continue
-            used.add(ip)
-            ip_of[spec.name] = ip
-            new_alloc[spec.name] = ip
+            prev = allocations.get(spec.name)
+            if prev is not None and prev in taken:
+                why = f"its IP {prev} is used by {taken[prev].name}"
+            else:
+                why = f"its IP {prev} is outside the pool {pool}"
+            assign(spec, ip, why, f"the pool {pool} is full")
 
+    changes += [c for n, c in sorted(released.items()) if n not in ip_of]  # not served elsewhere either
     routes = tuple(
         Route(
             name=spec.name,
@@ -204,6 +248,7 @@ def build_table(
         version=version,
         routes=routes,
         conflicts=tuple(conflicts),
+        changes=tuple(changes),
         _exact=MappingProxyType(exact),
         _wild=MappingProxyType(wild),
         _by_ip=MappingProxyType(by_ip),

@@ -167,11 +167,16 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def maculactl(tmp: Path, *args: str) -> tuple[int, str, str]:
-    """Run the real `maculactl` against the daemon whose socket is `tmp/maculad.sock`."""
+def ctl(socket_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `maculactl` of this venv against the daemon's control socket."""
     exe = Path(sys.executable).parent / "maculactl"
-    p = subprocess.run([str(exe), "--socket", str(tmp / "maculad.sock"), *args],
-                       capture_output=True, text=True, timeout=60)
+    return subprocess.run([str(exe), "--socket", str(socket_path), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def maculactl(tmp: Path, *args: str) -> tuple[int, str, str]:
+    """`ctl` against the daemon whose socket is `tmp/maculad.sock`: (exit code, stdout, stderr)."""
+    p = ctl(tmp / "maculad.sock", *args)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -184,3 +189,35 @@ def wait_until(pred: Callable[[], Any], what: str, timeout: float = 20.0) -> Any
             return got
         time.sleep(0.05)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+class TaggedHTTP:
+    """A threaded HTTP/1.1 backend on 127.0.0.1 that answers every request with `<tag>\\n`."""
+
+    def __init__(self, tag: str) -> None:
+        import http.server
+        import threading
+
+        body = f"{tag}\n".encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TaggedHTTP:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
