@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,8 +16,8 @@ from maculad.adapters.docker.model import (
     parse_inspect,
     service_name,
 )
-from maculad.providers.docker_labels import build_routes, pick_backend
-from maculad.routes.model import PortMap
+from maculad.providers.docker_labels import build_routes, pick_backend, remember
+from maculad.routes.model import PortMap, ServiceHold
 from maculad.core.net import Backend
 
 DOMAIN = "macula.local"
@@ -178,11 +179,30 @@ def test_unlabelled_and_stopped_unpublished_containers_have_no_route_and_no_erro
     assert specs == [] and errors == []
 
 
-def test_stopped_container_with_fixed_binding_keeps_its_route() -> None:
+def test_stopped_container_with_fixed_binding_keeps_its_route_held() -> None:
     c = info({"macula.host": "reg", "macula.http": "5000"}, ports={"5000/tcp": [("127.0.0.1", 5001)]},
              state="exited")
     specs, _ = build(c)
     assert [s.ports for s in specs] == [(PortMap("tcp", 80, Backend("127.0.0.1", 5001)),)]
+    assert specs[0].hold == ServiceHold("web", "stopped", "the container exited", "maculactl start web")
+
+
+def test_a_stopped_container_keeps_the_route_it_had_running_with_the_supervisors_hold() -> None:
+    labels = {"macula.host": "app", "macula.http": "8080"}
+    running = info(labels, ports={"8080/tcp": [("127.0.0.1", 32768)]})
+    specs, _ = build(running)
+    remembered = remember({running.id: running}, specs, {})
+    assert remembered == {running.id: specs[0]} and specs[0].hold is None
+    stopped = info(labels, state="exited")  # a dynamic host port: nothing published while down
+    hold = ServiceHold("web", "stopped", "stopped with maculactl stop", "maculactl start web")
+    held, errors = build_routes([stopped], domain=DOMAIN, http_port=80, https_port=443, project="macula",
+                                holds={stopped.id: hold}, remembered=remembered)
+    assert errors == [] and [replace(s, hold=None) for s in held] == specs and held[0].hold == hold
+    assert remember({stopped.id: stopped}, held, remembered) == remembered  # kept while it is down
+    assert remember({}, held, remembered) == {}  # forgotten once the container is removed
+    again, _ = build_routes([running], domain=DOMAIN, http_port=80, https_port=443, project="macula",
+                            holds={running.id: hold}, remembered=remembered)
+    assert again == specs  # running: a stale hold is ignored, the container is served
 
 
 def test_service_name_is_the_compose_service_only_in_the_platform_project() -> None:

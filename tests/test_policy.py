@@ -177,3 +177,67 @@ def test_a_refused_start_backs_off_like_an_exit() -> None:
     assert "port is already allocated" in t.reason
     t.on_stop_requested(2.0)
     assert t.on_start_failed(3.0, "x").action == "none"
+
+
+# --------------------------------------------------------------------------- what the relay tells a client
+
+
+def _stopped_on_request() -> RestartTracker:
+    t = tracker()
+    t.on_stop_requested(1.0)
+    t.on_exit(1.5, exit_code=137)
+    return t
+
+
+def _backing_off() -> RestartTracker:
+    t = tracker()
+    for i in range(3):
+        t.on_exit(1.0 + i, exit_code=1)
+        t.on_starting(1.0 + i)
+    t.on_exit(4.0, exit_code=1)
+    return t
+
+
+def _gave_up() -> RestartTracker:
+    t = tracker()
+    for _ in range(FAST.start_limit):
+        assert t.on_exit(1.0, exit_code=1).action == "restart"
+        t.on_starting(1.0)
+    assert t.on_exit(1.0, exit_code=1).action == "give_up"
+    return t
+
+
+def _on_failure_gave_up() -> RestartTracker:
+    t = tracker("on-failure", retries=2)
+    for _ in range(2):
+        assert t.on_exit(1.0, exit_code=3).action == "restart"
+    assert t.on_exit(1.0, exit_code=3).action == "give_up"
+    return t
+
+
+@pytest.mark.parametrize(("make", "waiting_on", "state", "reason", "retry_at"), [
+    (_stopped_on_request, None, "stopped", "stopped with maculactl stop", None),
+    (_backing_off, None, "backoff", "restarting: attempt 4", 9.5),
+    (_backing_off, "db", "backoff", "waiting for its dependency db", None),
+    (_gave_up, None, "failed", "gave up after 6 starts: exited with code 1", None),
+    (_on_failure_gave_up, None, "failed", "gave up after 3 starts: exited with code 3", None),
+])
+def test_a_service_that_does_not_run_is_held_with_state_reason_and_fix(make, waiting_on, state, reason,
+                                                                       retry_at) -> None:
+    from maculad.supervise.containers import service_hold
+
+    hold = service_hold("grafana", make(), waiting_on=waiting_on, retry_at=9.5)
+    assert hold is not None
+    assert (hold.service, hold.state, hold.reason, hold.retry_at) == ("grafana", state, reason, retry_at)
+    assert hold.fix == "maculactl start grafana"
+
+
+def test_a_running_service_has_no_hold_and_a_start_clears_the_give_up() -> None:
+    from maculad.supervise.containers import service_hold
+
+    assert service_hold("grafana", tracker()) is None
+    t = _gave_up()
+    t.on_start_requested(5.0)
+    assert t.gave_up_after == 0
+    hold = service_hold("grafana", t)
+    assert hold is not None and hold.reason == "starting"

@@ -23,7 +23,7 @@ from maculad.proxy.platform import (
 from maculad.proxy.relay import bind_reason, bind_socket
 from maculad.proxy.spec import ListenerSpec, Target, desired_listeners, plan, refusal
 from maculad.proxy.stats import classify
-from maculad.routes.model import PortMap, RouteSpec
+from maculad.routes.model import PortMap, RouteSpec, ServiceHold
 from maculad.core.net import Backend
 from maculad.routes.table import build_table
 
@@ -132,8 +132,7 @@ def test_plan_applied_reaches_desired(current: dict[ListenerSpec, Target],
 
 
 def test_error_page_502() -> None:
-    page = errorpage.render(status=502, host="grafana.macula.local", backend="127.0.0.1:3000",
-                            reason="connection refused")
+    page = errorpage.render(host="grafana.macula.local", backend="127.0.0.1:3000", reason="connection refused")
     head, _, body = page.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     assert lines[0] == "HTTP/1.1 502 Bad Gateway"
@@ -143,11 +142,37 @@ def test_error_page_502() -> None:
     assert b"grafana.macula.local" in body and b"127.0.0.1:3000" in body and b"connection refused" in body
 
 
-def test_error_page_503_names_service() -> None:
-    page = errorpage.render(status=503, host="h", backend="127.0.0.1:1", reason="connect timed out",
-                            service="grafana")
-    assert page.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
-    assert b"Retry-After: 2\r\n" in page and b"the service grafana is restarting" in page
+GET = b"GET / HTTP/1.1\r\nHost: grafana.macula.local\r\n\r\n"
+
+
+@pytest.mark.parametrize(("hold", "says", "retry"), [
+    (ServiceHold("grafana", "stopped", "stopped with maculactl stop", "maculactl start grafana"),
+     "is <strong>stopped</strong> &mdash; stopped with maculactl stop.", None),
+    (ServiceHold("grafana", "backoff", "restarting: attempt 3", "maculactl start grafana", retry_at=101.6),
+     "is <strong>backoff</strong> &mdash; restarting: attempt 3, next in 1.6 s.", "2"),
+    (ServiceHold("grafana", "failed", "gave up after 5 starts: exited with code 1", "maculactl start grafana"),
+     "&mdash; gave up after 5 starts: exited with code 1.", None),
+])
+def test_held_page_names_service_state_reason_and_fix(hold: ServiceHold, says: str, retry: str | None) -> None:
+    page = errorpage.held(hold, host="grafana.macula.local", head=GET, now=100.0)
+    head, _, body = page.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert int(headers["Content-Length"]) == len(body) and headers["Connection"] == "close"
+    assert headers.get("Retry-After") == retry
+    text = body.decode()
+    assert says in text and "<strong>grafana</strong>" in text
+    assert "<code>maculactl start grafana</code>" in text
+
+
+def test_held_page_head_has_no_body_and_nothing_is_echoed_raw() -> None:
+    hold = ServiceHold("<svc>", "failed", "start failed: <b>port</b> & more", "maculactl start <svc>")
+    get = errorpage.held(hold, host="h", head=GET, now=0.0)
+    head_only = errorpage.held(hold, host="h", head=b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", now=0.0)
+    assert head_only == get.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert b"<svc>" not in get and b"<b>" not in get and b"&lt;svc&gt;" in get and b"&amp; more" in get
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import asyncio
 import json
 import socket
 import ssl
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from aiohttp import web
 
 from maculad.proxy import tcp as tcp_mod
 from maculad.core.net import Backend
+from maculad.routes.model import ServiceHold
 from tests.support.proxy import (
     TcpEcho,
     aiohttp_backend,
@@ -302,12 +305,10 @@ async def _get_raw(ip: str, port: int, host: str) -> tuple[int, dict[str, str], 
 
 
 async def test_dead_backend_gets_502_or_503(tmp_path: Path) -> None:
-    restarting: set[str] = set()
     dead = Backend("127.0.0.1", dead_port())
     async with running_relay(
         tmp_path,
         lambda c: route("grafana", c, http=dead, service="grafana"),
-        service_restarting=lambda s: s in restarting,
     ) as h:
         ip, port = h.ip("grafana"), h.config.http_port
         status, headers, body = await _get_raw(ip, port, "grafana.macula.local")
@@ -317,16 +318,24 @@ async def test_dead_backend_gets_502_or_503(tmp_path: Path) -> None:
         assert int(headers["content-length"]) == len(body.encode())
         assert "grafana.macula.local" in body and str(dead) in body and "connection refused" in body
 
-        restarting.add("grafana")
+        # The service is not running: the route is held, the backend is not dialed, 503 says why.
+        hold = ServiceHold("grafana", "backoff", "restarting: attempt 2", "maculactl start grafana",
+                           retry_at=time.time() + 30)
+        await h.update(replace(route("grafana", h.config, http=dead, service="grafana"), hold=hold))
+        assert h.ip("grafana") == ip
         status, headers, body = await _get_raw(ip, port, "grafana.macula.local")
-        assert status == 503
-        assert "restarting" in body and str(dead) in body
+        assert status == 503 and headers["content-type"].startswith("text/html")
+        assert "restarting: attempt 2, next in" in body and "maculactl start grafana" in body
+        assert 25 <= int(headers["retry-after"]) <= 30
+        assert h.sample("maculad_proxy_upstream_errors_total", route="grafana.macula.local", port=str(port),
+                        reason="held") == 1
+        await h.update(route("grafana", h.config, http=dead, service="grafana"))
 
         # A hostile Host header is not echoed; the route name stands in.
         status, _, body = await _get_raw(ip, port, "<script>")
         assert "<script>" not in body and "grafana.macula.local" in body
         labels = {"route": "grafana.macula.local", "port": str(port), "proto": "tcp", "reason": "refused"}
-        assert h.sample("maculad_proxy_upstream_errors_total", **labels) == 3
+        assert h.sample("maculad_proxy_upstream_errors_total", **labels) == 2
 
 
 async def test_dead_backend_on_other_port_closes_cleanly(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ def test_a_pin_onto_a_held_ip_loses_as_a_conflict(tmp_path: Path) -> None:
                                                                              "config:grafana.macula.local")
             assert "draw.macula.local" not in {x["name"] for x in view["routes"]}
             assert metric(ports["metrics"], "maculad_route_conflicts", kind="ip") == 1
-            events = [json.loads(ln) for ln in ctl(sock, "events", "--json", "--replay", "50").stdout.splitlines()]
+            events = [json.loads(ln) for ln in
+                      ctl(sock, "events", "--json", "--replay", "50").stdout.splitlines()]
             assert [e["name"] for e in events if e["kind"] == "route_conflict"] == ["draw.macula.local"]
             assert not [e for e in events if e["kind"] == "route_ip_changed"]
             logged = [json.loads(ln) for ln in d.logs().splitlines() if '"route_conflict"' in ln]
@@ -74,7 +75,8 @@ def test_a_pin_onto_a_held_ip_loses_as_a_conflict(tmp_path: Path) -> None:
             assert http_body(held, ports["http"]) == "draw\n"
             assert metric(ports["metrics"], "maculad_route_conflicts", kind="ip") == 0
             assert metric(ports["metrics"], "maculad_route_ip_changes_total") == 1
-            events = [json.loads(ln) for ln in ctl(sock, "events", "--json", "--replay", "50").stdout.splitlines()]
+            events = [json.loads(ln) for ln in
+                      ctl(sock, "events", "--json", "--replay", "50").stdout.splitlines()]
             [moved] = [e for e in events if e["kind"] == "route_ip_changed"]
             assert (moved["name"], moved["old"], moved["new"]) == ("grafana.macula.local", held, None)
             deadline = time.monotonic() + 5

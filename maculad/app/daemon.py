@@ -165,8 +165,7 @@ class Daemon:
         if self.tls_error is not None and cfg.tls.enabled:
             log.error("tls_unavailable", reason=self.tls_error,
                       effect="routes with only an http backend get no https port")
-        self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics,
-                           service_restarting=self._service_restarting, tls=self.tls,
+        self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics, tls=self.tls,
                            redirect_http=cfg.tls.redirect_http)
         await self.relay.start(self.owner)
         self.metrics.horizon_up.labels(horizon="host").set(1)
@@ -343,9 +342,6 @@ class Daemon:
     def _on_table(self, table: RouteTable) -> None:
         self.events.publish("routes", version=table.version, routes=len(table.routes),
                             conflicts=len(table.conflicts))
-
-    def _service_restarting(self, service: str) -> bool:
-        return self.docker is not None and self.docker.supervisor.is_restarting(service)
 
     def not_ready(self) -> list[str]:
         """Why the daemon is not ready: starting, or a configured listener that does not serve."""

@@ -6,6 +6,11 @@ the container supervisor and compose bring-up all consume. `start(owner)`
 spawns their four loops on the daemon's `TaskOwner`; `stop()` cancels them and
 closes the engine client. Containers are never stopped when maculad stops.
 
+The supervisor's holds feed the provider (`holds()` and `on_holds_changed`), so
+a service that is stopped, restarting or failed keeps its route, held, and
+its HTTP port answers a 503 page saying why; the relay never asks the
+supervisor anything.
+
 With `docker.enabled = false` nothing is spawned and status says so; with the
 engine absent the inventory keeps retrying with backoff while DNS and static
 routes work, and status carries the reason.
@@ -55,15 +60,17 @@ class DockerTier:
         self.endpoint = resolve_endpoint(config.docker.host)
         self.api: DockerAPI = api if api is not None else AiodockerAPI(endpoint=self.endpoint)
         self.inventory = DockerInventory(api=self.api, metrics=metrics, labels=(*config.docker.labels, *labels))
-        self.provider = DockerProvider(
-            inventory=self.inventory, routes=routes, domain=config.domain, http_port=config.proxy.http_port,
-            https_port=config.proxy.https_port, project=config.docker.compose_project,
-            allow_non_loopback=config.proxy.allow_non_loopback,
-        )
         self.supervisor = ContainerSupervisor(
             inventory=self.inventory, api=self.api, config=config.docker, metrics=metrics, events=events,
             stop_timeout=stop_timeout,
         )
+        # The supervisor's state reaches the routes as data: a stopped or restarting service stays routed, held.
+        self.provider = DockerProvider(
+            inventory=self.inventory, routes=routes, domain=config.domain, http_port=config.proxy.http_port,
+            https_port=config.proxy.https_port, project=config.docker.compose_project,
+            allow_non_loopback=config.proxy.allow_non_loopback, holds=self.supervisor.holds,
+        )
+        self.supervisor.on_holds_changed = self.provider.mark_changed
         self.compose = ComposeBringUp(
             inventory=self.inventory, files=config.docker.compose_files, project=config.docker.compose_project,
             configured_command=config.docker.compose_command, docker_host=config.docker.host,

@@ -153,6 +153,7 @@ def horizon_listeners(
         ListenerSpec(address, "tcp", g_https): Target(route="", backend=PER_NAME, kind="by-sni"),
     }
     claims: dict[tuple[Proto, int], list[tuple[str, Backend, str | None]]] = {}
+    holds = {r.name: r.hold for r in table.routes if r.hold is not None}
     for route in table.routes:
         for pm in route.ports:
             if pm.proto == "tcp" and pm.port in (http_port, https_port):
@@ -173,7 +174,7 @@ def horizon_listeners(
             name, backend, service = min(owners, key=lambda o: o[0])
             out[ListenerSpec(address, proto, port)] = Target(route=name, backend=backend,
                                                              kind="udp" if proto == "udp" else "tcp",
-                                                             service=service)
+                                                             service=service, hold=holds.get(name))
     return out, tuple(conflicts)
 
 

@@ -6,17 +6,23 @@ hands it to the table (equal snapshots are dropped there). Bursts of events
 coalesce into one rebuild. While the engine is away the last routes stay (the
 relay answers for them as it can); a fresh list after reconnecting replaces
 them. Label errors are logged once per container and reason and kept for status.
+
+The supervisor's holds come in as data (`holds()`, and `mark_changed` when
+they change); the provider remembers each running container's route so a
+container that stops keeps its name, IP and ports, held, until it is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 
 import structlog
 
 from maculad.adapters.docker.inventory import DockerInventory, InventoryUpdate
-from maculad.providers.docker_labels import LabelError, build_routes
+from maculad.providers.docker_labels import LabelError, build_routes, remember
 from maculad.routes.manager import RouteTableManager
+from maculad.routes.model import RouteSpec, ServiceHold
 
 log = structlog.get_logger("maculad.providers.docker")
 
@@ -34,8 +40,11 @@ class DockerProvider:
         https_port: int,
         project: str,
         allow_non_loopback: bool = False,
+        holds: Callable[[], Mapping[str, ServiceHold]] = dict,
     ) -> None:
         self._inventory = inventory
+        self._holds = holds
+        self._remembered: dict[str, RouteSpec] = {}
         self._routes = routes
         self._domain = domain
         self._http_port = http_port
@@ -52,11 +61,18 @@ class DockerProvider:
         if update.kind != "disconnected":
             self._changed.set()
 
+    def mark_changed(self) -> None:
+        """The supervisor's holds changed: rebuild soon."""
+        self._changed.set()
+
     def rebuild(self) -> None:
+        snapshot = self._inventory.snapshot
         specs, errors = build_routes(
-            self._inventory.snapshot.values(), domain=self._domain, http_port=self._http_port,
+            snapshot.values(), domain=self._domain, http_port=self._http_port,
             https_port=self._https_port, project=self._project, allow_non_loopback=self._allow_non_loopback,
+            holds=self._holds(), remembered=self._remembered,
         )
+        self._remembered = remember(snapshot, specs, self._remembered)
         for e in errors:
             if e not in self._reported:
                 log.error("docker_label_error", container=e.container, error=e.reason)

@@ -19,20 +19,28 @@ The backend of a port is the container port's published host binding; a
 binding on 0.0.0.0 (or ::) is reached on 127.0.0.1 (or ::1). IPv4 bindings
 are preferred over IPv6 ones, loopback over others. A container on the host
 network is reached on 127.0.0.1 at the container port itself.
+
+A container that is not running keeps its route, held: it carries the
+supervisor's `ServiceHold` (or, before the supervisor has judged, one saying
+how the container ended), and the relay answers from it instead of dialing.
+Its backends are its fixed host bindings, or, for a port published on a
+dynamic host port (free while the container is down), the route it had
+while it last ran (`remembered`, kept by the provider).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from maculad.core.names import qualify
 from maculad.core.net import Backend, pin_problem
 from maculad.core.restart import parse_restart
 from maculad.adapters.docker.model import ContainerInfo, HostBinding, service_name
 from maculad.providers.base import port_maps
-from maculad.routes.model import TLS_MODES, RouteSpec
+from maculad.routes.model import TLS_MODES, RouteSpec, ServiceHold
 
 PREFIX = "macula."
 KNOWN = {"macula.host", "macula.http", "macula.https", "macula.ip", "macula.restart", "macula.tls", "macula.h2c"}
@@ -169,22 +177,48 @@ def _route(info: ContainerInfo, host: str, *, domain: str, http_port: int, https
         h2c=h2c_s in ("true", "1", "yes"),
         name=name,
         source="docker",
-        origin=f"docker:{info.name}",
+        origin=origin_of(info),
         ports=port_maps(http_port=http_port, https_port=https_port, http=http, https=https, tcp=tcp, udp=udp),
         ip=ip,
         service=service_name(info, project),
     )
 
 
+def origin_of(info: ContainerInfo) -> str:
+    return f"docker:{info.name}"
+
+
+def remember(containers: Mapping[str, ContainerInfo], specs: Iterable[RouteSpec],
+             remembered: Mapping[str, RouteSpec]) -> dict[str, RouteSpec]:
+    """Container id → the route it has while running (else the one remembered), for existing containers."""
+    live = {s.origin: s for s in specs if s.hold is None}
+    out: dict[str, RouteSpec] = {}
+    for cid, info in containers.items():
+        spec = live.get(origin_of(info)) if info.running else None
+        if spec is None:
+            spec = remembered.get(cid)
+        if spec is not None:
+            out[cid] = spec
+    return out
+
+
+def ended_hold(info: ContainerInfo, service: str) -> ServiceHold:
+    """The hold of a container that is not running before the supervisor has said why."""
+    what = info.state if info.exit_code is None else f"{info.state} with code {info.exit_code}"
+    return ServiceHold(service, "stopped", f"the container {what}", f"maculactl start {service}")
+
+
 def build_routes(
     containers: Iterable[ContainerInfo], *, domain: str, http_port: int, https_port: int, project: str,
-    allow_non_loopback: bool = False,
+    allow_non_loopback: bool = False, holds: Mapping[str, ServiceHold] = MappingProxyType({}),
+    remembered: Mapping[str, RouteSpec] = MappingProxyType({}),
 ) -> tuple[list[RouteSpec], list[LabelError]]:
     """Every labelled container's route, and the containers whose labels are wrong.
 
-    A container that is not running and has no fixed host binding cannot be
-    reached, so it has no route but is no error either (its ports are bound
-    again when it starts).
+    `holds` (container id → hold) and `remembered` (container id → the route it
+    had while running) keep a container that is not running routed, held (see
+    above). One that has never been seen running with its dynamic host port has
+    no route but is no error either (its ports are bound again when it starts).
     """
     specs: list[RouteSpec] = []
     errors: list[LabelError] = []
@@ -195,10 +229,14 @@ def build_routes(
             spec = container_route(info, domain=domain, http_port=http_port, https_port=https_port,
                                    project=project, allow_non_loopback=allow_non_loopback)
         except ValueError as exc:
-            if not info.running and "is not published" in str(exc):
+            if info.running or "is not published" not in str(exc):
+                errors.append(LabelError(info.name, str(exc)))
                 continue
-            errors.append(LabelError(info.name, str(exc)))
+            spec = remembered.get(info.id)
+        if spec is None:
             continue
-        if spec is not None:
-            specs.append(spec)
+        if not info.running:
+            service = spec.service or info.name
+            spec = replace(spec, hold=holds.get(info.id) or ended_hold(info, service))
+        specs.append(spec)
     return specs, errors

@@ -8,8 +8,9 @@ is looked up in the current route table (exact name, then wildcards) and the
 route's backend for the host horizon's http (or https) front port becomes the
 connection's target; from there it is the ordinary L4 relay of tcp.py: the
 peeked bytes are written to the backend first, then both directions are
-relayed untouched, with the same flow control, half-close, dead-backend page
-and metrics (counted under the route it reached).
+relayed untouched, with the same flow control, half-close, dead-backend page,
+held-service page (503 while the route's service is not running) and metrics
+(counted under the route it reached).
 
 A name no route answers (or a route without that kind of backend) gets, on
 HTTP, a short 404 page naming it (400 when the request names no host); a TLS
@@ -166,7 +167,7 @@ class DemuxListener(TcpListener):
         if backend is None:
             return None, f"the route {route.name} has no {'HTTP' if self.http else 'TLS'} backend"
         return Target(route=route.name, backend=backend, kind="http" if self.http else "https",
-                      service=route.service), ""
+                      service=route.service, hold=route.hold), ""
 
     def stats_for(self, route: str) -> ListenerStats:
         stats = self._stats.get(route)

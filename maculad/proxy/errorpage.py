@@ -1,11 +1,16 @@
 """The dead-backend page of HTTP front ports (pure).
 
 When the backend of an HTTP listener cannot be reached, the relay reads the
-client's request head (bounded), answers 502 (or 503 while the owning service
-is known to be restarting) with a short plain-text page naming the host, the
-backend and the reason, and closes (`Connection: close`). The host comes from
-the request's Host header when it is a sane name, else the route's name; both
-are sanitised so nothing from the network is echoed verbatim.
+client's request head (bounded), answers 502 with a short plain-text page
+naming the host, the backend and the reason, and closes (`Connection: close`).
+The host comes from the request's Host header when it is a sane name, else the
+route's name; both are sanitised so nothing from the network is echoed verbatim.
+
+While the route's supervised service is not running (the route carries a
+`ServiceHold`), the backend is not dialed: `held` answers 503 with a short
+HTML page naming the service, its state, the reason and the command that
+fixes it, with `Retry-After` when the next automatic start is known. A HEAD
+request gets the same head and no body (RFC 9110 §9.3.2).
 
 On an address that routes by Host header (the container horizon's G:80), a
 name no route answers gets `not_found` (404, naming it) and a request that
@@ -17,7 +22,11 @@ included, as GET would have it) and no body: `for_request` (RFC 9110 §9.3.2).
 
 from __future__ import annotations
 
+import html
+import math
 import re
+
+from maculad.routes.model import ServiceHold
 
 #: Bytes of request head read before answering anyway.
 MAX_HEAD = 16 * 1024
@@ -86,41 +95,45 @@ def redirect_response(head: bytes | bytearray, *, fallback_host: str, https_port
     return response, location
 
 
-def render(*, status: int, host: str, backend: str, reason: str, service: str | None = None) -> bytes:
-    """A complete HTTP/1.1 response: 502 Bad Gateway or 503 Service Unavailable."""
-    if status == 503:
-        title = "503 Service Unavailable"
-        what = f"the service {service} is restarting" if service else "the service is restarting"
-        body = (
-            f"{title}\n\n{host}: {what}; its backend {backend} is not reachable ({reason}).\n"
-            "Try again in a moment.\n\n-- maculad\n"
-        )
-        extra = "Retry-After: 2\r\n"
-    else:
-        title = "502 Bad Gateway"
-        body = f"{title}\n\n{host}: the backend {backend} is not reachable ({reason}).\n\n-- maculad\n"
-        extra = ""
-    data = body.encode("utf-8", "replace")
-    head = (
-        f"HTTP/1.1 {title}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(data)}\r\n"
-        "Cache-Control: no-store\r\n"
-        f"{extra}"
-        "Connection: close\r\n"
-        "Server: maculad\r\n"
-        "\r\n"
+def render(*, host: str, backend: str, reason: str) -> bytes:
+    """A complete HTTP/1.1 502 Bad Gateway response."""
+    title = "502 Bad Gateway"
+    body = f"{title}\n\n{host}: the backend {backend} is not reachable ({reason}).\n\n-- maculad\n"
+    return _page(title, body)
+
+
+def held_reason(hold: ServiceHold, *, now: float) -> str:
+    """The hold's reason with the time to the next automatic start ("restarting: attempt 3, next in 1.6 s")."""
+    if hold.retry_at is None:
+        return hold.reason
+    return f"{hold.reason}, next in {max(0.0, hold.retry_at - now):.1f} s"
+
+
+def held(hold: ServiceHold, *, host: str, head: bytes | bytearray, now: float) -> bytes:
+    """503 for a route whose supervised service is not running: what, why and the fix, as a short HTML page."""
+    e = html.escape
+    reason = held_reason(hold, now=now)
+    body = (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>503 {e(hold.service)} is {e(hold.state)}</title></head>\n<body>\n"
+        "<h1>503 Service Unavailable</h1>\n"
+        f"<p>{e(host)}: the service <strong>{e(hold.service)}</strong> is <strong>{e(hold.state)}</strong>"
+        f" &mdash; {e(reason)}.</p>\n"
+        f"<p>To bring it back: <code>{e(hold.fix)}</code></p>\n"
+        "<p><small>maculad</small></p>\n</body></html>\n"
     )
-    return head.encode("ascii") + data
+    retry = "" if hold.retry_at is None else f"Retry-After: {max(1, math.ceil(hold.retry_at - now))}\r\n"
+    return for_request(_page("503 Service Unavailable", body, content_type="text/html", extra=retry), head)
 
 
-def _page(status: str, body: str) -> bytes:
+def _page(status: str, body: str, *, content_type: str = "text/plain", extra: str = "") -> bytes:
     data = body.encode("utf-8", "replace")
     head = (
         f"HTTP/1.1 {status}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Type: {content_type}; charset=utf-8\r\n"
         f"Content-Length: {len(data)}\r\n"
         "Cache-Control: no-store\r\n"
+        f"{extra}"
         "Connection: close\r\n"
         "Server: maculad\r\n"
         "\r\n"

@@ -144,7 +144,6 @@ class Relay:
         config: ProxyConfig,
         routes: RouteTableManager,
         metrics: Metrics,
-        service_restarting: Callable[[str], bool] = lambda _s: False,
         platform: LoopbackPlatform | None = None,
         horizon: str = "host",
         planner: Planner | None = None,
@@ -156,8 +155,7 @@ class Relay:
         self.horizon = horizon
         self._planner = planner
         self._tasks_prefix = "proxy" if horizon == "host" else f"proxy.{horizon}"
-        self._ctx = Context(config=config, metrics=metrics, service_restarting=service_restarting, tls=tls,
-                            redirect_http=redirect_http)
+        self._ctx = Context(config=config, metrics=metrics, tls=tls, redirect_http=redirect_http)
         self._routes = routes
         self._metrics = metrics
         self._platform = platform if platform is not None else default_platform()

@@ -1,8 +1,8 @@
 """Pure listener planning: route table + proxy config → desired listeners → a diff.
 
 A listener is keyed by a frozen `ListenerSpec` (ip, proto, port): that is what
-a socket binds. What it relays to is a `Target` (route, service, backend, kind)
-which may change without rebinding. `desired_listeners` turns a table into
+a socket binds. What it relays to is a `Target` (route, service, backend, kind, and the
+service's hold while it is not running) which may change without rebinding. `desired_listeners` turns a table into
 spec → target, marking addresses the relay must refuse (wildcards, non-loopback
 IPs unless allowed) with a reason instead of dropping them, so status can say
 why. `tls_mode` decides per route what the https port does: a route with only
@@ -21,7 +21,7 @@ from typing import Literal
 
 from maculad.config import ProxyConfig
 from maculad.core.net import Backend, bind_problem, format_hostport
-from maculad.routes.model import Proto, Route
+from maculad.routes.model import Proto, Route, ServiceHold
 from maculad.routes.table import RouteTable
 
 #: by-host / by-sni: a listener that picks the route per connection (proxy/demux.py)
@@ -57,6 +57,8 @@ class Target:
     h2c: bool = False
     #: kind "http": answer every request with a 308 to https instead of relaying.
     redirect: bool = False
+    #: The route's service is not running: answer from this (HTTP: a 503 page), never dial.
+    hold: ServiceHold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +122,13 @@ def desired_listeners(
                 service=route.service,
                 refused=why,
                 redirect=kind == "http" and redirect_http and mode != "off",
+                hold=route.hold,
             )
         http = route.backend_for("tcp", config.http_port)
         if mode == "terminate" and http is not None:
             spec = ListenerSpec(route.ip, "tcp", config.https_port)
             out.setdefault(spec, Target(route=route.name, backend=http, kind="tls", service=route.service,
-                                        refused=why, h2c=route.h2c))
+                                        refused=why, h2c=route.h2c, hold=route.hold))
     return out
 
 

@@ -1,7 +1,7 @@
 """What the listeners share: the relay context, cached metric children, byte accounting.
 
 `Context` carries the live `ProxyConfig` (replaced on reload, read per
-connection) and the `service_restarting` callback.
+connection); what a route's service is doing comes with the route (`Target.hold`).
 
 Labelled children are looked up once per listener (and again only when its
 route changes), never per connection or chunk. The data path only adds to
@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from maculad.config import ProxyConfig
@@ -32,24 +31,15 @@ LOG_EVERY = 10.0
 class Context:
     """Read by every listener per connection or session; the relay swaps `config` on reload."""
 
-    __slots__ = ("config", "metrics", "redirect_http", "service_restarting", "tls")
+    __slots__ = ("config", "metrics", "redirect_http", "tls")
 
-    def __init__(self, *, config: ProxyConfig, metrics: Metrics, service_restarting: Callable[[str], bool],
-                 tls: Terminator | None = None, redirect_http: bool = False) -> None:
+    def __init__(self, *, config: ProxyConfig, metrics: Metrics, tls: Terminator | None = None,
+                 redirect_http: bool = False) -> None:
         self.config = config
         self.metrics = metrics
-        self.service_restarting = service_restarting
         #: TLS termination (None: no CA, routes with only an http backend get no https port).
         self.tls = tls
         self.redirect_http = redirect_http
-
-    def restarting(self, service: str | None) -> bool:
-        if not service:
-            return False
-        try:
-            return bool(self.service_restarting(service))
-        except Exception:
-            return False
 
 class _Null:
     """A metric child that records nothing (a listener that routes per connection has no route)."""
@@ -152,7 +142,8 @@ class ListenerStats:
 def classify(exc: BaseException) -> tuple[str, str]:
     """(metric reason, human reason) for a failed backend connect.
 
-    Metric reasons: refused, timeout, unreachable, reset, dns, error.
+    Metric reasons: refused, timeout, unreachable, reset, dns, error (and `held`, counted by the
+    listeners: not dialed, the route's service is not running).
     """
     if isinstance(exc, TimeoutError):
         return "timeout", "connect timed out"

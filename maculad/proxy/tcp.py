@@ -34,6 +34,10 @@ for `proxy.first_byte_timeout` is closed. A connection with unsent bytes (a
 peer that does not read) is aborted, as a graceful close would wait for it
 forever. The listen backlog is `BACKLOG` (passed to `create_server` too, which
 calls listen() again).
+
+A route whose service is not running (`Target.hold`) is never dialed: its HTTP
+port answers the 503 page of the hold (errorpage.held), other ports are closed
+cleanly.
 """
 
 from __future__ import annotations
@@ -208,6 +212,12 @@ class ClientProtocol(asyncio.Protocol):
         # each cost a getpid() system call per connection); the timeout is a plain timer.
         loop = self.listener.loop
         target = self.target
+        if target.hold is not None:  # the service is not running: answer from its hold, never dial
+            self.task = None
+            if self.state != _CLOSED:
+                self.stats.upstream_error("held")
+                self._backend_failed(target.hold.reason)
+            return
         started = time.perf_counter()  # not loop.time(): uvloop's is a cached millisecond clock
         timer = loop.call_later(self.listener.ctx.config.connect_timeout, self._connect_timeout)
         try:
@@ -397,11 +407,14 @@ class ClientProtocol(asyncio.Protocol):
         if self.state != _PAGE:
             return
         t = self.target
-        host = errorpage.host_header(self.head or b"") or t.route
-        status = 503 if self.listener.ctx.restarting(t.service) else 502
-        page = errorpage.render(status=status, host=host, backend=str(t.backend), reason=self.reason,
-                                service=t.service)
-        self.client_writer()(errorpage.for_request(page, self.head or b""))
+        head = self.head or b""
+        host = errorpage.host_header(head) or t.route
+        if t.hold is not None:
+            page = errorpage.held(t.hold, host=host, head=head, now=time.time())
+        else:
+            page = errorpage.for_request(errorpage.render(host=host, backend=str(t.backend), reason=self.reason),
+                                         head)
+        self.client_writer()(page)
         self._linger()
 
     def _linger(self) -> None:

@@ -187,6 +187,10 @@ class UdpListener(asyncio.DatagramProtocol):
 
     async def _connect(self, s: UdpSession) -> None:
         loop = asyncio.get_running_loop()
+        if s.target.hold is not None:  # the service is not running: its backend is not dialed
+            self.stats.upstream_error("held")
+            self.drop(s)
+            return
         b = s.target.backend
         try:
             async with asyncio.timeout(self.ctx.config.connect_timeout):

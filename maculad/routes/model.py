@@ -33,6 +33,23 @@ class PortMap:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceHold:
+    """The supervised service behind a route is not running: its state, why, and what fixes it.
+
+    A route with a hold stays in the table (same name, same IP) while its
+    service is stopped, restarting, backing off or failed; the relay answers
+    its HTTP port with a 503 page built from these fields instead of dialing.
+    `retry_at` is the wall-clock time of the next automatic start, if any.
+    """
+
+    service: str
+    state: str
+    reason: str
+    fix: str
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     """What one provider wants for one name.
 
@@ -40,8 +57,8 @@ class RouteSpec:
     `*.` makes it a wildcard covering every name below it. `origin` says where
     the spec came from ("config:grafana", "docker:infra-grafana-1",
     "kubernetes:apps/console") so conflicts can name both sides. `service` names
-    the supervised service that owns the backends, if any (the relay answers
-    503 instead of 502 while it restarts).
+    the supervised service that owns the backends, if any; `hold` says it is
+    not running (the relay answers 503 from it instead of dialing).
     """
 
     name: str
@@ -54,6 +71,8 @@ class RouteSpec:
     tls: TLSMode = "auto"
     #: The http backend speaks HTTP/2 without TLS (h2c): terminated TLS then offers ALPN h2 too.
     h2c: bool = False
+    #: Set while the owning service is not running: the route is kept, its backends are not dialed.
+    hold: ServiceHold | None = None
 
     @property
     def is_wildcard(self) -> bool:
@@ -72,6 +91,7 @@ class Route:
     service: str | None = None
     tls: TLSMode = "auto"
     h2c: bool = False
+    hold: ServiceHold | None = None
 
     @property
     def is_wildcard(self) -> bool:

@@ -236,6 +236,7 @@ def build_table(
             service=spec.service,
             tls=spec.tls,
             h2c=spec.h2c,
+            hold=spec.hold,
         )
         for spec in sorted(winners.values(), key=lambda s: s.name)
         if spec.name in ip_of

@@ -23,6 +23,13 @@ their dependency.
 
 All Docker calls of the decisions run in short tasks tracked here and
 cancelled by `close()`; the loop itself is `run()`, spawned by the tier.
+
+What the route layer needs of all this is data: `holds()` gives, per
+container that is not running, a `ServiceHold` (state, the reason in a few
+words, the command that fixes it, when the next automatic start is due);
+`on_holds_changed` is called whenever one changes, so the label provider
+rebuilds and the route stays in the table, answered with a 503 page by the
+relay, instead of vanishing from DNS.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from maculad.adapters.docker.model import (
 )
 from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
+from maculad.routes.model import ServiceHold
 from maculad.supervise.policy import Decision, RestartPolicy, RestartTracker
 from maculad.core.restart import STATES
 
@@ -70,6 +78,7 @@ class _Unit:
     action: ActionKind | None = None
     action_reason: str = ""
     due: float | None = None
+    due_wall: float | None = None
     waiting_on: str | None = None
     failed_due_to: str | None = None
     busy: bool = False
@@ -81,6 +90,7 @@ class _Unit:
     user_kill: bool = False
     last_error: str | None = None
     published_state: str = ""
+    published_hold: ServiceHold | None = None
     restarts: int = 0
 
 
@@ -125,6 +135,30 @@ def is_supervised(info: ContainerInfo, service: str, cfg: DockerConfig) -> bool:
     return service in cfg.services or any(k.startswith("macula.") for k in info.labels)
 
 
+def service_hold(service: str, tracker: RestartTracker | None, *, error: str | None = None,
+                 waiting_on: str | None = None, retry_at: float | None = None) -> ServiceHold | None:
+    """What the relay tells a client of `service` while it does not run (None while it runs)."""
+    if tracker is None:
+        return ServiceHold(service, "failed", f"not supervised: {error}",
+                           "fix the macula.restart label, then recreate the container")
+    fix = f"maculactl start {service}"
+    state = tracker.state
+    if state == "running":
+        return None
+    if state == "stopped":
+        reason = "stopped with maculactl stop" if tracker.held else tracker.reason
+    elif state == "failed":
+        reason = (f"gave up after {tracker.gave_up_after} starts: {tracker.last_cause}" if tracker.gave_up_after
+                  else tracker.reason)
+    elif waiting_on is not None:
+        reason = f"waiting for its dependency {waiting_on}"
+    elif tracker.failures:
+        reason = f"restarting: attempt {tracker.failures}"
+    else:
+        reason = "starting"
+    return ServiceHold(service, state, reason, fix, retry_at if state == "backoff" and waiting_on is None else None)
+
+
 def dependency_ready(dep: Dependency, candidates: list[ContainerInfo]) -> bool:
     if dep.condition == "service_completed_successfully":
         return any(c.state == "exited" and c.exit_code == 0 for c in candidates)
@@ -158,6 +192,8 @@ class ContainerSupervisor:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._exported = _Exported()
+        #: Called (synchronously) whenever `holds()` changed.
+        self.on_holds_changed: Callable[[], None] | None = None
         inventory.subscribe(self._on_update)
 
     # ------------------------------------------------------------------ public
@@ -172,6 +208,10 @@ class ContainerSupervisor:
             if u.tracker is not None and u.tracker.state in ("starting", "backoff"):
                 return True
         return False
+
+    def holds(self) -> dict[str, ServiceHold]:
+        """Container id → its service's hold, for every supervised container maculad does not see running."""
+        return {cid: u.published_hold for cid, u in self._units.items() if u.published_hold is not None}
 
     def services(self) -> list[dict[str, Any]]:
         out = []
@@ -445,14 +485,17 @@ class ContainerSupervisor:
 
     def _schedule(self, u: _Unit, action: ActionKind, due: float, reason: str) -> None:
         u.action, u.due, u.action_reason = action, due, reason
+        u.due_wall = self._wall() + max(0.0, due - self._clock())
 
     def _cancel(self, u: _Unit) -> None:
-        u.action, u.due, u.action_reason, u.waiting_on = None, None, "", None
+        u.action, u.due, u.due_wall, u.action_reason, u.waiting_on = None, None, None, "", None
 
     def _remove(self, cid: str) -> None:
         u = self._units.pop(cid, None)
         if u is not None:
             log.info("service_container_removed", service=u.service, container=u.info.name)
+            if u.published_hold is not None:
+                self._holds_changed()
 
     # ------------------------------------------------------------------ dependencies
 
@@ -569,6 +612,10 @@ class ContainerSupervisor:
         return [s for s in self.services() if s["service"] == name]
 
     def _publish_state(self, u: _Unit) -> None:
+        hold = service_hold(u.service, u.tracker, error=u.error, waiting_on=u.waiting_on, retry_at=u.due_wall)
+        if hold != u.published_hold:
+            u.published_hold = hold
+            self._holds_changed()
         state = u.tracker.state if u.tracker is not None else "failed"
         if state == u.published_state:
             return
@@ -577,6 +624,10 @@ class ContainerSupervisor:
         self._events.publish("service_state", service=u.service, container=u.info.name, state=state,
                              reason=reason)
         log.info("service_state", service=u.service, state=state, reason=reason)
+
+    def _holds_changed(self) -> None:
+        if self.on_holds_changed is not None:
+            self.on_holds_changed()
 
     def _export(self) -> None:
         m = self._metrics

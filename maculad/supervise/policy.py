@@ -50,6 +50,10 @@ class RestartTracker:
     held: bool = False
     """Stopped on request (`maculactl stop`): nothing restarts it until a start is requested."""
     running_since: float | None = None
+    last_cause: str = ""
+    """What ended the last run ("exited with code 1", "unhealthy", "start failed: ...")."""
+    gave_up_after: int = 0
+    """Starts made before giving up (0 unless `failed` by the start limit or on-failure:N)."""
     _backoff: Backoff = field(init=False, repr=False)
     _restarts: deque[float] = field(default_factory=deque, repr=False)
 
@@ -64,6 +68,7 @@ class RestartTracker:
         self.stopped_by_user = False
         self.held = False
         self.failures = 0
+        self.gave_up_after = 0
         self._restarts.clear()
         self._backoff.reset()
         self.delay = 0.0
@@ -155,14 +160,17 @@ class RestartTracker:
     def _restart(self, now: float, why: str) -> Decision:
         b = self.policy.backoff
         self.failures += 1
+        self.last_cause = why
         retries = self.policy.max_retries
         if self.policy.name == "on-failure" and retries is not None and self.failures > retries:
+            self.gave_up_after = retries + 1
             self._set("failed", f"gave up after {retries} retries (on-failure:{retries}); last: {why}")
             return Decision("give_up", reason=self.reason)
         window_start = now - b.start_limit_window
         while self._restarts and self._restarts[0] < window_start:
             self._restarts.popleft()
         if b.start_limit and len(self._restarts) >= b.start_limit:
+            self.gave_up_after = len(self._restarts) + 1
             self._set("failed", f"gave up: {len(self._restarts)} restarts within {b.start_limit_window:g}s "
                       f"(start limit); last: {why}")
             return Decision("give_up", reason=self.reason)

@@ -130,7 +130,6 @@ async def running_relay(
     tmp_path: Path,
     *specs_of: Callable[[ProxyConfig], RouteSpec],
     config: ProxyConfig | None = None,
-    service_restarting: Callable[[str], bool] = lambda _s: False,
     platform: LoopbackPlatform | None = None,
     horizon: str = "host",
     planner: Planner | None = None,
@@ -140,7 +139,7 @@ async def running_relay(
     routes = make_manager(tmp_path, cfg, metrics)
     fatal: list[str] = []
     owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: fatal.append(f"{name}: {exc!r}"))
-    relay = Relay(config=cfg, routes=routes, metrics=metrics, service_restarting=service_restarting,
+    relay = Relay(config=cfg, routes=routes, metrics=metrics,
                   platform=platform, horizon=horizon, planner=planner or desired_listeners)
     if specs_of:
         routes.update("config", [f(cfg) for f in specs_of])
