@@ -92,6 +92,28 @@ async def test_http_routed_by_host_header_untouched(tmp_path: Path) -> None:
             assert {e["ip"] for e in h.relay.status()["listeners"]} == {G}
 
 
+async def test_a_held_route_answers_503_by_host_without_dialing(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from maculad.routes.model import ServiceHold
+
+    fronts = Fronts()
+    hold = ServiceHold("grafana", "stopped", "stopped with maculactl stop", "maculactl start grafana")
+    async with HeadRecorder("grafana") as graf:
+        async with running_relay(tmp_path, lambda c: replace(route("grafana", c, http=graf.backend), hold=hold),
+                                 horizon="containers", planner=fronts.planner()) as h:
+            raw = await http_get(fronts.http, "grafana.macula.local")
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+            assert b"<strong>grafana</strong>" in body and b"stopped with maculactl stop" in body
+            assert b"<code>maculactl start grafana</code>" in body
+            assert graf.requests == []  # never dialed
+            assert h.sample("maculad_proxy_upstream_errors_total", horizon="containers",
+                            route="grafana.macula.local", port=str(fronts.http), reason="held") == 1
+            await h.update(route("grafana", h.config, http=graf.backend))  # running again: relayed
+            assert (await http_get(fronts.http, "grafana.macula.local")).endswith(b"backend grafana\n")
+
+
 async def test_unknown_host_gets_a_404_naming_it(tmp_path: Path) -> None:
     fronts = Fronts()
     async with HeadRecorder("grafana") as graf:
