@@ -199,7 +199,7 @@ class ContainerSupervisor:
     # ------------------------------------------------------------------ public
 
     def is_restarting(self, service: str) -> bool:
-        """True while maculad is bringing the service back (the relay answers 503, not 502)."""
+        """True while maculad is bringing the service back (what clients see comes from `holds()`)."""
         for u in self._units.values():
             if u.service != service:
                 continue
