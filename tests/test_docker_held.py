@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import require
-from tests.support.daemon import Maculad, base_config, dig_a, maculactl
+from tests.support.daemon import Maculad, base_config, ctl, dig
 from tests.support.docker import DockerScope, docker_cli
 
 HTTPD = ("sh", "-c", "mkdir -p /www && echo served by the container > /www/index.html && "
@@ -75,17 +75,17 @@ labels = ["{docker_scope.label}"]
     d = Maculad(cfg, log=tmp_path / "maculad.log").start()
     try:
         d.wait_ready(ports["metrics"])
-        until(lambda: dig_a(ports["dns"], fq), 30, f"{fq} in DNS", d.logs)
-        ip = dig_a(ports["dns"], fq)
+        until(lambda: dig(ports["dns"], fq), 30, f"{fq} in DNS", d.logs)
+        ip = dig(ports["dns"], fq)
         url = f"http://{ip}:{ports['http']}/"
         until(lambda: curl(url, fq) == (200, "served by the container"), 30, "the container to serve", d.logs)
 
-        r = maculactl(sock, "stop", svc)
+        r = ctl(sock, "stop", svc)
         assert r.returncode == 0, r.stderr
         assert docker_cli("inspect", "-f", "{{.State.Running}}", svc) == "false", d.logs()
         until(lambda: curl(url, fq)[0] == 503, 30, "the held page", d.logs)
-        assert dig_a(ports["dns"], fq) == ip
-        assert dig_a(ports["dns"], fq, "+tcp") == ip
+        assert dig(ports["dns"], fq) == ip
+        assert dig(ports["dns"], fq, "+tcp") == ip
         status, body = curl(url, fq)
         assert status == 503
         assert f"<strong>{svc}</strong>" in body and "stopped with maculactl stop" in body
@@ -93,13 +93,13 @@ labels = ["{docker_scope.label}"]
         status, headers, head_body = fetch(ip, ports["http"], fq, "HEAD")
         assert status == 503 and head_body == b"" and int(headers["content-length"]) > 0
         assert headers["content-type"].startswith("text/html")
-        routes = json.loads(maculactl(sock, "routes", "--json").stdout)
+        routes = json.loads(ctl(sock, "routes", "--json").stdout)
         assert [x["ip"] for x in routes["routes"] if x["name"] == fq] == [ip]
 
-        r = maculactl(sock, "start", svc)
+        r = ctl(sock, "start", svc)
         assert r.returncode == 0, r.stderr
         until(lambda: curl(url, fq) == (200, "served by the container"), 30, "the container to serve again",
               d.logs)
-        assert dig_a(ports["dns"], fq) == ip
+        assert dig(ports["dns"], fq) == ip
     finally:
         d.stop()

@@ -109,7 +109,7 @@ async def test_a_held_route_answers_503_by_host_without_dialing(tmp_path: Path) 
             assert b"<code>maculactl start grafana</code>" in body
             assert graf.requests == []  # never dialed
             assert h.sample("maculad_proxy_upstream_errors_total", horizon="containers",
-                            route="grafana.macula.local", port=str(fronts.http), reason="held") == 1
+                            route="grafana.macula.local", port=str(fronts.http), proto="tcp", reason="held") == 1
             await h.update(route("grafana", h.config, http=graf.backend))  # running again: relayed
             assert (await http_get(fronts.http, "grafana.macula.local")).endswith(b"backend grafana\n")
 

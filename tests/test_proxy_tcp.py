@@ -328,7 +328,7 @@ async def test_dead_backend_gets_502_or_503(tmp_path: Path) -> None:
         assert "restarting: attempt 2, next in" in body and "maculactl start grafana" in body
         assert 25 <= int(headers["retry-after"]) <= 30
         assert h.sample("maculad_proxy_upstream_errors_total", route="grafana.macula.local", port=str(port),
-                        reason="held") == 1
+                        proto="tcp", reason="held") == 1
         await h.update(route("grafana", h.config, http=dead, service="grafana"))
 
         # A hostile Host header is not echoed; the route name stands in.
