@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,9 +180,12 @@ def test_rate_meter() -> None:
 
 
 def test_relay_connections_sums_listeners() -> None:
-    status = {"components": {"proxy": {"listeners": [{"conns": 2}, {"conns": 3}, {}]}}}
+    status: Any = {"components": {"proxy": {"listeners": [{"conns": 2}, {"conns": 3}, {"conns": 0}]}}}
     assert relay_connections(status) == 5
-    assert relay_connections({}) == 0
+    no_relay: Any = {"components": {}}
+    assert relay_connections(no_relay) == 0
+    broken: Any = {"components": {"proxy": {"error": "KeyError: 'x'"}}}
+    assert relay_connections(broken) == 0
 
 
 def _view(apex: tuple[str, ...]) -> ZoneView:

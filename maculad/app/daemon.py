@@ -26,7 +26,8 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -34,7 +35,24 @@ from maculad import __version__
 from maculad.app import reload as reloading
 from maculad.app.reload import apex, peer_args
 from maculad.config import Config, ConfigError
-from maculad.control.api import ControlError, ServiceAction
+from maculad.control.api import ControlError
+from maculad.control.protocol import (
+    ClusterRecreated,
+    ClusterStatus,
+    ComponentError,
+    Components,
+    ContainerHorizonView,
+    DNSLookup,
+    Event,
+    LastReload,
+    PowerDNSStatus,
+    ReloadAnswer,
+    RoutesAnswer,
+    ServiceAction,
+    ServiceActionAnswer,
+    ServiceView,
+    Status,
+)
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
 from maculad.core.events import EventBus
@@ -108,7 +126,7 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self.web: WebServer | None = None
         self._ready = False
-        self._last_reload: dict[str, Any] | None = None
+        self._last_reload: LastReload | None = None
         self.limits: NofileLimits | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -380,7 +398,7 @@ class Daemon:
                 self._last_reload = {"time": time.time(), "ok": False, "changed": [],
                                      "error": f"internal error: {type(exc).__name__}: {exc}"}
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadAnswer:
         sdnotify.reloading()
         try:
             return await reloading.reload(self)
@@ -393,9 +411,10 @@ class Daemon:
         """Count, log, remember and publish a reload's outcome; the ControlError to raise when it failed."""
         ok = error is None
         self.metrics.reloads.labels(result=result).inc()
-        self._last_reload = {"time": time.time(), "ok": ok, "error": error, "changed": changed or []}
+        last: LastReload = {"time": time.time(), "ok": ok, "error": error, "changed": changed or []}
         if state_error is not None:
-            self._last_reload["state_error"] = state_error
+            last["state_error"] = state_error
+        self._last_reload = last
         self.events.publish("reload", ok=ok, error=error, changed=changed or [])
         if ok:
             log.info("reloaded", changed=changed or [], state_error=state_error)
@@ -467,17 +486,31 @@ class Daemon:
 
     # ------------------------------------------------------------------ ControlTarget
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         cfg = self.config
-        comps: dict[str, Any] = {}
-        for attr in ("metrics_server", "dns", "relay", "containers", "docker", "kubernetes", "coredns", "cluster",
-                     "powerdns", "control", "web"):
-            comp = getattr(self, attr)
-            if comp is not None:
-                try:
-                    comps[comp.name] = comp.status()
-                except Exception as exc:  # a status bug must not break `maculactl status`
-                    comps[comp.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        comps: Components = {}
+        if self.metrics_server is not None:
+            comps["metrics"] = _guarded(self.metrics_server.status)
+        if self.dns is not None:
+            comps["dns"] = _guarded(self.dns.status)
+        if self.relay is not None:
+            comps["proxy"] = _guarded(self.relay.status)
+        if self.containers is not None:
+            comps["containers"] = _guarded(self.containers.status)
+        if self.docker is not None:
+            comps["docker"] = _guarded(self.docker.status)
+        if self.kubernetes is not None:
+            comps["kubernetes"] = _guarded(self.kubernetes.status)
+        if self.coredns is not None:
+            comps["coredns"] = _guarded(self.coredns.status)
+        if self.cluster is not None:
+            comps["kind"] = _guarded(self.cluster.status)
+        if self.powerdns is not None:
+            comps["powerdns"] = _guarded(self.powerdns.status)
+        if self.control is not None:
+            comps["control"] = _guarded(self.control.status)
+        if self.web is not None:
+            comps["web"] = _guarded(self.web.status)
         table = self.table.current
         not_ready = self.not_ready()
         return {
@@ -488,7 +521,7 @@ class Daemon:
             "ready": self._ready and not not_ready,
             "not_ready": not_ready,
             "summary": self._summary(),
-            "routes": {"count": len(table.routes), "by_source": table.by_source(),
+            "routes": {"count": len(table.routes), "by_source": {k: n for k, n in table.by_source().items()},
                        "conflicts": len(table.conflicts), "version": table.version},
             "components": comps,
             "tls": self.tls.status() if self.tls is not None else {"enabled": False, "error": self.tls_error},
@@ -499,29 +532,33 @@ class Daemon:
             "state": self.table.state_status(),
         }
 
-    def routes(self) -> dict[str, Any]:
-        view = table_view(self.table.current)
+    def routes(self) -> RoutesAnswer:
         c = self.containers
-        view["horizons"] = {
-            "host": {"state": "on" if self.relay is not None else "off", "address": "per route"},
-            "containers": {"state": "off", "address": None, "reason": "[containers] enabled = false",
-                           "port_conflicts": []} if c is None else
+        containers: ContainerHorizonView = (
+            {"state": "off", "address": None, "reason": "[containers] enabled = false", "port_conflicts": []}
+            if c is None else
             {"state": c.status()["state"], "address": c.address, "reason": c.status()["reason"],
-             "port_conflicts": [port_conflict_view(p) for p in c.port_conflicts()]},
+             "port_conflicts": [port_conflict_view(p) for p in c.port_conflicts()]})
+        table = table_view(self.table.current)
+        view: RoutesAnswer = {
+            "version": table["version"], "domain": table["domain"], "routes": table["routes"],
+            "conflicts": table["conflicts"],
+            "horizons": {"host": {"state": "on" if self.relay is not None else "off", "address": "per route"},
+                         "containers": containers},
         }
         if self.powerdns is not None:
             view["powerdns_conflicts"] = self.powerdns.status()["conflicts"]
         return view
 
-    def powerdns_status(self) -> dict[str, Any]:
+    def powerdns_status(self) -> PowerDNSStatus:
         if self.powerdns is None:
             raise ControlError(409, "PowerDNS is not enabled ([powerdns] enabled = false)")
         return self.powerdns.status()
 
-    def services(self) -> list[dict[str, Any]]:
+    def services(self) -> list[ServiceView]:
         return self.docker.services() if self.docker is not None else []
 
-    async def service_action(self, service: str, action: ServiceAction) -> dict[str, Any]:
+    async def service_action(self, service: str, action: ServiceAction) -> ServiceActionAnswer:
         if self.docker is None:
             raise ControlError(409, "the Docker tier is not enabled ([docker] enabled = false)")
         sup = self.docker.supervisor
@@ -539,18 +576,18 @@ class Daemon:
         self.events.publish("service_action", service=service, action=action)
         return {"ok": True, "service": service, "action": action}
 
-    def cluster_status(self) -> dict[str, Any]:
+    def cluster_status(self) -> ClusterStatus:
         if self.cluster is None:
             raise ControlError(409, "kind cluster management is off ([kind] manage = false)")
         return self.cluster.status()
 
-    async def cluster_recreate(self) -> dict[str, Any]:
+    async def cluster_recreate(self) -> ClusterRecreated:
         if self.cluster is None:
             raise ControlError(409, "kind cluster management is off ([kind] manage = false)")
         await self.cluster.recreate("requested with maculactl cluster recreate")
         return {"ok": True, "cluster": self.config.kind.cluster}
 
-    def dns_lookup(self, name: str) -> dict[str, Any]:
+    def dns_lookup(self, name: str) -> DNSLookup:
         table = self.table.current
         n = name.strip().lower().rstrip(".")
         domain = self.config.domain
@@ -572,9 +609,20 @@ class Daemon:
             "conflicts": [conflict_view(c) for c in table.conflicts if c.name == route.name],
         }
 
-    async def follow_events(self, *, replay: int) -> AsyncIterator[dict[str, Any]]:
+    async def follow_events(self, *, replay: int) -> AsyncIterator[Event]:
         async for event in self.events.follow(replay=replay):
             yield event
+
+
+_T = TypeVar("_T")
+
+
+def _guarded(status: Callable[[], _T]) -> _T | ComponentError:
+    """A component's status, or what went wrong reading it: a status bug must not break the rest."""
+    try:
+        return status()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 async def bounded(coro: Any, *, what: str, timeout: float = STOP_TIMEOUT) -> None:

@@ -19,11 +19,11 @@ routes work, and status carries the reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 
 from maculad.config import Config
+from maculad.control.protocol import DockerStatus
 from maculad.adapters.docker.api import AiodockerAPI, DockerAPI, resolve_endpoint
 from maculad.adapters.docker.compose import ComposeBringUp
 from maculad.adapters.docker.inventory import DockerInventory
@@ -31,7 +31,7 @@ from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.providers.docker import DockerProvider
 from maculad.routes.manager import RouteTableManager
-from maculad.supervise.containers import ContainerSupervisor
+from maculad.supervise.containers import ContainerSupervisor, ServiceView
 from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.adapters.docker")
@@ -99,14 +99,14 @@ class DockerTier:
 
     # ------------------------------------------------------------------ control API
 
-    def services(self) -> list[dict[str, Any]]:
+    def services(self) -> list[ServiceView]:
         """`maculactl services`: every supervised container with its state and reason."""
         return self.supervisor.services()
 
     def is_restarting(self, service: str) -> bool:
         return self.supervisor.is_restarting(service)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DockerStatus:
         if not self.enabled:
             return {"enabled": False}
         inv = self.inventory.status()

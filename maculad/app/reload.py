@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from maculad.app.preflight import check_host
 from maculad.config import Config, ConfigError, PowerDNSConfig, load_config
+from maculad.control.protocol import ReloadAnswer
 from maculad.core.net import Backend, tcp_listen_socket
 from maculad.dns.server import StagedListener
 from maculad.observability.logging import configure_logging
@@ -170,7 +171,7 @@ def _listen(addr: Backend, what: str) -> socket.socket:
         raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
 
 
-async def reload(d: Daemon) -> dict[str, Any]:
+async def reload(d: Daemon) -> ReloadAnswer:
     """Re-read the config and apply it as one transaction; ControlError (4xx) when refused."""
     old = d.config
     try:
@@ -187,7 +188,7 @@ async def reload(d: Daemon) -> dict[str, Any]:
         raise d.record_reload("bind_failed", status=409,
                               error=f"{exc.strerror or exc}; nothing changed") from None
     changed = await swap(d, old, new, p, staged)
-    reply: dict[str, Any] = {"ok": True, "changed": changed}
+    reply: ReloadAnswer = {"ok": True, "changed": changed}
     if d.table.save_error is not None:
         reply["state_error"] = (f"{d.table.save_error}; the new routes are served once the state is saved "
                                 "(retrying)")

@@ -299,7 +299,7 @@ def snapshot_from_config(path: str) -> Snapshot:
                          allow_non_loopback=cfg.proxy.allow_non_loopback)
     return Snapshot(
         source=f"config {path}", domain=cfg.domain, dns_listen=cfg.dns.listen,
-        routes=table_view(tbl)["routes"], docker_enabled=cfg.docker.enabled, kind_manage=cfg.kind.manage,
+        routes=[dict(r) for r in table_view(tbl)["routes"]], docker_enabled=cfg.docker.enabled, kind_manage=cfg.kind.manage,
     )
 
 

@@ -1,7 +1,7 @@
 """The control API: JSON over HTTP on a unix socket, for `maculactl`.
 
 An aiohttp application whose handlers are thin adapters over the daemon's
-`ControlTarget`; every answer is JSON, every error `{"error": message}` with
+`ControlTarget`; every answer is JSON of a shape in `protocol.py`, every error `ErrorAnswer` with
 a meaningful status (400 bad input, 403 not allowed, 404 unknown, 405, 409,
 500). One middleware does the cross-cutting work: it turns exceptions into
 JSON, checks the peer's right to act on POSTs (`peercred.authorize`, reading
@@ -32,7 +32,8 @@ from aiohttp import web
 
 from maculad import __version__
 from maculad.config import ControlConfig
-from maculad.control.api import ControlError, ControlTarget, ServiceAction
+from maculad.control.api import ControlError, ControlTarget
+from maculad.control.protocol import ControlStatus, ErrorAnswer, Event, Ping, ServiceAction, ServicesAnswer
 from maculad.control.peercred import Access, Decision, authorize, peer_groups, read_peercred, resolve_group
 from maculad.observability.metrics import Metrics
 from maculad.core.tasks import TaskOwner
@@ -59,7 +60,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
+    answer: ErrorAnswer = {"error": message}
+    return _json(answer, status)
 
 
 def check_socket_path(path: Path) -> None:
@@ -182,7 +184,7 @@ class ControlServer:
             await runner.cleanup()
         self._unlink()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ControlStatus:
         return {
             "socket": str(self._config.socket),
             "group": self._config.group,
@@ -264,7 +266,8 @@ class ControlServer:
     # ------------------------------------------------------------------ handlers
 
     async def _ping(self, request: web.Request) -> web.Response:
-        return _json({"ok": True, "pid": os.getpid(), "version": __version__})
+        ping: Ping = {"ok": True, "pid": os.getpid(), "version": __version__}
+        return _json(ping)
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json(self._target.status())
@@ -273,7 +276,8 @@ class ControlServer:
         return _json(self._target.routes())
 
     async def _services(self, request: web.Request) -> web.Response:
-        return _json({"services": self._target.services()})
+        answer: ServicesAnswer = {"services": self._target.services()}
+        return _json(answer)
 
     async def _service_action(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -333,7 +337,7 @@ class ControlServer:
         return resp
 
     @staticmethod
-    async def _pump(stream: AsyncIterator[dict[str, Any]], resp: web.StreamResponse, *, follow: bool) -> None:
+    async def _pump(stream: AsyncIterator[Event], resp: web.StreamResponse, *, follow: bool) -> None:
         while True:
             try:
                 if follow:

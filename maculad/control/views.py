@@ -1,27 +1,20 @@
-"""The JSON shapes `maculactl` reads, built from the daemon's own values.
+"""The route table and the config as the control socket shows them (shapes in protocol.py).
 
-The daemon implements `ControlTarget`; these pure helpers give it the
-documented shapes so `maculactl`'s tables, `hosts`, `resolver` and `doctor`
-find what they need without knowing the daemon's internals:
-
-- `table_view(table)` for `routes()`: `{"version", "domain", "routes": [...],
-  "conflicts": [...]}`; each route `{"name", "ip", "source", "origin",
-  "service", "ports": [{"proto", "port", "backend"}]}`.
-- `config_view(config)` merged into `status()`: `domain`, `dns_listen`,
-  `metrics_listen`, `control_socket`, `http_port`, `https_port`,
-  `docker_enabled`, `kind_manage`, `kind_cluster`, `config_path`.
+Pure helpers over the daemon's own values, so `maculactl`'s tables, `hosts`,
+`resolver` and `doctor` find what they need without knowing the daemon's
+internals: `table_view(table)` is `TableView` (the base of `GET /v1/routes`),
+`config_view(config)` is `ConfigView` (merged into `GET /v1/status`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from maculad.config import Config
+from maculad.control.protocol import ConfigView, ConflictView, RouteView, TableView
 from maculad.routes.model import Conflict, Route
 from maculad.routes.table import RouteTable
 
 
-def route_view(route: Route) -> dict[str, Any]:
+def route_view(route: Route) -> RouteView:
     return {
         "name": route.name,
         "ip": route.ip,
@@ -32,12 +25,12 @@ def route_view(route: Route) -> dict[str, Any]:
     }
 
 
-def conflict_view(c: Conflict) -> dict[str, Any]:
+def conflict_view(c: Conflict) -> ConflictView:
     return {"kind": c.kind, "name": c.name, "loser": c.loser, "winner": c.winner, "reason": c.reason,
             "same_backends": c.same_backends}
 
 
-def table_view(table: RouteTable) -> dict[str, Any]:
+def table_view(table: RouteTable) -> TableView:
     return {
         "version": table.version,
         "domain": table.domain,
@@ -46,7 +39,7 @@ def table_view(table: RouteTable) -> dict[str, Any]:
     }
 
 
-def config_view(config: Config) -> dict[str, Any]:
+def config_view(config: Config) -> ConfigView:
     return {
         "config_path": str(config.path),
         "domain": config.domain,

@@ -7,7 +7,8 @@ long-lived loops are spawned on the daemon's `TaskOwner`, never on their own.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from maculad.core.tasks import TaskOwner
 
@@ -21,5 +22,5 @@ class Component(Protocol):
     async def stop(self) -> None:
         """Release everything start took; must be safe to call after a failed start."""
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-able summary for `maculactl status`."""
+    def status(self) -> Mapping[str, object]:
+        """A JSON-able summary for `maculactl status` (each component's TypedDict is its exact shape)."""

@@ -15,12 +15,22 @@ from __future__ import annotations
 import resource
 import sys
 from dataclasses import dataclass
+from typing import TypedDict
 
 #: Where a soft limit is still too low for a daemon relaying many connections (`maculactl doctor` warns).
 LOW_NOFILE = 4096
 #: The soft limit used when the hard one is unlimited: macOS refuses more than OPEN_MAX (10240) there.
 UNLIMITED_CEILING = 10240 if sys.platform == "darwin" else 1 << 20
 
+
+
+class LimitsStatus(TypedDict):
+    """`status.limits`: the open-file limit after start."""
+
+    nofile_soft: int
+    nofile_hard: int
+    nofile_soft_at_start: int
+    error: str | None  # why it could not be raised
 
 @dataclass(frozen=True, slots=True)
 class NofileLimits:
@@ -31,7 +41,7 @@ class NofileLimits:
     before: int
     error: str | None = None
 
-    def as_dict(self) -> dict[str, int | str | None]:
+    def as_dict(self) -> LimitsStatus:
         return {"nofile_soft": self.soft, "nofile_hard": self.hard, "nofile_soft_at_start": self.before,
                 "error": self.error}
 

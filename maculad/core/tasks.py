@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import structlog
 
@@ -22,6 +22,16 @@ from maculad.core.backoff import Backoff
 log = structlog.get_logger("maculad.core.tasks")
 
 TaskFactory = Callable[[], Awaitable[None]]
+
+class TaskStatus(TypedDict):
+    """One task in `maculactl status --json` (`tasks`)."""
+
+    name: str
+    stage: str
+    running: bool
+    restarts: int
+    last_error: str | None
+
 
 #: A task that ran this long before dying restarts after the initial delay again.
 STABLE_RUN = 60.0
@@ -122,7 +132,7 @@ class TaskOwner:
         info.task.cancel()
         await asyncio.wait([info.task], timeout=timeout)
 
-    def status(self) -> list[dict[str, object]]:
+    def status(self) -> list[TaskStatus]:
         return [
             {
                 "name": i.name,

@@ -46,7 +46,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypedDict, cast
 
 import structlog
 
@@ -75,6 +75,39 @@ TCP_WRITE_LOW = 16 * 1024
 #: forwarded queries one TCP connection may have outstanding before it stops being read
 TCP_MAX_PENDING = 32
 _BUG_LOG_INTERVAL = 10.0
+
+
+class PeerStatus(TypedDict):
+    dns: str
+    zone: str
+    in_flight: int
+
+
+class CacheEntries(TypedDict):
+    udp: int
+    tcp: int
+
+
+class DNSStatus(TypedDict):
+    """The `dns` component in `GET /v1/status`."""
+
+    listen: list[str]  # "udp://127.0.0.153:53", "tcp://…"
+    horizon: str
+    answer_address: str | None
+    udp_transport: str
+    domain: str
+    ttl: int
+    forwarders: list[str]
+    powerdns: PeerStatus | None
+    table_version: int
+    queries: int
+    fastpath_hits: int
+    malformed: int
+    truncated: int
+    cache_entries: CacheEntries
+    tcp_clients: int
+    forwards_in_flight: int
+    internal_errors: int
 
 
 class DNSServer:
@@ -264,7 +297,7 @@ class DNSServer:
         self._metrics.dns_listeners.labels(horizon=self.horizon, transport="udp").set(0)
         self._metrics.dns_listeners.labels(horizon=self.horizon, transport="tcp").set(0)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DNSStatus:
         self.responder.flush()
         c = self._metrics.dns
         return {

@@ -29,7 +29,7 @@ import errno
 import ipaddress
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import structlog
 
@@ -43,6 +43,7 @@ from maculad.horizons.plan import (
     HTTPS_PORT,
     DockerNetwork,
     PortConflict,
+    PortConflictView,
     choose_gateway,
     client_allowed,
     client_subnets,
@@ -52,7 +53,7 @@ from maculad.horizons.plan import (
 )
 from maculad.horizons.upstreams import host_upstreams
 from maculad.observability.metrics import Metrics
-from maculad.proxy.relay import Relay
+from maculad.proxy.relay import Relay, RelayStatus
 from maculad.proxy.spec import ListenerSpec, Target
 from maculad.routes.manager import RouteTableManager
 from maculad.core.net import Backend
@@ -64,6 +65,24 @@ log = structlog.get_logger("maculad.horizons")
 TASK = "containers.networks"
 #: the least time between two network re-reads caused by clients from unknown addresses
 REFRESH_MIN = 0.5
+
+
+class HorizonDNSStatus(TypedDict):
+    listen: list[str]
+    forwards_in_flight: int
+
+
+class ContainerHorizonStatus(TypedDict):
+    """The `containers` component in `GET /v1/status`: the horizon on G."""
+
+    state: str  # "on", "off", "starting"
+    address: str | None  # G
+    reason: str
+    subnets: list[str]
+    upstreams: list[str]
+    port_conflicts: list[PortConflictView]
+    dns: NotRequired[HorizonDNSStatus]
+    relay: NotRequired[RelayStatus]
 
 
 class ContainerHorizon:
@@ -121,8 +140,8 @@ class ContainerHorizon:
         if self._own_api and self._api is not None:
             await self._api.close()
 
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def status(self) -> ContainerHorizonStatus:
+        out: ContainerHorizonStatus = {
             "state": self._state,
             "address": self.address,
             "reason": self._why,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from maculad.proxy.spec import ListenerSpec, Target
 from maculad.core.net import Backend
@@ -178,5 +178,12 @@ def horizon_listeners(
     return out, tuple(conflicts)
 
 
-def conflict_view(c: PortConflict) -> dict[str, Any]:
+class PortConflictView(TypedDict):
+    proto: str
+    port: int
+    routes: list[str]
+    reason: str
+
+
+def conflict_view(c: PortConflict) -> PortConflictView:
     return {"proto": c.proto, "port": c.port, "routes": list(c.routes), "reason": c.reason}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from maculad.observability.metrics import Metrics
 from maculad.core.net import Backend, tcp_listen_socket
 from maculad.core.tasks import TaskOwner
+
+
+class MetricsEndpointStatus(TypedDict):
+    """The `metrics` component: where /metrics, /healthz and /readyz are served."""
+
+    listen: str
+    bound: tuple[str, int] | None
 
 
 class MetricsServer:
@@ -62,8 +69,8 @@ class MetricsServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def status(self) -> dict[str, Any]:
-        return {"listen": str(self._listen), "bound": list(self._bound) if self._bound else None}
+    def status(self) -> MetricsEndpointStatus:
+        return {"listen": str(self._listen), "bound": self._bound}
 
     async def _handle_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)

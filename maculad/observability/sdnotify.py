@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypedDict
 
 import structlog
 
@@ -80,6 +81,14 @@ def one_line(text: str, limit: int = 200) -> str:
     """STATUS= must be one line: collapse whitespace, cut at `limit` characters."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class WatchdogStatus(TypedDict):
+    """`status.watchdog`: systemd's watchdog, when it wants pings."""
+
+    interval: float  # seconds between pings
+    withheld: int  # rounds whose ping was withheld (unhealthy)
+    last_withheld: str | None  # why the last one was withheld
 
 
 class SdNotifier:
@@ -171,7 +180,7 @@ class SdNotifier:
             due = loop.time() + interval
             await asyncio.sleep(interval)
 
-    def watchdog_status(self) -> dict[str, object] | None:
+    def watchdog_status(self) -> WatchdogStatus | None:
         """The watchdog as `maculactl status` shows it; None when systemd wants no pings."""
         if self.watchdog_interval is None:
             return None

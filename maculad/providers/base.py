@@ -12,8 +12,8 @@ Stopping a provider never clears its routes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from maculad.core.net import Backend
 from maculad.core.tasks import TaskOwner
@@ -31,8 +31,8 @@ class Provider(Protocol):
     def close(self) -> None:
         """After `run` was cancelled: release subscriptions (routes stay in the table)."""
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-able summary for `maculactl status`."""
+    def status(self) -> Mapping[str, object]:
+        """A JSON-able summary for `maculactl status` (each provider's TypedDict is its exact shape)."""
 
 
 def provider_task(provider: Provider) -> str:

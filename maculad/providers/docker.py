@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import TypedDict
 
 import structlog
 
@@ -25,6 +26,16 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import RouteSpec, ServiceHold
 
 log = structlog.get_logger("maculad.providers.docker")
+
+
+class LabelErrorView(TypedDict):
+    container: str
+    error: str
+
+
+class DockerProviderStatus(TypedDict):
+    routes: int
+    label_errors: list[LabelErrorView]
 
 
 class DockerProvider:
@@ -90,7 +101,7 @@ class DockerProvider:
     def close(self) -> None:
         self._inventory.unsubscribe(self._on_update)
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> DockerProviderStatus:
         return {
             "routes": self.route_count,
             "label_errors": [{"container": e.container, "error": e.reason} for e in self.errors],

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import structlog
 
@@ -32,6 +32,26 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import Source
 
 log = structlog.get_logger("maculad.providers.kubernetes")
+
+
+class KubernetesStatus(TypedDict):
+    """The `kubernetes` component in `GET /v1/status`: the Ingress watch and what it built."""
+
+    connected: bool
+    synced: bool
+    kubeconfig: str
+    context: str | None
+    resource_version: str | None
+    ingresses: int
+    routes: int
+    skipped: int
+    last_event_age: float | None
+    relists: int
+    reconnects: int
+    last_error: str | None
+    rebuilds: int
+    last_build_seconds: float | None
+    last_rebuild_seconds: float | None
 
 
 class KubernetesProvider:
@@ -85,7 +105,7 @@ class KubernetesProvider:
             self._publish()
         self.watch.close()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> KubernetesStatus:
         w = self.watch.status()
         return {
             "connected": w["connected"],

@@ -35,7 +35,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 import structlog
 
@@ -57,6 +57,36 @@ log = structlog.get_logger("maculad.proxy")
 
 State = Literal["starting", "serving", "failed", "draining"]
 STATES: tuple[State, ...] = ("starting", "serving", "failed", "draining")
+
+
+class ListenerStatus(TypedDict):
+    """One listener (IP, protocol, port) of the relay."""
+
+    route: str
+    ip: str
+    proto: str
+    port: int
+    kind: str
+    backend: str  # host:port, or "per name" for a Host/SNI-routed listener
+    service: str | None
+    state: State
+    last_error: str | None
+    conns: int
+    buffered_bytes: int
+    retry_in: NotRequired[float]  # seconds until a failed bind is tried again
+
+
+class RelayStatus(TypedDict):
+    """The `proxy` component in `GET /v1/status` (also the container horizon's relay)."""
+
+    table_version: int
+    reconciled: bool
+    listeners: list[ListenerStatus]
+    starting: int
+    serving: int
+    failed: int
+    draining: int
+    aliases: list[str]
 
 RETRY_INITIAL = 0.25
 
@@ -114,8 +144,8 @@ class Entry:
         self.attempts = 0
         self.retry_at: float | None = None
 
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def status(self) -> ListenerStatus:
+        out: ListenerStatus = {
             "route": self.target.route,
             "ip": self.spec.ip,
             "proto": self.spec.proto,
@@ -224,18 +254,21 @@ class Relay:
         self._set_gauges()
         log.info("proxy_stopped")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RelayStatus:
         entries = sorted(
             [*self._entries.values(), *self._draining], key=lambda e: (e.spec.ip, e.spec.proto, e.spec.port)
         )
-        counts: dict[str, int] = {s: 0 for s in STATES}
+        counts: dict[State, int] = {s: 0 for s in STATES}
         for e in entries:
             counts[e.state] += 1
         return {
             "table_version": self._version,
             "reconciled": self._applied >= self._generation,
             "listeners": [e.status() for e in entries],
-            **counts,
+            "starting": counts["starting"],
+            "serving": counts["serving"],
+            "failed": counts["failed"],
+            "draining": counts["draining"],
             "aliases": sorted(self._platform.managed()),
         }
 

@@ -29,7 +29,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import structlog
 
@@ -42,6 +42,17 @@ from maculad.proxy.spec import Target
 from maculad.proxy.tcp import _CLOSED, _CONNECTING, _HANDSHAKE, _LINGER, _PAGE, HEAD_WAIT, ClientProtocol, _tune
 
 log = structlog.get_logger("maculad.proxy")
+
+
+class TLSStatus(TypedDict):
+    """`tls` in `GET /v1/status`: the local CA (never its key), or why there is none."""
+
+    enabled: bool
+    error: str | None
+    ca: NotRequired[str | None]  # the root's path
+    fingerprint_sha256: NotRequired[str]
+    expires: NotRequired[str]  # ISO 8601
+    leaves_cached: NotRequired[int]
 
 CHUNK = 256 * 1024
 
@@ -203,7 +214,7 @@ class Terminator:
         child.inc()
 
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TLSStatus:
         """What `maculactl status` shows: the root's path, fingerprint and expiry, never its key."""
         ca = self.store.ca
         return {

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import structlog
 import aiohttp
@@ -52,6 +52,17 @@ NAMESPACE = "kube-system"
 NAME = "coredns"
 KEY = "Corefile"
 TASK = "publishers.coredns"
+
+
+class CoreDNSStatus(TypedDict):
+    """The `coredns` component: the marked block in kube-system/coredns."""
+
+    state: str
+    configmap: str
+    wanted: str | None
+    last_action: str | None
+    last_error: str | None
+    writes: int
 
 
 class CorefileError(ValueError):
@@ -122,7 +133,7 @@ class CoreDNSPublisher:
         if self._owner is not None:
             await self._owner.stop(TASK)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CoreDNSStatus:
         return {"state": self._state, "configmap": f"{NAMESPACE}/{NAME}", "wanted": self._wanted(),
                 "last_action": self._last_action, "last_error": self._last_error, "writes": self._writes}
 

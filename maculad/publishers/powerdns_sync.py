@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import structlog
 
@@ -38,6 +38,38 @@ from maculad.routes.table import RouteTable
 from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.powerdns")
+
+
+class ZoneConflictView(TypedDict):
+    name: str
+    route: str
+    reason: str
+    owner: str | None
+
+
+class PowerDNSStatus(TypedDict):
+    """`GET /v1/powerdns` and the `powerdns` component: the shared zone as maculad keeps it."""
+
+    api: str
+    server_id: str
+    zone: str
+    owner_id: str
+    publish: bool
+    publish_address: str | None
+    publish_address_from: str  # "config" or "containers"
+    dns: str | None
+    connected: bool
+    last_sync: float | None  # epoch seconds
+    last_attempt: float | None  # epoch seconds
+    synced_table_version: int | None
+    records_owned: int
+    conflicts: list[ZoneConflictView]
+    patches_sent: int
+    rounds: int
+    zone_created: bool
+    retry_in_seconds: float | None
+    last_error: str | None
+    last_error_kind: str | None
 
 
 class ZoneAPI(Protocol):
@@ -117,7 +149,7 @@ class PowerDNSPublisher:
             return c.publish_address
         return self._address_of() if self._address_of is not None else None
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PowerDNSStatus:
         c = self.config
         return {
             "api": c.api,
@@ -236,5 +268,5 @@ class PowerDNSPublisher:
                      table_version=table.version)
 
 
-def conflict_view(c: ZoneConflict) -> dict[str, Any]:
+def conflict_view(c: ZoneConflict) -> ZoneConflictView:
     return {"name": c.name, "route": c.origin, "reason": c.reason, "owner": c.owner}

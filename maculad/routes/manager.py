@@ -25,7 +25,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TypedDict
 
 import structlog
 
@@ -45,6 +45,16 @@ Listener = Callable[[RouteTable], None]
 SAVE_RETRY_INITIAL = 0.25
 SAVE_RETRY_CAP = 5.0
 
+
+
+class StateStatus(TypedDict):
+    """`status.state`: where the allocations are saved and whether the last save failed."""
+
+    path: str
+    save_error: str | None
+    consecutive_failures: int
+    failing_since: float | None  # epoch seconds
+    retry_in: float | None  # seconds until the next attempt
 
 class RouteTableManager:
     def __init__(
@@ -123,7 +133,7 @@ class RouteTableManager:
         """Why the latest table is not published yet (its allocations could not be saved), or None."""
         return self._save_error
 
-    def state_status(self) -> dict[str, Any]:
+    def state_status(self) -> StateStatus:
         retry_in = None
         if self._retry is not None:
             retry_in = round(max(0.0, self._retry.when() - asyncio.get_running_loop().time()), 3)

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import structlog
 
@@ -62,12 +62,45 @@ from maculad.supervise.cluster_wiring import (
 from maculad.adapters.kube.apply import Applier, ManifestError, describe, load_manifest, parse_manifest
 from maculad.adapters.kube.client import KubeError, KubeSession, KubeTransport, api_ready
 from maculad.adapters.kind import KindBinary, KindCLI, KindError
-from maculad.supervise.policy import RestartPolicy, RestartTracker
+from maculad.supervise.policy import RestartPolicy, RestartSnapshot, RestartTracker
 from maculad.core.tasks import TaskOwner
 
 __all__ = ["ClusterSupervisor", "KubeOpener", "NodeDocker"]
 
 log = structlog.get_logger("maculad.cluster")
+
+
+class NodeView(TypedDict):
+    name: str
+    role: str
+    state: str
+    exit_code: int | None
+
+
+class ClusterRestart(RestartSnapshot):
+    next_attempt_in: float
+
+
+class ClusterStatus(TypedDict):
+    """`GET /v1/cluster`: the kind cluster as the supervisor sees it."""
+
+    cluster: str
+    state: ClusterState
+    reason: str
+    dry_run: bool
+    nodes: list[NodeView]
+    api_ready: bool | None
+    api_error: str | None
+    kubeconfig: str
+    context: str
+    wired: bool
+    wiring: dict[str, str]
+    last_action: dict[str, Any] | None  # action, reason, time (epoch seconds), result
+    last_error: str | None
+    kind_error: str | None
+    recreations: int
+    restart: ClusterRestart
+    dry_run_plans: list[dict[str, Any]]
 
 KubeOpener = Callable[[Path, str | None], Awaitable[KubeTransport]]
 """Opens an API client for (kubeconfig, context); `KubeSession.open` by default."""
@@ -154,7 +187,7 @@ class ClusterSupervisor:
             with contextlib.suppress(Exception):
                 await self._docker.close()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ClusterStatus:
         wait = max(0.0, self._next_attempt - self._clock()) if self._tracker.state == "backoff" else 0.0
         return {
             "cluster": self._cluster,

@@ -39,7 +39,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal, TypedDict
 
 import structlog
 
@@ -58,13 +58,39 @@ from maculad.adapters.docker.model import (
 from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.routes.model import ServiceHold
-from maculad.supervise.policy import Decision, RestartPolicy, RestartTracker
+from maculad.supervise.policy import Decision, RestartPolicy, RestartSnapshot, RestartTracker
 from maculad.core.restart import STATES
 
 log = structlog.get_logger("maculad.supervise.containers")
 
 ActionKind = Literal["start", "restart"]
 TIER = "docker"
+
+
+class ServiceView(RestartSnapshot):
+    """One supervised container in `GET /v1/services`: who it is, Docker's view, and the restart state."""
+
+    service: str
+    tier: str
+    container: str
+    container_id: str
+    docker_state: str
+    health: str | None
+    exit_code: int | None
+    policy_source: str
+    up: bool
+    restarts: int
+    waiting_on: str | None
+    pending: ActionKind | None
+    error: str | None
+    last_error: str | None
+    compose_project: str | None
+
+
+class SupervisorStatus(TypedDict):
+    services: int
+    states: dict[str, int]
+    actions_running: int
 
 
 @dataclass(slots=True)
@@ -213,11 +239,11 @@ class ContainerSupervisor:
         """Container id → its service's hold, for every supervised container maculad does not see running."""
         return {cid: u.published_hold for cid, u in self._units.items() if u.published_hold is not None}
 
-    def services(self) -> list[dict[str, Any]]:
-        out = []
+    def services(self) -> list[ServiceView]:
+        out: list[ServiceView] = []
         for u in sorted(self._units.values(), key=lambda u: (u.service, u.info.name)):
-            snap: dict[str, Any] = u.tracker.snapshot() if u.tracker is not None else {
-                "state": "failed", "reason": u.error, "backoff_seconds": 0.0, "policy": None,
+            snap: RestartSnapshot = u.tracker.snapshot() if u.tracker is not None else {
+                "state": "failed", "reason": u.error or "", "backoff_seconds": 0.0, "policy": None,
             }
             out.append({
                 "service": u.service,
@@ -239,14 +265,14 @@ class ContainerSupervisor:
             })
         return out
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SupervisorStatus:
         states: dict[str, int] = {}
         for u in self._units.values():
             s = u.tracker.state if u.tracker is not None else "failed"
             states[s] = states.get(s, 0) + 1
         return {"services": len(self._units), "states": states, "actions_running": len(self._tasks)}
 
-    async def stop_service(self, name: str) -> list[dict[str, Any]]:
+    async def stop_service(self, name: str) -> list[ServiceView]:
         """`maculactl stop`: stop the service's container(s); nothing restarts them until a start."""
         units = self._find(name)
         now = self._clock()
@@ -270,15 +296,15 @@ class ContainerSupervisor:
         self._wake()
         return self._summary(name)
 
-    async def start_service(self, name: str) -> list[dict[str, Any]]:
+    async def start_service(self, name: str) -> list[ServiceView]:
         """`maculactl start`: clear a stop or give-up and start (after the dependencies are ready)."""
         return await self._request(name, "start", "service_start")  # a running container answers 304
 
-    async def restart_service(self, name: str) -> list[dict[str, Any]]:
+    async def restart_service(self, name: str) -> list[ServiceView]:
         """`maculactl restart`: restart now (a stopped service is started)."""
         return await self._request(name, "restart", "service_restart_requested")
 
-    async def _request(self, name: str, action: ActionKind, event: str) -> list[dict[str, Any]]:
+    async def _request(self, name: str, action: ActionKind, event: str) -> list[ServiceView]:
         units = self._find(name)
         now = self._clock()
         for u in units:
@@ -608,7 +634,7 @@ class ContainerSupervisor:
             raise ValueError(f"service {name!r} is not supervised: {bad[0].error}")
         return units
 
-    def _summary(self, name: str) -> list[dict[str, Any]]:
+    def _summary(self, name: str) -> list[ServiceView]:
         return [s for s in self.services() if s["service"] == name]
 
     def _publish_state(self, u: _Unit) -> None:

@@ -15,13 +15,25 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NotRequired, TypedDict
 
 from maculad.config import BackoffConfig
 from maculad.core.backoff import Backoff
 from maculad.core.restart import RestartPolicyName, State
 
 Action = Literal["none", "restart", "give_up"]
+
+
+class RestartSnapshot(TypedDict):
+    """A tracker's state as the control socket shows it (part of each service and of the cluster)."""
+
+    state: State
+    reason: str
+    backoff_seconds: float
+    policy: str | None
+    failures: NotRequired[int]
+    held: NotRequired[bool]
+    restarts_in_window: NotRequired[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +195,7 @@ class RestartTracker:
         self.state = state
         self.reason = reason
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> RestartSnapshot:
         return {
             "state": self.state,
             "reason": self.reason,

@@ -8,7 +8,10 @@ per `resolution` seconds, so its memory is bounded whatever the ask rate.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from maculad.control.protocol import Status
 
 
 class RateMeter:
@@ -34,11 +37,14 @@ class RateMeter:
         return (total - n0) / (t - t0)
 
 
-def relay_connections(status: dict[str, Any]) -> int:
+def relay_connections(status: Status) -> int:
     """Open relayed connections: the sum over the relay's listeners in the status view."""
-    proxy = status.get("components", {}).get("proxy", {})
-    return sum(int(listener.get("conns", 0)) for listener in proxy.get("listeners", []))
+    proxy = status["components"].get("proxy")
+    if proxy is None or "error" in proxy:
+        return 0
+    return sum(listener["conns"] for listener in proxy["listeners"])
 
 
-def dns_queries(status: dict[str, Any]) -> int:
-    return int(status.get("components", {}).get("dns", {}).get("queries", 0))
+def dns_queries(status: Status) -> int:
+    dns = status["components"].get("dns")
+    return 0 if dns is None or "error" in dns else dns["queries"]

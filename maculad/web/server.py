@@ -35,6 +35,7 @@ import structlog
 from aiohttp import web
 
 from maculad.control.api import ControlError
+from maculad.control.protocol import ClusterStatus, Event, RoutesAnswer, ServiceView, Status, WebStatus
 from maculad.observability.metrics import Metrics
 from maculad.core.net import Backend, format_hostport
 from maculad.core.tasks import TaskOwner
@@ -59,15 +60,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class StatusSource(Protocol):
     """The read half of the control facade: what the page may see."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> Status: ...
 
-    def routes(self) -> dict[str, Any]: ...
+    def routes(self) -> RoutesAnswer: ...
 
-    def services(self) -> list[dict[str, Any]]: ...
+    def services(self) -> list[ServiceView]: ...
 
-    def cluster_status(self) -> dict[str, Any]: ...
+    def cluster_status(self) -> ClusterStatus: ...
 
-    def follow_events(self, *, replay: int) -> AsyncIterator[dict[str, Any]]: ...
+    def follow_events(self, *, replay: int) -> AsyncIterator[Event]: ...
 
 
 class Figures(TypedDict):
@@ -79,10 +80,10 @@ class Figures(TypedDict):
 class PageStatus(TypedDict):
     """`GET /api/status`: the control socket's views, side by side, plus what only the page needs."""
 
-    status: dict[str, Any]  # as `GET /v1/status`
-    routes: dict[str, Any]  # as `GET /v1/routes`
-    services: list[dict[str, Any]]  # as `GET /v1/services` → "services"
-    cluster: dict[str, Any] | None  # as `GET /v1/cluster`, None when kind management is off
+    status: Status  # as `GET /v1/status`
+    routes: RoutesAnswer  # as `GET /v1/routes`
+    services: list[ServiceView]  # as `GET /v1/services` → "services"
+    cluster: ClusterStatus | None  # as `GET /v1/cluster`, None when kind management is off
     cluster_off: str | None  # why there is no cluster view
     backends: dict[str, CheckView]  # "host:port" → does it accept connections now
     figures: Figures
@@ -240,11 +241,11 @@ class WebServer:
         """Why the page is not served (None while it is)."""
         return None if self._server is not None else self._last_error or f"not listening on {self._listen} yet"
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WebStatus:
         conns = len(self._runner.server.connections) if self._runner and self._runner.server else 0
         return {
             "listen": str(self._listen),
-            "bound": list(self._bound) if self._bound else None,
+            "bound": self._bound,
             "url": self.url,
             "address_url": f"http://{format_hostport(*self._bound)}/" if self._bound else None,
             "serving": self._server is not None,
@@ -323,13 +324,12 @@ class WebServer:
         src = self._source
         status = src.status()
         routes = src.routes()
-        cluster: dict[str, Any] | None
+        cluster: ClusterStatus | None
         try:
             cluster, cluster_off = src.cluster_status(), None
         except ControlError as exc:
             cluster, cluster_off = None, exc.message
-        backends = [parse_backend(p["backend"]) for r in routes.get("routes", []) for p in r.get("ports", [])
-                    if p.get("proto") == "tcp"]
+        backends = [parse_backend(p["backend"]) for r in routes["routes"] for p in r["ports"] if p["proto"] == "tcp"]
         checks = await self.probe.check(b for b in backends if b is not None)
         queries = dns_queries(status)
         return {

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import structlog
 
@@ -28,6 +29,14 @@ from maculad.core.backoff import Backoff
 from maculad.adapters.docker.inventory import DockerInventory, InventoryUpdate
 
 log = structlog.get_logger("maculad.adapters.docker.compose")
+
+
+class ComposeStatus(TypedDict):
+    files: list[str]
+    project: str
+    command: list[str] | None
+    last_error: str | None
+    last_up: dict[str, list[str]]
 
 
 class ComposeError(Exception):
@@ -184,7 +193,7 @@ class ComposeBringUp:
     def close(self) -> None:
         self._inventory.unsubscribe(self._on_update)
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> ComposeStatus:
         return {
             "files": [str(f) for f in self._files],
             "project": self._project,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypedDict
 
 import structlog
 
@@ -34,6 +34,16 @@ from maculad.observability.metrics import Metrics
 log = structlog.get_logger("maculad.adapters.docker.inventory")
 
 UpdateKind = Literal["relist", "event", "disconnected"]
+
+
+class InventoryStatus(TypedDict):
+    endpoint: str
+    connected: bool
+    engine_version: str | None
+    last_error: str | None
+    containers: int
+    generation: int
+    events: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +113,7 @@ class DockerInventory:
             except Exception:
                 log.exception("inventory_subscriber_failed", subscriber=getattr(cb, "__qualname__", repr(cb)))
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> InventoryStatus:
         return {
             "endpoint": self._api.endpoint,
             "connected": self.connected,

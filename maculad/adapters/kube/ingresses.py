@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import aiohttp
 import structlog
@@ -55,6 +55,18 @@ log = structlog.get_logger("maculad.adapters.kube.ingresses")
 IngressKey = tuple[str, str]
 EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
 DEFAULT_BACKOFF = BackoffConfig(initial=0.25, factor=2.0, cap=30.0)
+
+
+class IngressWatchStatus(TypedDict):
+    connected: bool
+    kubeconfig: str
+    context: str | None
+    resource_version: str | None
+    ingresses: int
+    last_event_age: float | None
+    relists: int
+    reconnects: int
+    last_error: str | None
 
 
 class WatchGone(Exception):
@@ -112,7 +124,7 @@ class IngressWatch:
     def objects(self) -> Mapping[IngressKey, dict[str, Any]]:
         return MappingProxyType(self._ingresses)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> IngressWatchStatus:
         return {
             "connected": self._connected,
             "kubeconfig": str(self._cfg.kubeconfig),
