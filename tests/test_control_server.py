@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from maculad.config import ControlConfig
+from maculad.control.protocol import DNSLookup
 from maculad.control.server import ControlServer, ControlSocketError
 from maculad.observability.metrics import Metrics
 from maculad.core.tasks import TaskOwner
@@ -98,9 +99,9 @@ async def test_read_endpoints(running: Running) -> None:
     assert by_name["grafana.macula.local"]["ip"] == "127.0.0.2"
     assert by_name["grafana.macula.local"]["ports"] == [{"proto": "tcp", "port": 8080, "backend": "127.0.0.1:3000"}]
     status, data = await get(running, "/v1/services")
-    assert [s["name"] for s in data["services"]] == ["grafana", "loki"]
+    assert [s["service"] for s in data["services"]] == ["grafana", "loki"]
     status, data = await get(running, "/v1/dns?name=GRAFANA.macula.local.")
-    assert (status, data["answer"], data["source"]) == (200, "127.0.0.2", "config")
+    assert (status, data["answer"], data["route"]["source"]) == (200, "127.0.0.2", "config")
     status, data = await get(running, "/v1/ping")
     assert data["pid"] == os.getpid()
 
@@ -108,7 +109,7 @@ async def test_read_endpoints(running: Running) -> None:
 async def test_actions(running: Running) -> None:
     status, data = await get(running, "/v1/services/grafana/restart", "POST")
     assert status == 409  # docker disabled in this config: the target's own error, passed through
-    assert "Docker is disabled" in data["error"]
+    assert "Docker tier is not enabled" in data["error"]
 
 
 async def test_errors_are_json(running: Running) -> None:
@@ -118,7 +119,7 @@ async def test_errors_are_json(running: Running) -> None:
         ("GET", "/v1/dns", 400, "'name' is required"),
         ("GET", "/v1/dns?name=bad%20name", 400, "not a valid DNS name"),
         ("POST", "/v1/services/grafana/explode", 400, "unknown action"),
-        ("GET", "/v1/cluster", 409, "kind management is off"),
+        ("GET", "/v1/cluster", 409, "kind cluster management is off"),
         ("GET", "/v1/events?replay=-1", 400, "replay must be"),
         ("GET", "/v1/events?replay=x", 400, "not a number"),
         ("GET", "/v1/events?follow=maybe", 400, "use 1 or 0"),
@@ -141,7 +142,7 @@ async def test_requests_are_counted_by_route_pattern(running: Running) -> None:
 
 async def test_internal_errors_become_500_json() -> None:
     class Broken(TableTarget):
-        def dns_lookup(self, name: str) -> dict[str, Any]:
+        def dns_lookup(self, name: str) -> DNSLookup:
             raise RuntimeError("table exploded")
 
     d = short_dir()
@@ -252,7 +253,7 @@ async def test_peer_credentials_decide_who_may_act() -> None:
     r = await start(d, group="daemon")
     try:
         status, body = await asyncio.to_thread(_as_nobody, r.socket, "POST", "/v1/reload", [1])
-        assert status == 200 and body["reloaded"] is True
+        assert status == 200 and body["ok"] is True
     finally:
         await r.server.stop()
     shutil.rmtree(d)

@@ -120,21 +120,24 @@ async def test_routes_table_and_json(env: Env) -> None:
 async def test_services_and_actions(env: Env) -> None:
     rc, out, _ = await ctl("services", socket_path=env.socket)
     assert rc == 0
-    assert out.splitlines()[0].split() == ["NAME", "STATE", "RESTARTS", "BACKOFF", "LAST", "ERROR"]
-    assert any(ln.split()[:2] == ["loki", "backoff"] for ln in out.splitlines())
+    assert out.splitlines()[0].split() == ["SERVICE", "STATE", "UP", "HEALTH", "RESTARTS", "BACKOFF", "POLICY", "LAST",
+                                           "ERROR"]
+    loki = next(ln for ln in out.splitlines() if ln.startswith("loki"))
+    assert loki.split()[:7] == ["loki", "backoff", "no", "-", "0", "2s", "always"]
     rc, out, err = await ctl("restart", "grafana", socket_path=env.socket)
     assert rc == 0, err
     assert env.target.restarts["grafana"] == 1
     data = await ctl_json("stop", "loki", socket_path=env.socket)
-    assert data["state"] == "stopped" and env.target.services_state["loki"] == "stopped"
+    assert data == {"ok": True, "service": "loki", "action": "stop"}
+    assert env.target.services_state["loki"] == "stopped"
     rc, out, err = await ctl("restart", "nope", socket_path=env.socket)
     assert rc == 1 and out == ""
-    assert err == "maculactl: no service named 'nope' (HTTP 404)\n"
+    assert err == "maculactl: no supervised service named 'nope' (HTTP 404)\n"
 
 
 async def test_cluster_when_kind_is_off(env: Env) -> None:
     rc, _, err = await ctl("cluster", "status", socket_path=env.socket)
-    assert rc == 1 and "kind management is off" in err and len(err.splitlines()) == 1
+    assert rc == 1 and "kind cluster management is off" in err and len(err.splitlines()) == 1
 
 
 async def test_dns(env: Env) -> None:
@@ -149,7 +152,8 @@ async def test_dns(env: Env) -> None:
 async def test_reload_good_and_broken_config(env: Env) -> None:
     env.config.write_text(env.config.read_text() + MORE)
     data = await ctl_json("reload", socket_path=env.socket)
-    assert data == {"reloaded": True, "added": ["loki.macula.local"], "removed": []}
+    assert data == {"ok": True, "changed": ["routes"]}
+    assert env.target.table.lookup("loki.macula.local") is not None
     good_version = env.target.table.version
     env.config.write_text(env.config.read_text() + '\n[proxy.oops]\nx = 1\n')
     rc, out, err = await ctl("reload", socket_path=env.socket)
@@ -182,7 +186,8 @@ async def test_daemon_not_running_is_exit_3_with_one_line() -> None:
     try:
         rc, out, err = await ctl("status", socket_path=str(d / "missing.sock"))
         assert (rc, out) == (3, "")
-        assert err == f"maculactl: maculad is not running: no control socket at {d / 'missing.sock'}\n"
+        assert err == (f"maculactl: maculad is not running: no control socket at {d / 'missing.sock'} (--socket); "
+                       "point maculactl at its socket with --socket PATH, MACULAD_SOCKET=PATH or --config FILE\n")
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(str(d / "stale.sock"))
         stale.close()
@@ -215,7 +220,7 @@ async def test_socket_not_accessible_is_exit_3(env: Env) -> None:
             path.chmod(0o755 if path.is_dir() else 0o644)
         rc, out, err = await ctl("status", socket_path=env.socket, user=65534,
                                  env={"PYTHONPATH": str(pkg)},
-                                 argv0=[python, "-c", "from maculad.control.ctl import main; main()"])
+                                 argv0=[python, "-c", "from maculad.ctl.main import main; main()"])
     finally:
         shutil.rmtree(pkg)
     assert (rc, out) == (3, "")

@@ -310,15 +310,6 @@ def test_daemon_down_checks_still_run_from_config_facts(dns_port: int) -> None:
     assert all(x.level != "warn" or x.check != "ports" for x in out)  # no "nothing listens" noise
 
 
-def test_status_flags_from_explicit_keys_or_components() -> None:
-    from maculad.control.ctl import status_flags
-
-    assert status_flags({"docker_enabled": True, "kind_manage": False, "components": {"kind": {}}}) == (True, False)
-    assert status_flags({"components": {"docker": {}, "kind": {}, "dns": {}}}) == (True, True)
-    assert status_flags({"components": {"dns": {}}}) == (False, False)
-    assert status_flags({}) == (False, False)
-
-
 def test_a_low_open_file_limit_is_a_warning_with_the_unit_setting() -> None:
     f = Facts(socket="s", daemon_error=None, limits={"nofile_soft": 1024, "nofile_hard": 1024})
     res = check_limits(f)

@@ -19,7 +19,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from maculad.control.client import ControlClient
+from maculad.ctl.client import ControlClient
 from tests.support.daemon import Maculad, base_config
 
 DNS_IP = "127.0.0.153"

@@ -36,23 +36,6 @@ from maculad.app import reload as reloading
 from maculad.app.reload import apex, peer_args
 from maculad.config import Config, ConfigError
 from maculad.control.api import ControlError
-from maculad.control.protocol import (
-    ClusterRecreated,
-    ClusterStatus,
-    ComponentError,
-    Components,
-    ContainerHorizonView,
-    DNSLookup,
-    Event,
-    LastReload,
-    PowerDNSStatus,
-    ReloadAnswer,
-    RoutesAnswer,
-    ServiceAction,
-    ServiceActionAnswer,
-    ServiceView,
-    Status,
-)
 from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.dns.server import DNSServer
 from maculad.core.events import EventBus
@@ -74,6 +57,23 @@ from maculad.core.tasks import TaskOwner
 if TYPE_CHECKING:  # imported where they are built: DNS answers before aiohttp & co. are loaded
     import socket
 
+    from maculad.control.protocol import (
+        ClusterRecreated,
+        ClusterStatus,
+        ComponentError,
+        Components,
+        ContainerHorizonView,
+        DNSLookup,
+        Event,
+        LastReload,
+        PowerDNSStatus,
+        ReloadAnswer,
+        RoutesAnswer,
+        ServiceAction,
+        ServiceActionAnswer,
+        ServiceView,
+        Status,
+    )
     from maculad.web.server import WebServer
     from maculad.horizons.containers import ContainerHorizon
     from maculad.publishers.coredns import CoreDNSPublisher

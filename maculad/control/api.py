@@ -9,23 +9,25 @@ and a message a person can act on.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from maculad.control.protocol import (
-    ClusterRecreated,
-    ClusterStatus,
-    DNSLookup,
-    Event,
-    PowerDNSStatus,
-    ReloadAnswer,
-    RoutesAnswer,
-    ServiceAction,
-    ServiceActionAnswer,
-    ServiceView,
-    Status,
-)
+if TYPE_CHECKING:
+    from maculad.control.protocol import (
+        ClusterRecreated,
+        ClusterStatus,
+        DNSLookup,
+        Event,
+        PowerDNSStatus,
+        ReloadAnswer,
+        RoutesAnswer,
+        ServiceAction,
+        ServiceActionAnswer,
+        ServiceView,
+        Status,
+    )
 
-__all__ = ["ControlError", "ControlTarget", "ServiceAction"]
+
+__all__ = ["ControlError", "ControlTarget"]
 
 
 class ControlError(Exception):

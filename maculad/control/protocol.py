@@ -19,9 +19,12 @@ keys", so `Event` is that mapping.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
     from maculad.adapters.docker.compose import ComposeStatus
     from maculad.core.limits import LimitsStatus
     from maculad.core.tasks import TaskStatus
@@ -84,6 +87,7 @@ __all__ = [
     "TaskStatus",
     "WebStatus",
     "ZoneConflictView",
+    "is_error",
 ]
 
 ServiceAction = Literal["start", "stop", "restart"]
@@ -108,7 +112,7 @@ class Ping(TypedDict):
 
 
 class PortView(TypedDict):
-    proto: str  # "tcp" or "udp"
+    proto: Literal["tcp", "udp"]
     port: int
     backend: str  # host:port
 
@@ -201,6 +205,11 @@ class ComponentError(TypedDict):
     """A component whose status could not be read (a bug there must not hide the rest)."""
 
     error: str
+
+
+def is_error(part: Mapping[str, object]) -> TypeIs[ComponentError]:
+    """Is this entry of `Components` a `ComponentError` rather than the component's status?"""
+    return "error" in part
 
 
 class ControlStatus(TypedDict):

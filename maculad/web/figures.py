@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from maculad.control.protocol import is_error
+
 if TYPE_CHECKING:
     from maculad.control.protocol import Status
 
@@ -40,11 +42,11 @@ class RateMeter:
 def relay_connections(status: Status) -> int:
     """Open relayed connections: the sum over the relay's listeners in the status view."""
     proxy = status["components"].get("proxy")
-    if proxy is None or "error" in proxy:
+    if proxy is None or is_error(proxy):
         return 0
     return sum(listener["conns"] for listener in proxy["listeners"])
 
 
 def dns_queries(status: Status) -> int:
     dns = status["components"].get("dns")
-    return 0 if dns is None or "error" in dns else dns["queries"]
+    return 0 if dns is None or is_error(dns) else dns["queries"]

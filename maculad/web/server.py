@@ -29,19 +29,21 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import Any, Protocol, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 
 import structlog
 from aiohttp import web
 
 from maculad.control.api import ControlError
-from maculad.control.protocol import ClusterStatus, Event, RoutesAnswer, ServiceView, Status, WebStatus
 from maculad.observability.metrics import Metrics
 from maculad.core.net import Backend, format_hostport
 from maculad.core.tasks import TaskOwner
 from maculad.web.figures import RateMeter, dns_queries, relay_connections
 from maculad.web.guard import Allowed, fetch_site_ok, host_ok, origin_ok
 from maculad.web.probe import BackendProbe, CheckView, parse_backend
+
+if TYPE_CHECKING:
+    from maculad.control.protocol import ClusterStatus, Event, RoutesAnswer, ServiceView, Status, WebStatus
 
 log = structlog.get_logger("maculad.web")
 

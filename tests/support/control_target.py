@@ -1,8 +1,9 @@
 """A small real `ControlTarget` for the control tests.
 
 It is built from the real pieces the daemon uses — `load_config`, the static
-provider, `build_table`, the `EventBus` and the views — so the JSON the
-control server and `maculactl` see has the daemon's shapes. Services are a
+provider, `build_table`, the `EventBus` and the views — and every answer is
+typed with `maculad.control.protocol`, so mypy holds its JSON to the daemon's
+shapes (`_is_a_target` below holds it to `ControlTarget`). Services are a
 dict of states that `service_action` really changes; `reload` re-reads the
 config file and refuses an invalid one, leaving the table unchanged.
 """
@@ -13,11 +14,12 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from maculad import __version__
 from maculad.config import Config, ConfigError, load_config
-from maculad.control.api import ControlError, ServiceAction
-from maculad.control.views import config_view, table_view
+from maculad.control.api import ControlError
+from maculad.control.views import config_view, conflict_view, route_view, table_view
 from maculad.core.events import EventBus
 from maculad.providers.static import config_routes
 from maculad.routes.table import RouteTable, build_table
@@ -49,70 +51,122 @@ class TableTarget:
                                allocations={}, pool=cfg.proxy.pool)
         return table
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         return {
-            "version": "0.1.0", "pid": os.getpid(), "uptime": round(time.time() - self.started, 1),
             **config_view(self.config),
-            "components": {"dns": {"listeners": len(self.config.dns.listen)},
-                           "routes": {"count": len(self.table.routes), "version": self.table.version}},
+            "version": __version__, "pid": os.getpid(), "uptime_seconds": round(time.time() - self.started, 1),
+            "ready": True, "summary": f"{len(self.table.routes)} routes",
+            "routes": {"count": len(self.table.routes), "by_source": {"config": len(self.table.routes)},
+                       "conflicts": len(self.table.conflicts), "version": self.table.version},
+            "components": {},
+            "tls": {"enabled": False, "error": "disabled (tls.enabled = false)"},
+            "tasks": [],
+            "last_reload": None,
         }
 
-    def routes(self) -> dict[str, Any]:
-        return table_view(self.table)
+    def routes(self) -> RoutesAnswer:
+        t = table_view(self.table)
+        return {"version": t["version"], "domain": t["domain"], "routes": t["routes"], "conflicts": t["conflicts"],
+                "horizons": {"host": {"state": "on", "address": "per route"},
+                             "containers": {"state": "off", "address": None,
+                                            "reason": "[containers] enabled = false", "port_conflicts": []}}}
 
-    def services(self) -> list[dict[str, Any]]:
-        return [{"name": n, "state": s, "restarts": self.restarts[n], "backoff": 0.0, "last_error": None}
-                for n, s in sorted(self.services_state.items())]
+    def services(self) -> list[ServiceView]:
+        return [self._service(n, s) for n, s in sorted(self.services_state.items())]
 
-    async def service_action(self, service: str, action: ServiceAction) -> dict[str, Any]:
+    def _service(self, name: str, state: str) -> ServiceView:
+        running = state == "running"
+        return {
+            "service": name, "tier": "docker", "container": f"macula-{name}-1", "container_id": "0123456789ab",
+            "docker_state": "running" if running else "exited", "health": None, "exit_code": None if running else 1,
+            "policy_source": "label", "up": running, "restarts": self.restarts[name], "waiting_on": None,
+            "pending": None, "error": None, "last_error": None if running else "exited with code 1",
+            "compose_project": "macula",
+            "state": "running" if running else "backoff" if state == "backoff" else "stopped",
+            "reason": "" if running else "exited with code 1; restarting in 2s",
+            "backoff_seconds": 2.0 if state == "backoff" else 0.0, "policy": "always",
+        }
+
+    async def service_action(self, service: str, action: ServiceAction) -> ServiceActionAnswer:
         if not self.config.docker.enabled:
-            raise ControlError(409, "Docker is disabled in the config")
+            raise ControlError(409, "the Docker tier is not enabled ([docker] enabled = false)")
         if service not in self.services_state:
-            raise ControlError(404, f"no service named {service!r}")
+            raise ControlError(404, f"no supervised service named {service!r}")
         self.services_state[service] = "stopped" if action == "stop" else "running"
         if action == "restart":
             self.restarts[service] += 1
-        self.bus.publish("service_" + action, service=service)
-        return {"service": service, "action": action, "state": self.services_state[service]}
+        self.bus.publish("service_action", service=service, action=action)
+        return {"ok": True, "service": service, "action": action}
 
-    def cluster_status(self) -> dict[str, Any]:
+    def cluster_status(self) -> ClusterStatus:
         if not self.config.kind.manage:
-            raise ControlError(409, "kind management is off (kind.manage = false)")
-        return {"cluster": self.config.kind.cluster, "state": self.cluster_state,
-                "ready": self.cluster_state == "ready"}
+            raise ControlError(409, "kind cluster management is off ([kind] manage = false)")
+        ready = self.cluster_state == "ready"
+        return {
+            "cluster": self.config.kind.cluster, "state": "ready" if ready else "degraded",
+            "reason": "all nodes running" if ready else "a node is stopped", "dry_run": False,
+            "nodes": [{"name": f"{self.config.kind.cluster}-control-plane", "role": "control-plane",
+                       "state": "running", "exit_code": None}],
+            "api_ready": ready, "api_error": None, "kubeconfig": "/tmp/kubeconfig", "context": "kind-macula-dev",
+            "wired": ready, "wiring": {}, "last_action": None, "last_error": None, "kind_error": None,
+            "recreations": 0,
+            "restart": {"state": "running", "reason": "", "backoff_seconds": 0.0, "policy": "always",
+                        "next_attempt_in": 0.0},
+            "dry_run_plans": [],
+        }
 
-    async def cluster_recreate(self) -> dict[str, Any]:
+    async def cluster_recreate(self) -> ClusterRecreated:
         status = self.cluster_status()
         self.bus.publish("cluster_recreated", cluster=status["cluster"])
-        return {**status, "recreated": True}
+        return {"ok": True, "cluster": status["cluster"]}
 
-    def powerdns_status(self) -> dict[str, Any]:
+    def powerdns_status(self) -> PowerDNSStatus:
         raise ControlError(409, "PowerDNS is not enabled ([powerdns] enabled = false)")
 
-    def dns_lookup(self, name: str) -> dict[str, Any]:
+    def dns_lookup(self, name: str) -> DNSLookup:
         route = self.table.lookup(name)
         if route is None:
-            in_zone = name == self.config.domain or name.endswith("." + self.config.domain)
-            return {"name": name, "rcode": "NXDOMAIN" if in_zone else "REFUSED", "answer": None}
-        return {"name": name, "rcode": "NOERROR", "answer": route.ip, "source": route.source,
-                "origin": route.origin}
+            return {"name": name, "rcode": "NXDOMAIN", "answer": None, "route": None,
+                    "conflicts": [conflict_view(c) for c in self.table.conflicts if c.name == name]}
+        return {"name": name, "rcode": "NOERROR", "answer": route.ip, "ttl": self.config.dns.ttl,
+                "route": route_view(route),
+                "conflicts": [conflict_view(c) for c in self.table.conflicts if c.name == route.name]}
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadAnswer:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:
-            self.bus.publish("reload_failed", error=str(exc))
+            self.bus.publish("reload", ok=False, error=str(exc))
             raise ControlError(400, f"config refused, nothing changed: {exc}") from None
         old = {r.name for r in self.table.routes}
         self.config = cfg
         self.table = self._build(cfg, version=self.table.version + 1)
-        new = {r.name for r in self.table.routes}
-        result = {"reloaded": True, "added": sorted(new - old), "removed": sorted(old - new)}
-        self.bus.publish("reloaded", **result)
-        return result
+        changed = ["routes"] if {r.name for r in self.table.routes} != old else []
+        self.bus.publish("reload", ok=True, changed=changed)
+        return {"ok": True, "changed": changed}
 
-    def follow_events(self, *, replay: int) -> AsyncIterator[dict[str, Any]]:
+    def follow_events(self, *, replay: int) -> AsyncIterator[Event]:
         return self.bus.follow(replay=replay)
+
+
+if TYPE_CHECKING:
+    from maculad.control.protocol import (
+        ClusterRecreated,
+        ClusterStatus,
+        DNSLookup,
+        Event,
+        PowerDNSStatus,
+        ReloadAnswer,
+        RoutesAnswer,
+        ServiceAction,
+        ServiceActionAnswer,
+        ServiceView,
+        Status,
+    )
+    from maculad.control.api import ControlTarget
+
+    def _is_a_target(t: TableTarget) -> ControlTarget:
+        return t  # mypy: the stand-in has the daemon's shapes
 
 
 def short_dir(prefix: str = "mctl") -> Path:

@@ -2,30 +2,44 @@
 
 `maculactl` is a short-lived command, so this speaks HTTP/1.1 with
 `http.client` over an `AF_UNIX` socket rather than starting an event loop.
+The socket is a path or a locator (`discovery.locate`), asked once, on the
+first request, so commands that never talk to the daemon never look for it.
 Every way the daemon can be out of reach (no socket, stale socket, permission,
 timeout, something that is not maculad) becomes one `DaemonUnavailable` with a
 one-line message that says what to do; an answer with an error status becomes
-`DaemonError(status, message)`.
+`DaemonError(status, message)`. The typed calls name the shape of each answer
+(`maculad.control.protocol`): the one place where JSON becomes those types.
 """
 
 from __future__ import annotations
 
-import grp
 import http.client
 import json
-import os
 import socket
 import struct
 import sys
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlencode
 
-DEFAULT_SOCKET = "/run/maculad/maculad.sock"
+from maculad.ctl.discovery import DaemonUnavailable, group_hint
 
+if TYPE_CHECKING:
+    from maculad.control.protocol import (
+        ClusterRecreated,
+        ClusterStatus,
+        DNSLookup,
+        Event,
+        PowerDNSStatus,
+        ReloadAnswer,
+        RoutesAnswer,
+        ServiceAction,
+        ServiceActionAnswer,
+        ServicesAnswer,
+        Status,
+    )
 
-class DaemonUnavailable(Exception):
-    """The daemon cannot be reached; `str()` is the one line to show."""
+__all__ = ["ControlClient", "DaemonError", "DaemonUnavailable", "path_quote"]
 
 
 class DaemonError(Exception):
@@ -33,11 +47,6 @@ class DaemonError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def default_socket(env: Mapping[str, str] | None = None) -> str:
-    e = os.environ if env is None else env
-    return e.get("MACULAD_SOCKET") or DEFAULT_SOCKET
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -56,28 +65,28 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
-def _group_hint(path: str) -> str:
-    try:
-        gid = os.stat(path).st_gid
-        name = grp.getgrgid(gid).gr_name
-    except (OSError, KeyError):
-        return ""
-    return f"; join its group: sudo usermod -aG {name} $USER (then log in again)"
-
-
 def path_quote(segment: str) -> str:
     return quote(segment, safe="")
 
 
 class ControlClient:
-    def __init__(self, socket_path: str, *, timeout: float = 30.0) -> None:
-        self.socket_path = socket_path
+    def __init__(self, socket: str | Callable[[], str], *, timeout: float = 30.0) -> None:
+        self._socket = socket
+        self._path: str | None = socket if isinstance(socket, str) else None
         self.timeout = timeout
+
+    @property
+    def socket_path(self) -> str:
+        """The socket in use; finding it may raise `DaemonUnavailable`."""
+        if self._path is None:
+            assert callable(self._socket)
+            self._path = self._socket()
+        return self._path
 
     def _open(self, method: str, path: str, timeout: float | None) -> tuple[_UnixConnection,
                                                                               http.client.HTTPResponse]:
-        conn = _UnixConnection(self.socket_path, self.timeout if timeout is None else timeout)
         p = self.socket_path
+        conn = _UnixConnection(p, self.timeout if timeout is None else timeout)
         try:
             conn.request(method, path, headers={"Accept": "application/json"})
             return conn, conn.getresponse()
@@ -86,7 +95,7 @@ class ControlClient:
             raise DaemonUnavailable(f"maculad is not running: no control socket at {p}") from None
         except PermissionError:
             conn.close()
-            raise DaemonUnavailable(f"cannot open {p}: permission denied{_group_hint(p)}") from None
+            raise DaemonUnavailable(f"cannot open {p}: permission denied{group_hint(p)}") from None
         except ConnectionRefusedError:
             conn.close()
             raise DaemonUnavailable(f"maculad is not running: {p} is a stale socket (nobody answers)") from None
@@ -125,7 +134,7 @@ class ControlClient:
     def post(self, path: str, *, timeout: float | None = None) -> Any:
         return self.request("POST", path, timeout=timeout)
 
-    def stream(self, path: str, params: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    def stream(self, path: str, params: Mapping[str, str] | None = None) -> Iterator[Event]:
         """JSON lines from a streaming endpoint, until the server ends it (no read timeout)."""
         if params:
             path = f"{path}?{urlencode(params)}"
@@ -158,6 +167,41 @@ class ControlClient:
                     yield item
         finally:
             conn.close()
+
+    # ------------------------------------------------------------------ the typed calls
+
+    def status(self) -> Status:
+        return cast("Status", self.get("/v1/status"))
+
+    def routes(self) -> RoutesAnswer:
+        return cast("RoutesAnswer", self.get("/v1/routes"))
+
+    def services(self) -> ServicesAnswer:
+        return cast("ServicesAnswer", self.get("/v1/services"))
+
+    def service_action(self, service: str, action: ServiceAction) -> ServiceActionAnswer:
+        return cast("ServiceActionAnswer", self.post(f"/v1/services/{path_quote(service)}/{action}", timeout=300))
+
+    def cluster(self) -> ClusterStatus:
+        return cast("ClusterStatus", self.get("/v1/cluster"))
+
+    def cluster_recreate(self) -> ClusterRecreated:
+        return cast("ClusterRecreated", self.post("/v1/cluster/recreate", timeout=900))
+
+    def dns(self, name: str) -> DNSLookup:
+        return cast("DNSLookup", self.get("/v1/dns", {"name": name}))
+
+    def powerdns(self) -> PowerDNSStatus:
+        return cast("PowerDNSStatus", self.get("/v1/powerdns"))
+
+    def reload(self) -> ReloadAnswer:
+        return cast("ReloadAnswer", self.post("/v1/reload", timeout=120))
+
+    def events(self, *, follow: bool, replay: int | None) -> Iterator[Event]:
+        params = {"follow": "1" if follow else "0"}
+        if replay is not None:
+            params["replay"] = str(replay)
+        return self.stream("/v1/events", params)
 
     def server_pid(self) -> int | None:
         """The daemon's pid, from the kernel's view of the socket's other end."""

@@ -1,0 +1,231 @@
+"""The commands that set up this machine around the daemon: `hosts`, `resolver`, `docker-dns`, `trust`.
+
+Each plans with a pure helper (control/resolver.py, horizons/docker_dns.py,
+pki/trust.py), then writes only under `--root` (default /) unless `--dry-run`.
+What they need from the daemon (routes, DNS addresses, G, the CA) comes from
+the running daemon or, with `--config FILE`, from the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from maculad.control.resolver import (
+    ResolverBackend,
+    apply_hosts_block,
+    default_backend,
+    hosts_block,
+    install,
+    remove_hosts_block,
+    resolver_plan,
+    uninstall,
+    write_hosts,
+)
+from maculad.control.protocol import is_error
+from maculad.ctl.client import DaemonUnavailable
+from maculad.ctl.context import EXIT_OK, Ctx, Failure
+from maculad.ctl.snapshot import snapshot
+
+
+def cmd_hosts(ctx: Ctx) -> int:
+    path = Path(ctx.args.file)
+    if ctx.args.remove:
+        try:
+            old = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise Failure(f"cannot read {path}: {exc.strerror or exc}") from None
+        changed = write_hosts(path, remove_hosts_block(old))
+        ctx.emit({"file": str(path), "changed": changed, "action": "remove"},
+                 lambda d: f"{'removed the maculad block from' if changed else 'no maculad block in'} {path}")
+        return EXIT_OK
+    snap = snapshot(ctx)
+    pairs = [(r["name"], r["ip"]) for r in snap.routes]
+    block = hosts_block(pairs)
+    if not ctx.args.apply:
+        ctx.emit({"block": block, "routes": len(pairs), "source": snap.source}, lambda d: block)
+        return EXIT_OK
+    try:
+        old = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = ""
+    except OSError as exc:
+        raise Failure(f"cannot read {path}: {exc.strerror or exc}") from None
+    changed = write_hosts(path, apply_hosts_block(old, block))
+    ctx.emit({"file": str(path), "changed": changed, "action": "apply", "routes": len(pairs)},
+             lambda d: f"{'wrote' if changed else 'already up to date:'} {len(pairs)} names in {path}")
+    return EXIT_OK
+
+
+def cmd_resolver(ctx: Ctx) -> int:
+    a = ctx.args
+    root = Path(a.root)
+    backend: ResolverBackend = a.backend or default_backend(root=root)
+    snap = snapshot(ctx)
+    plan = resolver_plan(backend, domain=snap.domain, listen=snap.dns_listen)
+    if a.resolver_command == "install":
+        actions = install(plan, root=root, dry_run=a.dry_run)
+    else:
+        actions = uninstall(plan, root=root, dry_run=a.dry_run)
+    changed = any(x.action in ("written", "removed") for x in actions)
+    reload_cmds = [" ".join(c) for c in plan.reload]
+    data = {
+        "backend": backend, "action": a.resolver_command, "dry_run": a.dry_run,
+        "files": [{"path": str(x.path), "action": x.action} for x in actions],
+        "content": {str(f.path): f.content for f in plan.files} if a.dry_run else None,
+        "reload": reload_cmds, "notes": list(plan.notes),
+    }
+    reloaded: list[str] = []
+    if a.reload and changed and not a.dry_run:
+        for c in plan.reload:
+            r = subprocess.run(list(c), capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                raise Failure(f"{' '.join(c)} failed ({r.returncode}): {r.stderr.strip()[:200]}")
+            reloaded.append(" ".join(c))
+
+    def render(_: Any) -> str:
+        lines = [f"{x.action}: {x.path}" for x in actions]
+        if a.dry_run:
+            for f in plan.files:
+                if a.resolver_command == "install":
+                    lines.append(f"\n--- {f.path}\n{f.content.rstrip()}")
+        lines += [f"note: {n}" for n in plan.notes]
+        if reloaded:
+            lines.append("ran: " + "; ".join(reloaded))
+        elif changed:
+            lines.append("now run: sudo " + " && sudo ".join(reload_cmds) + "   (or pass --reload)")
+        return "\n".join(lines)
+
+    ctx.emit(data, render)
+    return EXIT_OK
+
+
+def cmd_docker_dns(ctx: Ctx) -> int:
+    """`"dns": [G]` in /etc/docker/daemon.json, for containers not started from the compose file."""
+    from maculad.horizons import docker_dns
+
+    a = ctx.args
+    g: str | None = a.address
+    if not g:
+        try:
+            status = ctx.client.status()
+        except DaemonUnavailable as exc:
+            raise Failure(f"{exc}; pass --address G (the Docker bridge gateway, e.g. 172.17.0.1)") from None
+        comp = status["components"].get("containers")
+        if comp is None:
+            raise Failure("the daemon does not know G ([containers] is not enabled); pass --address G")
+        if is_error(comp):
+            raise Failure(f"the daemon does not know G ({comp['error']}); pass --address G")
+        g = comp["address"]
+        if not g:
+            raise Failure(f"the daemon does not know G ({comp['reason']}); pass --address G")
+    try:
+        change = docker_dns.plan(a.docker_dns_command, g, root=Path(a.root) if a.root != "/" else None)
+        backup = None if a.dry_run else docker_dns.apply(change)
+    except (docker_dns.DaemonJSONError, ValueError) as exc:
+        raise Failure(str(exc)) from None
+    except OSError as exc:
+        raise Failure(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+    data = {"action": a.docker_dns_command, "address": g, "file": str(change.path), "changed": change.changed,
+            "dry_run": a.dry_run, "backup": str(backup) if backup else None,
+            "content": change.after if a.dry_run else None}
+
+    def render(_: Any) -> str:
+        if not change.changed:
+            return f"{change.path} already {'has' if a.docker_dns_command == 'install' else 'lacks'} \"dns\": [{g}]"
+        if a.dry_run:
+            return f"would write {change.path}:\n{change.after.rstrip()}"
+        lines = [f"wrote {change.path}" + (f" (the old one is {backup})" if backup else "")]
+        lines.append("dockerd reads it only when it starts: restart it (sudo systemctl restart docker); "
+                     "running containers keep their DNS until they are recreated")
+        return "\n".join(lines)
+
+    ctx.emit(data, render)
+    return EXIT_OK
+
+
+def _root_cert(ctx: Ctx) -> tuple[Path, str]:
+    """(the root's path, the domain): from --ca, --config (state_dir/ca/ca.pem) or the daemon."""
+    domain = ctx.option("domain")
+    ca = ctx.option("ca")
+    if ca:
+        return Path(ca), domain or "macula.local"
+    cfg = ctx.option("config")
+    if cfg:
+        from maculad.config import ConfigError, load_config
+        try:
+            c = load_config(cfg)
+        except ConfigError as exc:
+            raise Failure(str(exc)) from None
+        return c.state_dir / "ca" / "ca.pem", c.domain
+    try:
+        status = ctx.client.status()
+    except DaemonUnavailable as exc:
+        raise DaemonUnavailable(f"{exc} (or pass --config FILE or --ca PATH)") from None
+    tls = status["tls"]
+    path = tls.get("ca")
+    if not path:
+        raise Failure(f"the daemon has no CA: {tls['error'] or 'the daemon reports no TLS'}")
+    return Path(path), status["domain"]
+
+
+def cmd_trust(ctx: Ctx) -> int:
+    from maculad.pki import trust
+
+    a = ctx.args
+    path, domain = _root_cert(ctx)
+    try:
+        root = trust.read_root(path, domain)
+    except trust.TrustError as exc:
+        raise Failure(str(exc)) from None
+    if a.trust_command == "export":
+        ctx.out.write(root.pem.decode("ascii"))
+        return EXIT_OK
+    home = Path(os.environ.get("HOME") or Path.home())
+    facts = trust.detect(root=Path(a.root), home=home)
+    if a.trust_command == "show":
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate(root.der)
+        info: dict[str, Any] = {"path": str(root.path), "domain": domain, "fingerprint_sha256": root.fingerprint,
+                                "subject": cert.subject.rfc4514_string(),
+                                "expires": cert.not_valid_after_utc.isoformat(),
+                                "installed": trust.installed_in(facts, root)}
+        ctx.emit(info, lambda d: "\n".join([
+            f"root:        {d['path']}", f"subject:     {d['subject']}", f"sha256:      {d['fingerprint_sha256']}",
+            f"expires:     {d['expires']}",
+            "installed:   " + (", ".join(d["installed"]) if d["installed"] else "nowhere (maculactl trust install)"),
+        ]))
+        return EXIT_OK
+    plan = trust.plan_install if a.trust_command == "install" else trust.plan_uninstall
+    actions, notes = plan(facts, root)
+    try:
+        results = trust.execute(actions, root, dry_run=a.dry_run, facts=facts)
+    except (trust.TrustError, OSError) as exc:
+        raise Failure(f"trust {a.trust_command}: {exc}") from None
+    data: dict[str, Any] = {
+        "action": a.trust_command, "dry_run": a.dry_run, "root": str(root.path),
+        "fingerprint_sha256": root.fingerprint, "family": facts.family, "notes": notes,
+        "steps": [{"store": r.action.store, "what": r.action.what, "kind": r.action.kind,
+                   "path": str(r.action.path) if r.action.path else None, "argv": list(r.action.argv),
+                   "done": r.done, "detail": r.detail} for r in results],
+    }
+
+    def render(d: dict[str, Any]) -> str:
+        lines = []
+        for s in d["steps"]:
+            if s["kind"] == "run" and s["detail"] == "not present":
+                continue
+            verb = "would " if d["dry_run"] else ""
+            what = s["path"] or s["what"]
+            step = {"write": "write", "remove": "remove", "run": "run"}[s["kind"]]
+            lines.append(f"{verb}{step}: {what}" + (f"  ({' '.join(s['argv'])})" if s["argv"] else ""))
+        lines += [f"note: {n}" for n in d["notes"]]
+        if not d["steps"]:
+            lines.append("nothing to do")
+        return "\n".join(lines)
+
+    ctx.emit(data, render)
+    return EXIT_OK
