@@ -43,13 +43,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
-                        help="the daemon's control socket (default: $MACULAD_SOCKET; as root "
-                             f"{discovery.SYSTEM_SOCKET}, otherwise {discovery.USER_SOCKET} "
-                             f"(config/maculad-user.toml), then {discovery.SYSTEM_SOCKET})")
+                        help="the daemon's control socket (default: --config's control.socket, else "
+                             f"$MACULAD_SOCKET, else as root {discovery.SYSTEM_SOCKET}, otherwise "
+                             f"{discovery.USER_SOCKET} (config/maculad-user.toml's) then {discovery.SYSTEM_SOCKET})")
     common.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
-                        help="the daemon's config file: its control.socket is the socket; doctor, hosts, "
-                             "resolver and trust read routes, DNS addresses and the CA from it when the "
-                             "daemon does not answer (hosts, resolver, trust: instead of the daemon)")
+                        help="the daemon's config file: its control.socket is the socket; hosts, resolver and "
+                             "trust read routes, DNS addresses and the CA from it instead of the daemon, doctor "
+                             "when the daemon does not answer")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
     p = _Parser(prog="maculactl", parents=[common],
