@@ -76,6 +76,9 @@ class Facts:
     containers: Mapping[str, Any] | None = None
     #: the running daemon's open-file limits (status "limits": nofile_soft, nofile_hard); None: unknown
     limits: Mapping[str, Any] | None = None
+    daemon_denied: bool = False  # a socket is there but this user may not open it
+    #: how fix lines name maculactl so they work as written (`maculactl_command`)
+    maculactl: str = "maculactl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,23 @@ class Probes:
     docker_ping: Callable[[], str | None]  # None when the engine answers, else the error
     bind_address: Callable[[str], str | None]  # None when the address is local, else the error
     platform: str = field(default_factory=lambda: sys.platform)
+
+
+#: Directories sudo's secure_path searches (Debian, Ubuntu, Fedora, macOS): a maculactl found
+#: only elsewhere (a venv, ~/.local/bin) must be named by its full path after `sudo`.
+SUDO_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def maculactl_command(running: str | None, found: str | None, found_resolved: str | None) -> str:
+    """How fix lines name maculactl: `maculactl` when the one the shell finds on PATH (`found`,
+    `found_resolved` with its links followed) is the one running (`running`, resolved) and sits
+    where sudo finds it too; else the full path of the running one, so `sudo maculactl resolver
+    install` works as written from a venv."""
+    if running is None:
+        return "maculactl"
+    if found is not None and found_resolved == running and os.path.dirname(found) in SUDO_PATH:
+        return "maculactl"
+    return running
 
 
 # --------------------------------------------------------------------------- checks
@@ -158,7 +178,7 @@ def check_containers(facts: Facts) -> Finding:
     elif "Docker" in reason or "bridge" in reason:
         fix = "start the Docker engine, or set [containers] address to the bridge gateway"
     else:
-        fix = "see `maculactl status` (components.containers) and the daemon log"
+        fix = f"see `{facts.maculactl} status` (containers) and the daemon log"
     return Finding("containers", "warn", f"the container horizon is off: {reason}", fix)
 
 
@@ -166,6 +186,10 @@ def check_daemon(facts: Facts) -> Finding:
     if facts.daemon_error is None:
         pid = f" (pid {facts.daemon_pid})" if facts.daemon_pid else ""
         return Finding("daemon", "ok", f"maculad answers on {facts.socket}{pid}")
+    if facts.daemon_denied:
+        return Finding("daemon", "fail", facts.daemon_error,
+                       "a permission problem, not a stopped daemon: this user may not open the socket; join the "
+                       f"socket's group (above) and log in again, or run: sudo {facts.maculactl} doctor")
     return Finding("daemon", "fail", facts.daemon_error,
                    "start it: sudo systemctl start maculad (logs: journalctl -u maculad), "
                    "or maculad run --config FILE; pass --socket if it uses another socket")
@@ -192,8 +216,8 @@ def check_dns(facts: Facts, probes: Probes) -> list[Finding]:
                 ans = probes.dns_query(addr, name, proto)
             except (OSError, TimeoutError, ValueError) as exc:
                 out.append(Finding("dns", "fail", f"no answer from {where} for {name}: {exc or 'timeout'}",
-                                   "is maculad running and did it bind the address? maculactl status shows "
-                                   "the DNS listeners; another DNS server may hold the port (see ports below)"))
+                                   f"is maculad running and did it bind the address? {facts.maculactl} status "
+                                   "shows the DNS listeners; another DNS server may hold the port (see ports below)"))
                 continue
             if route is None:
                 ok = ans.rcode == "NOERROR"
@@ -207,7 +231,7 @@ def check_dns(facts: Facts, probes: Probes) -> list[Finding]:
                 got = ", ".join(ans.addresses) or ans.rcode
                 out.append(Finding("dns", "fail", f"{where} answers {name} with {got}, expected {expect}",
                                    "another DNS server answers on this address, or maculad's table is stale: "
-                                   "compare maculactl dns " + name))
+                                   f"compare {facts.maculactl} dns {name}"))
     return out
 
 
@@ -275,20 +299,20 @@ def check_os_resolver(facts: Facts, probes: Probes) -> Finding:
         return Finding("os-resolver", "fail",
                        f"/etc/hosts maps {name} to {', '.join(stale)} (maculad answers {route.ip})",
                        "remove the old lines (the setup notes' '127.0.0.1 *.macula.local' block) from /etc/hosts; "
-                       "maculactl hosts --apply writes a managed block if you need one")
+                       f"sudo {facts.maculactl} hosts --apply writes a managed block if you need one")
     if mdns:
         return Finding("os-resolver", "fail",
                        f"mDNS claims .local: /etc/nsswitch.conf has '{mdns}' before dns, so {name} "
                        f"{'resolves to ' + ', '.join(ips) if ips else 'never reaches maculad'}",
                        "in /etc/nsswitch.conf put dns first: 'hosts: files dns mdns4_minimal [NOTFOUND=return]' "
-                       "(or use maculactl hosts --apply)")
+                       f"(or use sudo {facts.maculactl} hosts --apply)")
     if ips:
         return Finding("os-resolver", "fail",
                        f"another resolver answers {name} with {', '.join(ips)} (maculad answers {route.ip})",
-                       f"send {facts.domain} to maculad: sudo maculactl resolver install")
+                       f"send {facts.domain} to maculad: sudo {facts.maculactl} resolver install")
     return Finding("os-resolver", "fail", f"the OS cannot resolve {name} ({err}): {facts.domain} is not sent "
-                   "to maculad", "sudo maculactl resolver install (systemd-resolved, NetworkManager or "
-                   "macOS), or sudo maculactl hosts --apply")
+                   "to maculad", f"sudo {facts.maculactl} resolver install (systemd-resolved, NetworkManager "
+                   f"or macOS), or sudo {facts.maculactl} hosts --apply")
 
 
 def _wanted_ports(facts: Facts) -> list[tuple[str, str, Proto, int]]:
@@ -340,7 +364,8 @@ def check_ports(facts: Facts, probes: Probes) -> list[Finding]:
                                    f"stop it or move it off {ip}; maculad needs this address"))
         if not here and facts.daemon_error is None:
             out.append(Finding("ports", "warn", f"nothing listens on {where}",
-                               "maculad's listener for it is not serving: maculactl status shows its last error"))
+                               f"maculad's listener for it is not serving: {facts.maculactl} status shows its "
+                               "last error"))
     if not out:
         out.append(Finding("ports", "ok", f"no conflicts; {served} of {len(wanted)} addresses served by maculad"))
     return out
@@ -384,8 +409,8 @@ def check_cluster(facts: Facts) -> Finding:
         return Finding("cluster", "ok", f"the kind cluster is ready ({c.state})")
     detail = f": {c.detail}" if c.detail else ""
     return Finding("cluster", "fail", f"the kind cluster is not ready (state {c.state}){detail}",
-                   "maculactl cluster status for details; maculad repairs it per policy, "
-                   "maculactl cluster recreate forces a new one")
+                   f"{facts.maculactl} cluster status for details; maculad repairs it per policy, "
+                   f"{facts.maculactl} cluster recreate forces a new one")
 
 
 def cluster_facts(data: Any) -> ClusterFacts | str:

@@ -36,6 +36,7 @@ from maculad.control.api import ControlError, ControlTarget
 from maculad.control.protocol import ControlStatus, ErrorAnswer, Event, Ping, ServiceAction, ServicesAnswer
 from maculad.control.peercred import Access, Decision, authorize, peer_groups, read_peercred, resolve_group
 from maculad.observability.metrics import Metrics
+from maculad.core.names import lookup_name
 from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.control")
@@ -45,7 +46,6 @@ _MAX_UNIX_PATH = 107
 _ACTIONS: tuple[ServiceAction, ...] = ("start", "stop", "restart")
 _EVENTS_IDLE = 0.2  # without follow: stop once the replayed history has drained
 _MAX_REPLAY = 10_000
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.*")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -301,11 +301,13 @@ class ControlServer:
         return _json(self._target.powerdns_status())
 
     async def _dns(self, request: web.Request) -> web.Response:
-        name = request.query.get("name", "").strip().lower().rstrip(".")
-        if not name:
+        raw = request.query.get("name", "")
+        if not raw.strip():
             return _error(400, "the query parameter 'name' is required, e.g. /v1/dns?name=grafana.macula.local")
-        if len(name) > 253 or not set(name) <= _NAME_CHARS or ".." in name or name.startswith("."):
-            return _error(400, f"{name[:80]!r} is not a valid DNS name")
+        try:
+            name = lookup_name(raw)
+        except ValueError as exc:
+            return _error(400, str(exc))
         return _json(self._target.dns_lookup(name))
 
     async def _reload(self, request: web.Request) -> web.Response:

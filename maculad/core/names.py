@@ -2,7 +2,9 @@
 
 `check_domain` is the one judge of a configured domain: the config loader calls
 it (so `check-config` refuses what `run` would) and the DNS zone calls it again
-on the value it gets. `qualify` turns a route name from any source (config,
+on the value it gets. `lookup_name` is the rule for a name someone asks about
+(`GET /v1/dns`, `maculactl dns`), so the CLI refuses as a usage error what the
+socket would refuse. `qualify` turns a route name from any source (config,
 Docker label, Ingress host) into a full lower-case name under that domain.
 """
 
@@ -22,6 +24,19 @@ def check_domain(domain: str) -> str:
             raise ValueError(f"domain {domain!r} is not a valid DNS name: label {lb!r} has characters outside "
                              "[a-z0-9-_] or starts or ends with '-'")
     return d
+
+
+_LOOKUP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.*")
+
+
+def lookup_name(name: str) -> str:
+    """A name to look up, normalised (lower case, no trailing dot); ValueError when it cannot be one."""
+    n = name.strip().lower().rstrip(".")
+    if not n:
+        raise ValueError("a name is needed, e.g. grafana.macula.local")
+    if len(n) > 253 or not set(n) <= _LOOKUP_CHARS or ".." in n or n.startswith("."):
+        raise ValueError(f"{n[:80]!r} is not a valid DNS name")
+    return n
 
 
 def qualify(name: str, domain: str) -> str:

@@ -7,7 +7,8 @@ first request, so commands that never talk to the daemon never look for it.
 Every way the daemon can be out of reach (no socket, stale socket, permission,
 timeout, something that is not maculad) becomes one `DaemonUnavailable` with a
 one-line message that says what to do; an answer with an error status becomes
-`DaemonError(status, message)`. The typed calls name the shape of each answer
+`DaemonError(status, message)`, whose message is the daemon's sentence (the status
+is for the program, never shown). The typed calls name the shape of each answer
 (`maculad.control.protocol`): the one place where JSON becomes those types.
 """
 
@@ -65,6 +66,10 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+def _no_reason(status: int) -> str:
+    return f"the daemon refused the request without saying why (status {status})"
+
+
 def path_quote(segment: str) -> str:
     return quote(segment, safe="")
 
@@ -95,7 +100,7 @@ class ControlClient:
             raise DaemonUnavailable(f"maculad is not running: no control socket at {p}") from None
         except PermissionError:
             conn.close()
-            raise DaemonUnavailable(f"cannot open {p}: permission denied{group_hint(p)}") from None
+            raise DaemonUnavailable(f"cannot open {p}: permission denied{group_hint(p)}", denied=True) from None
         except ConnectionRefusedError:
             conn.close()
             raise DaemonUnavailable(f"maculad is not running: {p} is a stale socket (nobody answers)") from None
@@ -125,7 +130,7 @@ class ControlClient:
                 "(is it maculad's socket?)") from None
         if resp.status >= 400:
             msg = data.get("error") if isinstance(data, dict) else None
-            raise DaemonError(resp.status, str(msg or f"HTTP {resp.status}"))
+            raise DaemonError(resp.status, str(msg or _no_reason(resp.status)))
         return data
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
@@ -146,7 +151,7 @@ class ControlClient:
                     msg = json.loads(raw).get("error")
                 except (ValueError, AttributeError):
                     msg = None
-                raise DaemonError(resp.status, str(msg or f"HTTP {resp.status}"))
+                raise DaemonError(resp.status, str(msg or _no_reason(resp.status)))
             if conn.sock is not None:
                 conn.sock.settimeout(None)
             while True:

@@ -4,14 +4,32 @@ cluster, dns, powerdns, reload, events, open. Each fetches one typed answer and 
 from __future__ import annotations
 
 import json
+import time
 
 from maculad.control.protocol import is_error
+from maculad.ctl.client import DaemonError
 from maculad.ctl.context import EXIT_FAIL, EXIT_OK, Ctx, Failure
-from maculad.ctl.render import render_event, render_powerdns, render_routes, render_services, render_tree
+from maculad.ctl.render import (
+    no_services,
+    readable,
+    render_event,
+    render_powerdns,
+    render_routes,
+    render_services,
+    render_tree,
+)
+from maculad.ctl.status_view import render_status, render_verbose
 
 
 def cmd_status(ctx: Ctx) -> int:
-    ctx.emit(ctx.client.status(), render_tree)
+    status = ctx.client.status()
+    if ctx.json:
+        ctx.emit(status, str)
+    elif ctx.option("verbose"):
+        ctx.emit(status, lambda s: render_verbose(s, now=time.time()))
+    else:
+        services = ctx.client.services()["services"] if status["docker_enabled"] else None
+        ctx.emit(status, lambda s: render_status(s, services, now=time.time()))
     return EXIT_OK
 
 
@@ -21,7 +39,12 @@ def cmd_routes(ctx: Ctx) -> int:
 
 
 def cmd_services(ctx: Ctx) -> int:
-    ctx.emit(ctx.client.services(), render_services)
+    data = ctx.client.services()
+    if data["services"] or ctx.json:
+        ctx.emit(data, render_services)
+    else:
+        docker = ctx.client.status()["components"].get("docker")
+        ctx.emit(data, lambda _: no_services(docker))
     return EXIT_OK
 
 
@@ -35,8 +58,21 @@ def cmd_service_action(ctx: Ctx) -> int:
 def cmd_cluster(ctx: Ctx) -> int:
     if ctx.args.cluster_command == "recreate":
         ctx.emit(ctx.client.cluster_recreate(), lambda d: f"cluster {d['cluster']}: recreated")
-    else:
-        ctx.emit(ctx.client.cluster(), render_tree)
+        return EXIT_OK
+    try:
+        data = ctx.client.cluster()
+    except DaemonError as exc:
+        if exc.status != 409:
+            raise
+        status = ctx.client.status()
+        if status["kind_manage"]:
+            raise
+        # a read: that maculad does not manage the cluster is the answer, not a failure
+        name = status["kind_cluster"]
+        ctx.emit({"managed": False, "cluster": name},
+                 lambda _: f"the kind cluster {name} is not managed by maculad ([kind] manage = false)")
+        return EXIT_OK
+    ctx.emit(data, lambda d: render_tree(readable(d, now=time.time())))
     return EXIT_OK
 
 
@@ -47,7 +83,7 @@ def cmd_dns(ctx: Ctx) -> int:
 
 def cmd_powerdns(ctx: Ctx) -> int:
     data = ctx.client.powerdns()
-    ctx.emit(data, render_powerdns)
+    ctx.emit(data, lambda d: render_powerdns(d, now=time.time()))
     return EXIT_FAIL if data["last_error"] else EXIT_OK
 
 

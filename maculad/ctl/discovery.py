@@ -43,7 +43,16 @@ _WHY: dict[Outcome, str] = {
 
 
 class DaemonUnavailable(Exception):
-    """The daemon cannot be reached; `str()` is the one line to show."""
+    """The daemon cannot be reached; `str()` is the one line to show. `denied`: a socket is there
+    but this user may not open it (a permission problem, not a daemon that is down)."""
+
+    def __init__(self, message: str, *, denied: bool = False) -> None:
+        super().__init__(message)
+        self.denied = denied
+
+    def amended(self, more: str) -> DaemonUnavailable:
+        """The same failure with `more` appended to its line."""
+        return DaemonUnavailable(f"{self}{more}", denied=self.denied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,4 +150,4 @@ def locate(found: Sequence[Candidate], *, check: Callable[[str], Outcome] = prob
         if outcome == "answers":
             return c.path
         tried.append((c, outcome))
-    raise DaemonUnavailable(unreachable(tried))
+    raise DaemonUnavailable(unreachable(tried), denied=any(o == "denied" for _, o in tried))

@@ -3,10 +3,22 @@ pure checks of control/doctor.py against this machine, render the findings."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from maculad.control.doctor import Facts, Probes, RouteFacts, cluster_facts, real_probes, run_checks
+from maculad.control.doctor import (
+    Facts,
+    Probes,
+    RouteFacts,
+    cluster_facts,
+    maculactl_command,
+    real_probes,
+    run_checks,
+)
 from maculad.control.protocol import is_error
 from maculad.ctl.client import DaemonError, DaemonUnavailable
 from maculad.ctl.context import EXIT_FAIL, EXIT_OK, Ctx, Failure
@@ -14,12 +26,29 @@ from maculad.ctl.render import render_findings
 from maculad.ctl.snapshot import Snapshot, from_config, from_daemon
 
 
+def running_maculactl() -> str | None:
+    """The resolved path of the maculactl running now (its console script, else the one beside
+    this interpreter), None when there is none (run as `python -m`)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    for cand in (argv0, Path(sys.executable).parent / "maculactl"):
+        if cand is not None and cand.name == "maculactl" and cand.is_file():
+            return os.path.realpath(cand)
+    return None
+
+
+def maculactl_for_fixes() -> str:
+    found = shutil.which("maculactl")
+    return maculactl_command(running_maculactl(), found, os.path.realpath(found) if found else None)
+
+
 def gather_facts(ctx: Ctx) -> Facts:
     error: str | None = None
+    denied = False
     try:
         snap = from_daemon(ctx.client)
     except DaemonUnavailable as exc:
         error = str(exc)
+        denied = exc.denied
         cfg = ctx.option("config")
         snap = from_config(cfg) if cfg else Snapshot("nothing", "macula.local", (), ())
     except DaemonError as exc:
@@ -52,7 +81,7 @@ def gather_facts(ctx: Ctx) -> Facts:
         daemon_error=error, daemon_pid=ctx.client.server_pid() if error is None else None,
         source=snap.source, domain=snap.domain, dns_listen=snap.dns_listen, routes=routes,
         docker_enabled=snap.docker_enabled, kind_manage=snap.kind_manage, cluster=cluster,
-        containers=containers, limits=limits,
+        containers=containers, limits=limits, daemon_denied=denied, maculactl=maculactl_for_fixes(),
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, TextIO
 
 from maculad.control.resolver import RESOLVER_BACKENDS, ResolverError
+from maculad.core.names import lookup_name
 from maculad.ctl import discovery
 from maculad.ctl.client import ControlClient, DaemonError, DaemonUnavailable
 from maculad.ctl.context import EXIT_FAIL, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Ctx, Failure
@@ -32,6 +33,14 @@ from maculad.ctl.daemon_commands import (
 )
 from maculad.ctl.doctor_command import cmd_doctor
 from maculad.ctl.setup_commands import cmd_docker_dns, cmd_hosts, cmd_resolver, cmd_trust
+
+
+def _lookup_name(text: str) -> str:
+    """argparse type for `dns NAME`: the socket's own rule, so a bad name is a usage error (exit 2)."""
+    try:
+        return lookup_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Control and inspect maculad. Exit codes: 0 ok, 1 failure, 2 usage, "
                             "3 daemon not running or socket not accessible.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("status", parents=[common], help="everything at a glance")
+    st = sub.add_parser("status", parents=[common], help="the daemon on one screen (--verbose: everything)")
+    st.add_argument("--verbose", "-v", action="store_true", help="every component's full status, readable")
     sub.add_parser("routes", parents=[common], help="the route table")
     sub.add_parser("services", parents=[common], help="supervised services of the Docker tier")
     for action in ("start", "stop", "restart"):
@@ -65,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("cluster", parents=[common], help="the kind cluster")
     cl.add_argument("cluster_command", choices=["status", "recreate"], nargs="?", default="status")
     d = sub.add_parser("dns", parents=[common], help="what maculad answers for NAME and who owns it")
-    d.add_argument("name")
+    d.add_argument("name", type=_lookup_name)
     ev = sub.add_parser("events", parents=[common], help="recent events; --follow to stream")
     ev.add_argument("--follow", "-f", action="store_true")
     ev.add_argument("--replay", type=int, default=None, help="how many past events to show first")
@@ -136,7 +146,7 @@ def run(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: Te
         err.write(f"maculactl: {exc}\n")
         return EXIT_UNAVAILABLE
     except DaemonError as exc:
-        err.write(f"maculactl: {exc.message} (HTTP {exc.status})\n")
+        err.write(f"maculactl: {exc.message}\n")
         return EXIT_FAIL
     except (Failure, ResolverError) as exc:
         err.write(f"maculactl: {exc}\n")

@@ -85,17 +85,26 @@ def cmd_resolver(ctx: Ctx) -> int:
                 raise Failure(f"{' '.join(c)} failed ({r.returncode}): {r.stderr.strip()[:200]}")
             reloaded.append(" ".join(c))
 
+    would_change = any(x.action in ("would write", "would remove") for x in actions)
+    sudo_reload = "sudo " + " && sudo ".join(reload_cmds)
+
     def render(_: Any) -> str:
-        lines = [f"{x.action}: {x.path}" for x in actions]
-        if a.dry_run:
+        lines = [f"nothing to remove: {x.path} is absent" if x.action == "absent" else f"{x.action}: {x.path}"
+                 for x in actions]
+        if a.dry_run and a.resolver_command == "install":
             for f in plan.files:
-                if a.resolver_command == "install":
-                    lines.append(f"\n--- {f.path}\n{f.content.rstrip()}")
-        lines += [f"note: {n}" for n in plan.notes]
+                lines.append(f"\n--- {f.path}\n{f.content.rstrip()}")
+        if a.resolver_command == "install":
+            lines += [f"note: {n}" for n in plan.notes]
         if reloaded:
             lines.append("ran: " + "; ".join(reloaded))
         elif changed:
-            lines.append("now run: sudo " + " && sudo ".join(reload_cmds) + "   (or pass --reload)")
+            lines.append(f"now run: {sudo_reload}   (or pass --reload)")
+        elif would_change:
+            lines.append(f"then: {sudo_reload} (with --reload, maculactl runs it)")
+            lines.append("dry run: nothing was changed")
+        elif a.dry_run:
+            lines.append("dry run: there is nothing to change")
         return "\n".join(lines)
 
     ctx.emit(data, render)
@@ -163,7 +172,7 @@ def _root_cert(ctx: Ctx) -> tuple[Path, str]:
     try:
         status = ctx.client.status()
     except DaemonUnavailable as exc:
-        raise DaemonUnavailable(f"{exc} (or pass --config FILE or --ca PATH)") from None
+        raise exc.amended(" (or pass --config FILE or --ca PATH)") from None
     tls = status["tls"]
     path = tls.get("ca")
     if not path:

@@ -78,4 +78,4 @@ def snapshot(ctx: Ctx) -> Snapshot:
     try:
         return from_daemon(ctx.client)
     except DaemonUnavailable as exc:
-        raise DaemonUnavailable(f"{exc} (or pass --config FILE to read the config file instead)") from None
+        raise exc.amended(" (or pass --config FILE to read the config file instead)") from None
