@@ -1,6 +1,10 @@
-"""A small real `ControlTarget` for the control tests.
+"""A small real `ControlTarget`: the stand-in for what `maculad run` cannot do here.
 
-It is built from the real pieces the daemon uses — `load_config`, the static
+The CLI tests drive the real daemon (tests/test_ctl_cli.py); this target is kept for
+the control server's own tests (tests/test_control_server.py: access rules, limits and
+errors in one process) and for the one CLI view the daemon cannot produce on this
+machine: a kind cluster under management (`[kind] manage = true` needs kind and its
+node image). It is built from the real pieces the daemon uses — `load_config`, the static
 provider, `build_table`, the `EventBus` and the views — and every answer is
 typed with `maculad.control.protocol`, so mypy holds its JSON to the daemon's
 shapes (`_is_a_target` below holds it to `ControlTarget`). Services are a
@@ -62,6 +66,9 @@ class TableTarget:
             "tls": {"enabled": False, "error": "disabled (tls.enabled = false)"},
             "tasks": [],
             "last_reload": None,
+            "not_ready": [],
+            "state": {"path": str(self.config.state_dir / "allocations.json"), "save_error": None,
+                      "consecutive_failures": 0, "failing_since": None, "retry_in": None},
         }
 
     def routes(self) -> RoutesAnswer:
