@@ -437,7 +437,7 @@ class Daemon:
             from maculad.horizons.containers import ContainerHorizon
 
             self.containers = ContainerHorizon(config=cfg, routes=self.table, metrics=self.metrics,
-                                               on_change=self._containers_changed)
+                                               on_change=self._containers_changed, tls=self.tls)
             await self.containers.start(self.owner)
         if not cfg.containers.enabled:
             self.metrics.horizon_up.labels(horizon="containers").set(0)

@@ -29,7 +29,7 @@ import errno
 import ipaddress
 import time
 from collections.abc import Callable
-from typing import NotRequired, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import structlog
 
@@ -55,6 +55,9 @@ from maculad.horizons.upstreams import host_upstreams
 from maculad.observability.metrics import Metrics
 from maculad.proxy.relay import Relay, RelayStatus
 from maculad.proxy.spec import ListenerSpec, Target
+
+if TYPE_CHECKING:
+    from maculad.proxy.tls import Terminator
 from maculad.routes.manager import RouteTableManager
 from maculad.core.net import Backend
 from maculad.routes.table import RouteTable
@@ -98,11 +101,14 @@ class ContainerHorizon:
         upstreams: Callable[[], tuple[Backend, ...]] = host_upstreams,
         front: tuple[int, int, int] = (DNS_PORT, HTTP_PORT, HTTPS_PORT),
         on_change: Callable[[], None] | None = None,
+        tls: Terminator | None = None,
     ) -> None:
         """`front`: G's (dns, http, https) ports; the standard ones but in tests of the pieces.
-        `on_change`: called when the state or the address changes (PowerDNS publishes G)."""
+        `on_change`: called when the state or the address changes (PowerDNS publishes G).
+        `tls`: the host relay's terminator: G:443 terminates TLS for a route with only an http backend."""
         self._cfg = config
         self._on_change = on_change
+        self._tls = tls
         self._routes = routes
         self._metrics = metrics
         self._own_api = api is None and config.docker.enabled
@@ -233,7 +239,7 @@ class ContainerHorizon:
             return
         self.dns = dns
         self.address = address
-        self.relay = Relay(config=self._cfg.proxy, routes=self._routes, metrics=self._metrics,
+        self.relay = Relay(config=self._cfg.proxy, routes=self._routes, metrics=self._metrics, tls=self._tls,
                            horizon=HORIZON_CONTAINERS, planner=self._plan)
         await self.relay.start(self._owner)
         self._set("on", why)

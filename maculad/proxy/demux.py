@@ -12,6 +12,12 @@ relayed untouched, with the same flow control, half-close, dead-backend page,
 held-service page (503 while the route's service is not running) and metrics
 (counted under the route it reached).
 
+On a `by-sni` listener the route's https port rule of the host horizon holds
+too (`spec.tls_mode`): a route with only an http backend gets its TLS
+terminated here with the local CA's leaf for the name — the connection is
+handed, with the ClientHello read so far, to `tls.DemuxedTlsProtocol` — so
+`https://name` works from a container as it does on the host.
+
 A name no route answers (or a route without that kind of backend) gets, on
 HTTP, a short 404 page naming it (400 when the request names no host); a TLS
 client gets a closed connection (FIN), as no certificate could be right.
@@ -30,9 +36,9 @@ import structlog
 
 from maculad.proxy import errorpage
 from maculad.proxy.peek import MAX_PEEK, Found, NeedMore, NoName, Peek, peek_http_host, peek_sni
-from maculad.proxy.spec import Target
+from maculad.proxy.spec import Target, tls_mode
 from maculad.proxy.stats import ListenerStats
-from maculad.proxy.tcp import _CLOSED, _CONNECTING, BACKLOG, ClientProtocol, TcpListener, _tune
+from maculad.proxy.tcp import _CLOSED, _CONNECTING, _LINGER, BACKLOG, ClientProtocol, TcpListener, _tune
 from maculad.routes.table import RouteTable
 
 log = structlog.get_logger("maculad.proxy")
@@ -124,10 +130,32 @@ class DemuxProtocol(ClientProtocol):
         self.stats.active.inc()
         self.counted = True
         self.head = None
+        if target.kind == "tls":
+            self._terminate(head)
+            return
         self.pending = bytearray(head)
         self.state = _CONNECTING
         self.transport.pause_reading()
         self.task = self.listener.loop.create_task(self._connect())
+
+    def _terminate(self, hello: bytes) -> None:
+        """Hand the connection to a TLS-terminating protocol (a route with only an http backend, as on
+        the host horizon's https port): it takes the transport, the counts and the ClientHello read so far."""
+        from maculad.proxy.tls import DemuxedTlsProtocol  # TLS (and its CA) only where it is used
+
+        p = DemuxedTlsProtocol(self.listener)
+        p.target, p.stats, p.counted = self.target, self.stats, True
+        self.counted = False
+        self.state = _CLOSED  # retired: the transport now reports to `p`
+        self.listener.conns.discard(self)
+        transport = self.transport
+        transport.set_protocol(p)
+        p.connection_made(transport)
+        if p.state == _CLOSED or p.state == _LINGER:
+            return
+        p.data_received(hello)
+        if self.client_eof:
+            p.eof_received()
 
     def _refuse(self, page: bytes | None) -> None:
         if self.state == _CLOSED:
@@ -162,6 +190,12 @@ class DemuxListener(TcpListener):
         if route is None:
             return None, "no route has this name"
         cfg = self.ctx.config
+        if not self.http:  # the host horizon's rule for the route's https port (spec.tls_mode)
+            mode = tls_mode(route, cfg, terminating=self.ctx.tls is not None)
+            http = route.backend_for("tcp", cfg.http_port)
+            if mode == "terminate" and http is not None:
+                return Target(route=route.name, backend=http, kind="tls", service=route.service,
+                              h2c=route.h2c, hold=route.hold), ""
         port = cfg.http_port if self.http else cfg.https_port
         backend = route.backend_for("tcp", port)
         if backend is None:
@@ -188,7 +222,7 @@ class DemuxListener(TcpListener):
     def closed(self, conn: ClientProtocol) -> None:
         if conn in self.conns:
             self.conns.discard(conn)
-            if isinstance(conn, DemuxProtocol) and conn.counted:
+            if getattr(conn, "counted", False):  # a DemuxProtocol, or the TLS one it handed over to
                 conn.flush()
                 conn.stats.active.dec()
         self._after_close()

@@ -383,6 +383,14 @@ class TlsClientProtocol(ClientProtocol):
         self.transport.write_eof()
 
 
+class DemuxedTlsProtocol(TlsClientProtocol):
+    """TLS terminated on a connection a Host/SNI listener (G:443) accepted and handed over after reading
+    its ClientHello (`DemuxProtocol._terminate`): already counted under its route, so `counted`."""
+
+    __slots__ = ("counted",)
+    counted: bool
+
+
 class RedirectProtocol(ClientProtocol):
     """`[tls] redirect_http`: read the request head, answer 308 to its https URL, close."""
 
