@@ -17,8 +17,8 @@ window measured for maculad, dnsmasq and nginx side by side: RSS (VmRSS, and the
 VmHWM), wake-ups per second (voluntary + non-voluntary context switches summed over every
 thread in /proc/PID/task/*/status) and CPU (on-CPU nanoseconds from /proc/PID/task/*/schedstat,
 which is finer than /proc/PID/stat's ticks). dnsmasq answers the same names (one
-`--host-record` each) and nginx stream listens on the same IP:port pairs the relay binds
-(master + worker summed); both start with the same number of names. Prints each round, the
+`--host-record` each) and nginx stream has one listener per IP:port the relay binds (the
+same IPs, on ports of its own; master + worker summed); both start with the same number of names. Prints each round, the
 quietest round and the spread, and the ratios. Not part of the test suite.
 """
 
@@ -375,7 +375,9 @@ def start_dnsmasq(work: Path, sc: Scenario) -> tuple[subprocess.Popen[bytes], in
 def start_nginx(work: Path, sc: Scenario, backend: int) -> subprocess.Popen[bytes]:
     d = work / "nginx"
     d.mkdir(exist_ok=True)
-    servers = "".join(f"    server {{ listen {ip}:{port}; proxy_pass 127.0.0.1:{backend}; }}\n"
+    # the same IPs and as many listeners, on ports of its own: maculad holds the relay's
+    ports = {p: free_port() for p in sorted({p for _, p in sc.binds})}
+    servers = "".join(f"    server {{ listen {ip}:{ports[port]}; proxy_pass 127.0.0.1:{backend}; }}\n"
                       for ip, port in sc.binds)
     (d / "nginx.conf").write_text(f"""
 load_module {STREAM_MODULE};
