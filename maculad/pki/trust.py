@@ -3,7 +3,7 @@
 Standard library only (maculactl imports it). `detect` reads the machine
 under `root` (`--root DIR` prefixes every system path, for tests and images;
 NSS databases are found under `home`) into `Facts`; `plan_install` and
-`plan_uninstall` turn facts into `Action`s (pure); `execute` runs them
+`plan_uninstall` turn facts into `Action`s (pure, core/actions.py); `execute` runs them
 (or, with `dry_run`, only reports them).
 
 Stores, and exactly what maculad adds to each (uninstall removes only that):
@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from maculad.core.actions import Action, ActionError, Result, execute as run_actions
+
 Family = Literal["debian", "fedora", "arch", "macos", "unknown"]
-Kind = Literal["write", "remove", "run"]
 
 
 class TrustError(Exception):
@@ -48,24 +49,6 @@ class Facts:
     tools: frozenset[str]
     nss_dbs: tuple[Path, ...]
     chromium_db_exists: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    kind: Kind
-    store: str
-    what: str
-    path: Path | None = None
-    argv: tuple[str, ...] = ()
-    #: `run` actions whose failure is acceptable (e.g. deleting a nickname that is not there).
-    may_fail: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    action: Action
-    done: bool
-    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +159,7 @@ def _system_actions(facts: Facts, root: Root, install: bool) -> tuple[list[Actio
     if refresh is None:
         return [], [f"{facts.family}: the trust store's update tool is not installed; the system store is skipped"]
     if install:
-        actions.append(Action("write", "system", f"{facts.family} anchor", path=target))
+        actions.append(Action("write", "system", f"{facts.family} anchor", path=target, content=root.pem))
     elif target.exists():
         actions.append(Action("remove", "system", f"{facts.family} anchor", path=target))
     if actions:
@@ -222,38 +205,14 @@ def plan_uninstall(facts: Facts, root: Root) -> tuple[list[Action], list[str]]:
 
 
 def execute(actions: list[Action], root: Root, *, dry_run: bool, facts: Facts) -> list[Result]:
-    results: list[Result] = []
-    for act in actions:
-        if dry_run:
-            results.append(Result(act, False, "dry run"))
-            continue
-        if act.kind == "write":
-            assert act.path is not None
-            act.path.parent.mkdir(parents=True, exist_ok=True)
-            if facts.family == "debian" and facts.root != Path("/"):
-                _sysroot_skeleton(facts.root)
-            tmp = act.path.with_name(f".{act.path.name}.tmp")
-            tmp.write_bytes(root.pem)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, act.path)
-            results.append(Result(act, True))
-        elif act.kind == "remove":
-            assert act.path is not None
-            act.path.unlink(missing_ok=True)
-            results.append(Result(act, True))
-        else:
-            if act.path is not None:  # the directory a tool creates its files in
-                act.path.mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ, HOME=str(facts.home))
-            p = subprocess.run(list(act.argv), capture_output=True, text=True, check=False, env=env)
-            if p.returncode != 0:
-                if act.may_fail:
-                    results.append(Result(act, False, "not present"))
-                    continue
-                raise TrustError(f"{' '.join(act.argv)} failed ({p.returncode}): "
-                                 f"{(p.stderr or p.stdout).strip()[:300]}")
-            results.append(Result(act, True))
-    return results
+    """Run a trust plan (core/actions.execute), with NSS tools seeing `facts.home` as HOME."""
+    if not dry_run and facts.family == "debian" and facts.root != Path("/") and any(
+            a.kind == "write" for a in actions):
+        _sysroot_skeleton(facts.root)
+    try:
+        return run_actions(actions, dry_run=dry_run, env=dict(os.environ, HOME=str(facts.home)))
+    except ActionError as exc:
+        raise TrustError(str(exc)) from None
 
 
 def _sysroot_skeleton(root: Path) -> None:
