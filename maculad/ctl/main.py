@@ -32,7 +32,8 @@ from maculad.ctl.daemon_commands import (
     cmd_status,
 )
 from maculad.ctl.doctor_command import cmd_doctor
-from maculad.ctl.setup_commands import cmd_docker_dns, cmd_hosts, cmd_resolver, cmd_trust
+from maculad.ctl.service import DEFAULT_MACULAD
+from maculad.ctl.setup_commands import cmd_docker_dns, cmd_hosts, cmd_resolver, cmd_service, cmd_trust
 
 
 def _lookup_name(text: str) -> str:
@@ -109,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--root", default="/", help="apply under this directory (for tests and images)")
     t.add_argument("--ca", default=None, help="the root certificate (default: from the daemon or --config)")
     t.add_argument("--domain", default=None, help="with --ca: the domain it is for (default macula.local)")
+    sv = sub.add_parser("service", parents=[common],
+                        help="install maculad as a system service (systemd; launchd on macOS), or remove it")
+    sv.add_argument("service_command", choices=["install", "uninstall"])
+    sv.add_argument("--dry-run", action="store_true", help="print what would change")
+    sv.add_argument("--root", default="/", help="apply under this directory (for tests and images)")
+    sv.add_argument("--maculad", default=DEFAULT_MACULAD, metavar="PATH",
+                    help=f"the maculad the service runs (default {DEFAULT_MACULAD})")
+    sv.add_argument("--source", default=None, metavar="DIR",
+                    help="the maculad checkout with systemd/ and config/ (default: this maculactl's own)")
     return p
 
 
@@ -119,6 +129,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "doctor": cmd_doctor, "hosts": cmd_hosts, "resolver": cmd_resolver, "powerdns": cmd_powerdns,
     "docker-dns": cmd_docker_dns,
     "trust": cmd_trust,
+    "service": cmd_service,
     "open": cmd_open,
 }
 

@@ -1,7 +1,7 @@
-"""The commands that set up this machine around the daemon: `hosts`, `resolver`, `docker-dns`, `trust`.
+"""The commands that set up this machine around the daemon: `hosts`, `resolver`, `docker-dns`, `trust`, `service`.
 
 Each plans with a pure helper (control/resolver.py, horizons/docker_dns.py,
-pki/trust.py), then writes only under `--root` (default /) unless `--dry-run`.
+pki/trust.py, ctl/service.py), then writes only under `--root` (default /) unless `--dry-run`.
 What they need from the daemon (routes, DNS addresses, G, the CA) comes from
 the running daemon or, with `--config FILE`, from the config file.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from maculad.control.resolver import (
     write_hosts,
 )
 from maculad.control.protocol import is_error
+from maculad.core.actions import ActionError, execute
+from maculad.ctl import service as svc
 from maculad.ctl.client import DaemonUnavailable
 from maculad.ctl.context import EXIT_OK, Ctx, Failure
 from maculad.ctl.snapshot import snapshot
@@ -238,3 +241,70 @@ def cmd_trust(ctx: Ctx) -> int:
 
     ctx.emit(data, render)
     return EXIT_OK
+
+
+def cmd_service(ctx: Ctx) -> int:
+    """Install maculad as a systemd service (launchd on macOS), or remove exactly what install wrote."""
+    a = ctx.args
+    system: svc.System = "darwin" if sys.platform == "darwin" else "linux"
+    root = Path(a.root)
+    source = Path(a.source) if a.source else svc.checkout()
+    verb = a.service_command
+
+    def facts() -> svc.Facts:
+        return svc.detect(root=root, system=system, source=source, maculad=a.maculad)
+
+    try:
+        before = facts()
+        if verb == "install":
+            from maculad.ctl.doctor_command import maculactl_for_fixes
+
+            plan = svc.plan_install(before, maculad=a.maculad, maculactl=maculactl_for_fixes())
+            results = execute(plan.actions, dry_run=a.dry_run)
+            if not a.dry_run:
+                accounts = svc.created_accounts(before, facts())
+                if accounts.groups or accounts.users:
+                    final = plan.manifest.merged(accounts)
+                    results += execute([svc.manifest_action(before, final)], dry_run=False)
+        else:
+            if root == Path("/") and not a.dry_run:
+                _refuse_while_running(system, before)
+            plan = svc.plan_uninstall(before)
+            results = execute(plan.actions, dry_run=a.dry_run)
+    except (svc.ServiceError, ActionError) as exc:
+        raise Failure(f"service {verb}: {exc}") from None
+
+    def render(d: dict[str, Any]) -> str:
+        lines = []
+        for s in d["steps"]:
+            verb_ = "would " if d["dry_run"] else ""
+            what = s["path"] or s["what"]
+            if s["kind"] == "run":
+                what = f"{s['what']}  ({' '.join(s['argv'])})"
+            tail = f"  [{s['detail']}]" if s["detail"] not in ("", "dry run") else ""
+            lines.append(f"{verb_}{s['kind']}: {what}{tail}")
+        lines += [f"kept: {k} (exists; never overwritten)" for k in d["kept"] if d["action"] == "install"]
+        lines += [f"note: {n}" for n in d["notes"]]
+        if not d["steps"]:
+            lines.append("nothing to do")
+        if d["dry_run"]:
+            lines.append("dry run: nothing was changed")
+        elif d["next"]:
+            lines.append("next:")
+            lines += [f"  {n}" for n in d["next"]]
+        return "\n".join(lines)
+
+    ctx.emit(svc.describe(plan, results, action=verb, dry_run=a.dry_run), render)
+    return EXIT_OK
+
+
+def _refuse_while_running(system: svc.System, facts: svc.Facts) -> None:
+    """Uninstall removes the user the service runs as: the service must be stopped first."""
+    if system == "linux" and "systemctl" in facts.tools:
+        r = subprocess.run(["systemctl", "is-active", "--quiet", "maculad"], check=False, capture_output=True)
+        if r.returncode == 0:
+            raise Failure("maculad is running: stop it first (sudo systemctl disable --now maculad)")
+    if system == "darwin" and "launchctl" in facts.tools:
+        r = subprocess.run(["launchctl", "print", f"system/{svc.LAUNCHD_LABEL}"], check=False, capture_output=True)
+        if r.returncode == 0:
+            raise Failure(f"maculad is loaded: stop it first (sudo launchctl bootout system/{svc.LAUNCHD_LABEL})")
