@@ -12,11 +12,20 @@ from pathlib import Path
 import pytest
 
 from maculad.observability.metrics import Metrics
-from maculad.proxy.platform import AliasPlatform, Argv
+from maculad.proxy.platform import AliasPlatform
 from maculad.proxy.relay import Relay
 from maculad.core.net import Backend
 from maculad.core.tasks import TaskOwner
-from tests.support.proxy import TcpEcho, dead_port, make_manager, proxy_config, route, running_relay, wait_for
+from tests.support.proxy import (
+    FakeIfconfig,
+    TcpEcho,
+    dead_port,
+    make_manager,
+    proxy_config,
+    route,
+    running_relay,
+    wait_for,
+)
 
 async def _open(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
     r, w = await asyncio.open_connection(ip, port)
@@ -199,28 +208,6 @@ async def test_stop_drains_then_closes(tmp_path: Path) -> None:
         await asyncio.wait_for(stopping, 10)
         assert h.relay.status()["listeners"] == []
         assert h.sample("maculad_proxy_listeners", state="serving") == 0
-
-
-class FakeIfconfig:
-    """Stands in for macOS's ifconfig (which cannot run here): keeps lo0's addresses, prints like it."""
-
-    def __init__(self, present: set[str]) -> None:
-        self.addresses = set(present)
-        self.calls: list[Argv] = []
-
-    async def __call__(self, argv: Argv) -> tuple[int, str]:
-        self.calls.append(argv)
-        if argv == ("ifconfig", "lo0"):
-            lines = ["lo0: flags=8049<UP,LOOPBACK,RUNNING,MULTICAST> mtu 16384"]
-            lines += [f"\tinet {ip} netmask 0xff000000" for ip in sorted(self.addresses)]
-            return 0, "\n".join(lines)
-        if argv[:3] == ("ifconfig", "lo0", "alias"):
-            self.addresses.add(argv[3])
-            return 0, ""
-        if argv[:3] == ("ifconfig", "lo0", "-alias"):
-            self.addresses.discard(argv[3])
-            return 0, ""
-        return 1, "ifconfig: bad arguments"
 
 
 async def test_macos_aliases_follow_listeners(tmp_path: Path) -> None:

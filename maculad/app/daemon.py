@@ -33,7 +33,7 @@ import structlog
 
 from maculad import __version__
 from maculad.app import reload as reloading
-from maculad.app.reload import apex, peer_args
+from maculad.app.reload import apex, own_addresses, peer_args
 from maculad.config import Config, ConfigError
 from maculad.control.api import ControlError
 from maculad.control.views import config_view, conflict_view, route_view, table_view
@@ -44,6 +44,7 @@ from maculad.observability import sdnotify
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import start_provider, stop_provider
 from maculad.providers.static import config_routes
+from maculad.proxy.platform import AliasPlatform
 from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
@@ -93,7 +94,8 @@ STOP_TIMEOUT = 5.0
 class Daemon:
     """Implements `maculad.control.api.ControlTarget` for the control socket."""
 
-    def __init__(self, *, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, *, config: Config, metrics: Metrics | None = None,
+                 own_aliases: AliasPlatform | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.events = EventBus()
@@ -112,6 +114,7 @@ class Daemon:
             allow_non_loopback=config.proxy.allow_non_loopback,
         )
         self.table.add_listener(self._on_table)
+        self.own_aliases = own_aliases if own_aliases is not None else AliasPlatform()
         self.dns: DNSServer | None = None
         self.relay: Relay | None = None
         self.containers: ContainerHorizon | None = None
@@ -168,6 +171,8 @@ class Daemon:
         self.table.update("config", config_routes(cfg))
         if self.table.save_error is not None:  # at start a state that cannot be written is fatal
             raise self.table.save_error
+        # macOS: lo0 aliases for the DNS, page and metrics addresses (the relay adds its routes' own)
+        await self.own_aliases.keep_only(own_addresses(cfg))
         # DNS first: it answers from the table alone, before the rest is even imported.
         self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
                              apex_a=apex(cfg), **peer_args(cfg.powerdns))
@@ -271,6 +276,7 @@ class Daemon:
         await self.owner.stop_stage("control", timeout=STOP_TIMEOUT)
         if self.metrics_server is not None:
             await bounded(self.metrics_server.stop(), what="metrics")
+        await bounded(self.own_aliases.remove_all(), what="aliases")
         self.table.close()
         for leftover in sorted({str(t["stage"]) for t in self.owner.status()}):
             await self.owner.stop_stage(leftover, timeout=STOP_TIMEOUT)

@@ -5,7 +5,8 @@
    a slow resolver blocks the event loop. An invalid config is refused (400).
 2. Plan: `plan_reload(old, new)` is pure: which keys need a restart (refused, 400), which
    addresses are new (DNS listeners, the metrics and page addresses), what else changes.
-3. Stage: every new listener is bound beside the serving ones — DNS (`DNSServer.stage`),
+3. Stage: every new listener is bound beside the serving ones (on macOS after its lo0 alias is
+   added) — DNS (`DNSServer.stage`),
    metrics and page sockets, and the relay listeners the new table would add
    (`RouteTableManager.preview` + `Relay.stage`). Any failure closes what was bound here
    and refuses the reload (409, the address and the reason); nothing else was touched.
@@ -43,6 +44,17 @@ def peer_args(p: PowerDNSConfig) -> dict[str, Any]:
     if p.enabled and p.dns is not None:
         return {"peer": p.dns, "peer_zone": p.zone}
     return {"peer": None, "peer_zone": None}
+
+
+def own_addresses(cfg: Config) -> tuple[str, ...]:
+    """The IPs maculad itself binds besides route IPs: DNS listeners, the page and metrics addresses
+    (on macOS each needs an lo0 alias: `proxy/platform.py`)."""
+    ips = [b.host for b in cfg.dns.listen]
+    if cfg.web.enabled:
+        ips.append(cfg.web_listen.host)
+    if cfg.metrics.listen is not None:
+        ips.append(cfg.metrics.listen.host)
+    return tuple(dict.fromkeys(ips))
 
 
 def apex(cfg: Config) -> tuple[str, ...]:
@@ -148,6 +160,7 @@ async def stage(d: Daemon, new: Config, p: ReloadPlan) -> Staged:
     """Bind every new listener; OSError (the others closed) when one cannot be bound."""
     staged = Staged()
     try:
+        await d.own_aliases.keep_only({*own_addresses(d.config), *own_addresses(new)})
         if d.dns is not None and p.dns_add:
             staged.dns = await d.dns.stage(p.dns_add)
         if p.metrics_bind is not None:
@@ -160,6 +173,7 @@ async def stage(d: Daemon, new: Config, p: ReloadPlan) -> Staged:
             staged.relay = await d.relay.stage(candidate, new.proxy, redirect_http=new.tls.redirect_http)
     except BaseException:
         staged.close(d)
+        await d.own_aliases.keep_only(own_addresses(d.config))
         raise
     return staged
 
@@ -242,6 +256,7 @@ async def swap(d: Daemon, old: Config, new: Config, p: ReloadPlan, staged: Stage
         await d.start_containers(new)
     if p.sources or p.containers_section or d.coredns is None:
         await d.start_sources(new)
+    await d.own_aliases.keep_only(own_addresses(new))  # the dropped addresses are closed by now
     if d.relay is not None:
         await d.relay.wait_reconciled()
     return p.changed(routes=routes)

@@ -382,7 +382,8 @@ def check_loopback(facts: Facts, probes: Probes) -> Finding:
     first = ", ".join(f"{ip} ({err})" for ip, err in missing[:5])
     if probes.platform == "darwin":
         fix = "; ".join(f"sudo ifconfig lo0 alias {ip} up" for ip, _ in missing[:5])
-        fix += " — maculad adds these itself when it runs as root (launchd)"
+        fix += (" — maculad adds the lo0 aliases of its loopback route, DNS, page and metrics addresses itself "
+                "when it runs as root (as under the launchd plist), and removes them when it stops")
     else:
         fix = "on Linux all of 127.0.0.0/8 is local; for other addresses: sudo ip addr add IP/32 dev lo"
     return Finding("loopback", "fail", f"{len(missing)} address(es) are not local: {first}", fix)
@@ -396,7 +397,8 @@ def check_docker(facts: Facts, probes: Probes) -> Finding:
         return Finding("docker", "ok", "the Docker engine answers")
     return Finding("docker", "fail", f"the Docker engine does not answer: {err}",
                    "start it (sudo systemctl start docker); check DOCKER_HOST; the maculad user needs the "
-                   "docker group (SupplementaryGroups=docker in the unit)")
+                   f"docker group: sudo {facts.maculactl} service install adds it (a drop-in) when the group "
+                   "exists, so run it again after installing Docker")
 
 
 def check_cluster(facts: Facts) -> Finding:

@@ -7,7 +7,12 @@ IP` when no listener needs it any more (and on shutdown). The platform only
 removes aliases it added itself: an alias that was already present (someone
 else's) is left alone, and 127.0.0.1 is never touched.
 
-Command selection is pure (`alias_add_command`, `alias_remove_command`,
+The relay asks for its routes' IPs; the daemon keeps a second `AliasPlatform` for its own
+addresses (the DNS listeners, the status page's and the metrics address: `app/reload.own_addresses`)
+with `keep_only`, so 127.0.0.153 is bindable before DNS starts, follows a reload and goes on
+shutdown. Each platform removes only what it added.
+
+Command selection is pure (`alias_add_command`, `alias_remove_command`, `alias_plan`,
 `lo0_has`); `AliasPlatform` runs the commands through an injectable
 `CommandRunner` (asyncio subprocess by default).
 """
@@ -18,7 +23,7 @@ import asyncio
 import ipaddress
 import platform as _platform
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import structlog
@@ -65,6 +70,11 @@ def alias_add_command(system: str, ip: str) -> Argv | None:
 
 def alias_remove_command(system: str, ip: str) -> Argv | None:
     return ("ifconfig", "lo0", "-alias", ip) if needs_alias(system, ip) else None
+
+
+def alias_plan(system: str, ips: Iterable[str]) -> tuple[Argv, ...]:
+    """The commands that make every one of `ips` bindable on `system` (none on Linux)."""
+    return tuple(cmd for ip in sorted(set(ips)) if (cmd := alias_add_command(system, ip)) is not None)
 
 
 def alias_list_command(system: str) -> Argv | None:
@@ -132,6 +142,15 @@ class AliasPlatform:
 
     async def remove_all(self) -> None:
         for ip in sorted(self._added):
+            await self.remove(ip)
+
+    async def keep_only(self, ips: Iterable[str]) -> None:
+        """Make every one of `ips` bindable (AliasError when one cannot be), and drop the aliases this
+        platform added for any other IP."""
+        wanted = set(ips)
+        for ip in sorted(wanted):
+            await self.add(ip)
+        for ip in sorted(self._added - wanted):
             await self.remove(ip)
 
 

@@ -26,7 +26,7 @@ from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
 from maculad.proxy.relay import Planner, Relay
 from maculad.proxy.spec import desired_listeners
-from maculad.proxy.platform import LoopbackPlatform
+from maculad.proxy.platform import Argv, LoopbackPlatform
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import RouteSpec
 from maculad.core.net import Backend
@@ -298,3 +298,25 @@ def pattern(n: int, seed: int = 7) -> bytes:
         out += block[i % 251:] + block[: i % 251]
     out += block[:rest]
     return bytes(out)
+
+
+class FakeIfconfig:
+    """Stands in for macOS's ifconfig (which cannot run here): keeps lo0's addresses, prints like it."""
+
+    def __init__(self, present: set[str]) -> None:
+        self.addresses = set(present)
+        self.calls: list[Argv] = []
+
+    async def __call__(self, argv: Argv) -> tuple[int, str]:
+        self.calls.append(argv)
+        if argv == ("ifconfig", "lo0"):
+            lines = ["lo0: flags=8049<UP,LOOPBACK,RUNNING,MULTICAST> mtu 16384"]
+            lines += [f"\tinet {ip} netmask 0xff000000" for ip in sorted(self.addresses)]
+            return 0, "\n".join(lines)
+        if argv[:3] == ("ifconfig", "lo0", "alias"):
+            self.addresses.add(argv[3])
+            return 0, ""
+        if argv[:3] == ("ifconfig", "lo0", "-alias"):
+            self.addresses.discard(argv[3])
+            return 0, ""
+        return 1, "ifconfig: bad arguments"
