@@ -10,6 +10,7 @@ through the stand-in target (tests/support/control_target.py).
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import re
@@ -69,8 +70,11 @@ class Daemon:
         return self.proc.proc.pid
 
 
-def start_daemon(d: Path, extra: str = "", pool: str = "127.0.10.0/24") -> Daemon:
+def start_daemon(d: Path, extra: str = "", pool: str = "127.0.10.0/24",
+                 control_group: str | None = None) -> Daemon:
     text, ports = base_config(d, pool=pool, extra=extra)
+    if control_group is not None:
+        text = text.replace("[control]\n", f'[control]\ngroup = "{control_group}"\n', 1)
     text += ROUTES
     cfg = d / "maculad.toml"
     cfg.write_text(text)
@@ -96,13 +100,14 @@ def daemon() -> Iterator[Daemon]:
 
 
 def ctl(*args: str, socket_path: str | None = None, env: dict[str, str] | None = None,
-        user: int | None = None, argv0: list[str] | None = None) -> tuple[int, str, str]:
+        user: int | None = None, argv0: list[str] | None = None,
+        groups: list[int] | None = None) -> tuple[int, str, str]:
     cmd = [*(argv0 or [str(MACULACTL)])]
     if socket_path:
         cmd += ["--socket", socket_path]
     base = {k: v for k, v in os.environ.items() if k != "MACULAD_SOCKET"}
     p = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env={**base, **(env or {})},
-                       user=user, group=user, extra_groups=[] if user else None)
+                       user=user, group=user, extra_groups=(groups or []) if user else None)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -291,7 +296,9 @@ def test_usage_errors_are_exit_2(daemon: Daemon) -> None:
     assert rc == 2
 
 
-def test_socket_not_accessible_is_exit_3_and_doctor_names_the_permission(daemon: Daemon) -> None:
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[dict[str, Any]]:
+    """`ctl` arguments that run maculactl as uid 65534 (nobody), in no group unless `groups=` adds one."""
     require(os.geteuid() == 0, "needs root to run maculactl as another user")
     python = python_for_others()
     require(python is not None, "needs a python3 that uid 65534 can execute")
@@ -303,12 +310,16 @@ def test_socket_not_accessible_is_exit_3_and_doctor_names_the_permission(daemon:
         shutil.copytree(ROOT / "maculad", pkg / "maculad", ignore=shutil.ignore_patterns("__pycache__"))
         for path in [pkg, *pkg.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-        other = {"user": 65534, "env": {"PYTHONPATH": str(pkg), "HOME": str(pkg)},
-                 "argv0": [python, "-c", "from maculad.ctl.main import main; main()"]}
-        rc, out, err = ctl("status", socket_path=daemon.socket, **other)  # type: ignore[arg-type]
-        rc_doc, out_doc, _ = ctl("doctor", "--json", socket_path=daemon.socket, **other)  # type: ignore[arg-type]
+        yield {"user": 65534, "env": {"PYTHONPATH": str(pkg), "HOME": str(pkg)},
+               "argv0": [python, "-c", "from maculad.ctl.main import main; main()"]}
     finally:
         shutil.rmtree(pkg)
+
+
+def test_socket_not_accessible_is_exit_3_and_doctor_names_the_permission(
+        daemon: Daemon, other_user: dict[str, Any]) -> None:
+    rc, out, err = ctl("status", socket_path=daemon.socket, **other_user)
+    rc_doc, out_doc, _ = ctl("doctor", "--json", socket_path=daemon.socket, **other_user)
     assert (rc, out) == (3, "")
     assert err.startswith(f"maculactl: cannot open {daemon.socket}: permission denied; join its group")
     assert len(err.splitlines()) == 1
@@ -316,6 +327,48 @@ def test_socket_not_accessible_is_exit_3_and_doctor_names_the_permission(daemon:
     finding = next(f for f in json.loads(out_doc)["findings"] if f["check"] == "daemon")
     assert finding["level"] == "fail" and "permission denied" in finding["summary"]
     assert finding["fix"].startswith("a permission problem, not a stopped daemon") and "systemctl" not in finding["fix"]
+
+
+def _a_spare_group() -> grp.struct_group:
+    """A group of this host that is neither root's nor nobody's: the control group of a test daemon."""
+    spare = [g for g in grp.getgrall() if 0 < g.gr_gid < 60000 and g.gr_gid != os.getgid()]
+    require(bool(spare), "a group other than root's and nogroup on this host")
+    return spare[0]
+
+
+def test_members_of_the_control_group_read_and_act_others_get_nothing(other_user: dict[str, Any]) -> None:
+    """What the README says about the socket, against the real daemon: the control group's members
+    (and root) read and act; anyone else cannot connect; with no control.group the socket keeps the
+    daemon user's primary group, whose members may read, and only root and the daemon's user act."""
+    group = _a_spare_group()
+    d = short_dir()
+    dm = start_daemon(d, control_group=group.gr_name, pool="127.0.47.0/24")
+    try:
+        st = os.stat(dm.socket)
+        assert (st.st_gid, st.st_mode & 0o777) == (group.gr_gid, 0o660)
+        member = {**other_user, "groups": [group.gr_gid]}
+        rc, out, err = ctl("status", socket_path=dm.socket, **member)
+        assert rc == 0 and f"(pid {dm.pid}," in out.splitlines()[0], err
+        rc, out, err = ctl("reload", socket_path=dm.socket, **member)  # acting: a POST
+        assert rc == 0, err
+        rc, out, err = ctl("status", socket_path=dm.socket, **other_user)
+        assert rc == 3 and "permission denied" in err
+    finally:
+        dm.proc.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    d = short_dir()
+    dm = start_daemon(d, pool="127.0.48.0/24")  # base_config has no control.group
+    try:
+        primary = {**other_user, "groups": [os.getgid()]}
+        rc, out, err = ctl("status", socket_path=dm.socket, **primary)
+        assert rc == 0, err
+        rc, out, err = ctl("reload", socket_path=dm.socket, **primary)
+        assert rc == 1
+        assert err.strip() == (f"maculactl: forbidden: acting needs root, the daemon's user (uid {os.geteuid()}); "
+                               "no control.group is configured")
+    finally:
+        dm.proc.stop()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_doctor_reports_through_the_socket_with_fixes_that_work_as_written(daemon: Daemon) -> None:
