@@ -85,6 +85,7 @@ class Manifest:
 class Facts:
     root: Path
     system: System
+    source: Path  # the checkout
     sources: dict[str, bytes]  # Shipped.source → content
     existing: dict[str, str | None]  # target → sha256 of what is there now, None when absent
     present_dirs: frozenset[str]  # every ancestor directory of a target that exists
@@ -224,7 +225,7 @@ def plan_install(facts: Facts, *, maculad: str = DEFAULT_MACULAD, maculactl: str
     exec_path = under(root, maculad)
     if not facts.maculad_exists:
         notes.append(f"{exec_path} does not exist: the service runs {maculad}. Install maculad there "
-                     "(sudo python3 -m venv /opt/maculad && sudo /opt/maculad/bin/pip install CHECKOUT && "
+                     f"(sudo python3 -m venv /opt/maculad && sudo /opt/maculad/bin/pip install {facts.source} && "
                      "sudo ln -s /opt/maculad/bin/maculad /usr/local/bin/maculad), or pass --maculad PATH")
     manifest = old.merged(Manifest(files=files, dirs=tuple(dirs)))
     # the manifest first: an install that fails half-way can still be undone (or run again)
@@ -347,7 +348,7 @@ def detect(*, root: Path, system: System, source: Path, maculad: str = DEFAULT_M
             raise ServiceError(f"{mpath} is not a maculactl manifest ({exc}); fix or remove it by hand") from None
     tools = frozenset(t for t in ("systemd-sysusers", "systemctl", "userdel", "groupdel", "dseditgroup",
                                   "launchctl") if which(t))
-    return Facts(root=root, system=system, sources=sources, existing=existing, present_dirs=present,
+    return Facts(root=root, system=system, source=source, sources=sources, existing=existing, present_dirs=present,
                  groups=groups, users=_names(under(root, "/etc/passwd")), manifest=manifest,
                  maculad_exists=os.access(under(root, maculad), os.X_OK), tools=tools)
 
