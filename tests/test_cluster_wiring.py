@@ -224,8 +224,18 @@ async def test_wait_times_out_naming_the_deployment(fake: FakeClusterAPI, sessio
     deps = [o for o in objs if o["kind"] == "Deployment"]
     with pytest.raises(KubeError, match="ingress-nginx-controller"):
         await applier.wait_available(deps, timeout=0.3, interval=0.05)
+    path = "/apis/apps/v1/namespaces/ingress-nginx/deployments/ingress-nginx-controller"
+
+    def polls() -> int:
+        return sum(1 for r in fake.requests if r.method == "GET" and r.path == path)
+
+    before = polls()
     waiting = asyncio.create_task(applier.wait_available(deps, timeout=10, interval=0.05))
-    await asyncio.sleep(0.2)
+    deadline = asyncio.get_running_loop().time() + 10
+    while polls() < before + 3:  # it read the unavailable Deployment three times and keeps waiting
+        assert not waiting.done(), "wait_available ended while the Deployment was unavailable"
+        assert asyncio.get_running_loop().time() < deadline, "wait_available did not poll"
+        await asyncio.sleep(0.01)
     assert not waiting.done()
     fake.make_available()
     await asyncio.wait_for(waiting, 10)

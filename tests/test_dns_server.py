@@ -399,3 +399,31 @@ def test_on_uvloop_with_dig(routes: RouteTableManager, metrics: Metrics, udp_bat
                                   "GrAfAnA.macula.local"], capture_output=True, text=True, timeout=30)
             assert out.stdout.strip() == "127.0.0.2"
         assert server.status()["queries"] == 2
+
+
+# --------------------------------------------------------------------------- the helpers report late failures
+
+
+async def test_serving_fails_the_test_on_errors_after_start_up(routes: RouteTableManager, metrics: Metrics) -> None:
+    def boom() -> None:
+        raise RuntimeError("a callback failed")
+
+    with pytest.raises(AssertionError, match="a callback failed"):
+        async with serving(routes, metrics) as server:
+            asyncio.get_running_loop().call_soon(boom)
+            assert (await udp(port_of(server), query("grafana.macula.local"))).answer  # the loop ran it
+    with pytest.raises(AssertionError, match="1 exceptions escaped the packet path"):
+        async with serving(routes, metrics) as server:
+            try:
+                raise ValueError("in the packet path")
+            except ValueError:
+                server.bug("test")
+
+
+def test_threaded_server_raises_what_failed_on_its_thread(routes: RouteTableManager, metrics: Metrics) -> None:
+    with pytest.raises(AssertionError, match="1 exceptions escaped the packet path"), \
+            threaded_server(routes, metrics) as (server, _port):
+        try:
+            raise ValueError("in the packet path")
+        except ValueError:
+            server.bug("test")

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+from structlog.testing import capture_logs
 
 from maculad.config import parse_config
 from maculad.app.docker_tier import DockerTier
@@ -110,19 +111,24 @@ async def test_no_engine_keeps_running_and_says_why(tmp_path: Path) -> None:
     metrics = Metrics()
     routes = RouteTableManager(domain=cfg.domain, pool=cfg.proxy.pool, store=AllocationStore(state_dir=tmp_path),
                                metrics=metrics)
-    owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: None)
+    fatal: list[str] = []
+    owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: fatal.append(n))
     tier = DockerTier(config=cfg, routes=routes, metrics=metrics, events=EventBus())
-    await tier.start(owner)
-    try:
-        await wait_for(lambda: tier.status()["reason"] and "nope.sock" in tier.status()["reason"], 10,
-                       "the reason in status")
-        await asyncio.sleep(0.5)
-        st = tier.status()
-        assert st["connected"] is False
-        assert all(t["running"] for t in owner.status())  # nothing died: the inventory retries
-        assert all(t["restarts"] == 0 for t in owner.status())
-        assert metrics.registry.get_sample_value("maculad_docker_connected") == 0
-        assert tier.services() == []
-    finally:
-        await tier.stop()
-        await owner.stop_stage("sources")
+    with capture_logs() as logs:
+        await tier.start(owner)
+        try:
+            await wait_for(lambda: tier.status()["reason"] and "nope.sock" in tier.status()["reason"], 10,
+                           "the reason in status")
+            # the inventory tried again (and failed) three times more: this is what survived those retries
+            await wait_for(lambda: sum(e["event"] == "docker_unavailable" for e in logs) >= 4, 10,
+                           "three more failed attempts")
+            st = tier.status()
+            assert st["connected"] is False
+            assert all(t["running"] for t in owner.status())  # nothing died: the inventory retries
+            assert all(t["restarts"] == 0 for t in owner.status())
+            assert metrics.registry.get_sample_value("maculad_docker_connected") == 0
+            assert tier.services() == []
+            assert fatal == []
+        finally:
+            await tier.stop()
+            await owner.stop_stage("sources")

@@ -8,8 +8,9 @@ After every change the complete spec list goes to `routes.update("kubernetes",
 specs)`, which drops equal snapshots. Events already buffered on the stream
 are applied together and published once (the publish is scheduled with
 `call_soon`, and reading a buffered line does not yield to the loop), so a
-burst of N changes costs one table build, while a lone event is published on
-the next loop iteration. A relist replaces everything at once. While the API
+burst of N changes costs one table build per read of the stream that holds
+them (a few, not N), while a lone event is published on the next loop
+iteration. A relist replaces everything at once. While the API
 server is away nothing is published: the table keeps the last Ingress routes.
 Skipped hosts are logged once per (Ingress, host, reason) while they persist.
 """

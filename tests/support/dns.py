@@ -59,23 +59,44 @@ async def serving(
     listen: tuple[Backend, ...] | None = None,
     udp_batch: bool | None = None,
 ) -> AsyncIterator[DNSServer]:
-    """A started DNSServer on a free port (UDP and TCP on the same port); stopped on exit."""
+    """A started DNSServer on a free port (UDP and TCP on the same port); stopped on exit.
+
+    What goes wrong after start-up fails the test on exit: a task the server's owner reports
+    fatal, an exception the event loop reports (a callback or an unawaited task that raised),
+    and the server's own count of exceptions that escaped its packet path."""
     cfg = DNSConfig(listen=listen or (Backend(host, 0),), ttl=ttl, forwarders=forwarders,
                     forward_timeout=forward_timeout, max_tcp_clients=max_tcp_clients,
                     tcp_idle_timeout=tcp_idle_timeout)
     server = DNSServer(config=cfg, domain=DOMAIN, routes=routes, metrics=metrics, udp_batch=udp_batch)
-    owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: None)
-    await server.start(owner)
+    problems: list[str] = []
+    owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: problems.append(f"task {name} died: {exc!r}"))
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def on_loop_error(lp: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        problems.append(f"{context.get('message')}: {context.get('exception')!r}")
+        lp.default_exception_handler(context)
+
+    loop.set_exception_handler(on_loop_error)
     try:
-        yield server
+        await server.start(owner)
+        try:
+            yield server
+        finally:
+            await server.stop()
+        if server.status()["internal_errors"]:
+            problems.append(f"{server.status()['internal_errors']} exceptions escaped the packet path")
     finally:
-        await server.stop()
+        loop.set_exception_handler(previous)
+    if problems:
+        raise AssertionError("the DNS server failed after start-up: " + "; ".join(problems))
 
 
 @contextlib.contextmanager
 def threaded_server(routes: RouteTableManager, metrics: Metrics, **kw: object) -> Iterator[tuple[DNSServer, int]]:
     """The server on its own thread running uvloop (the daemon's loop), for synchronous
-    clients such as hypothesis tests and blocking sockets. Yields (server, port)."""
+    clients such as hypothesis tests and blocking sockets. Yields (server, port); what
+    fails on that thread, at start-up or later (see `serving`), is raised here."""
     import uvloop
 
     loop = uvloop.new_event_loop()
@@ -96,7 +117,8 @@ def threaded_server(routes: RouteTableManager, metrics: Metrics, **kw: object) -
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
-    ready.wait(30)
+    if not ready.wait(30):
+        raise TimeoutError("the threaded DNS server did not start in 30 s")
     if errors:
         raise errors[0]
     try:
@@ -104,7 +126,11 @@ def threaded_server(routes: RouteTableManager, metrics: Metrics, **kw: object) -
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
+        if thread.is_alive():
+            raise TimeoutError("the threaded DNS server did not stop in 30 s")
         loop.close()
+    if errors:
+        raise errors[0]
 
 
 def port_of(server: DNSServer, proto: str = "udp") -> int:

@@ -13,6 +13,8 @@ what a client can observe of an API server:
   ``MODIFIED``, ``DELETED``, ``BOOKMARK`` (with ``allowWatchBookmarks``) — from
   a given ``resourceVersion`` (history replay), or, without one, the synthetic
   ``ADDED`` of every current object first; ``timeoutSeconds`` ends it cleanly;
+  events queued together are written together (kube-apiserver flushes only
+  when no further event is pending);
 * a version older than the compaction point answers a watch with the
   ``ERROR`` event ``{"kind": "Status", "code": 410, "reason": "Expired"}``
   (and a ``continue`` token from before a compaction with HTTP 410);
@@ -819,14 +821,23 @@ class FakeKubeAPI:
                             "metadata": {"resourceVersion": str(self._rv)}}))
                     next_bookmark = time.monotonic() + self.bookmark_interval
                     continue
+                # what is queued goes out in one write, as kube-apiserver flushes only when no further
+                # event is pending: a burst of writes reaches the client as one buffered read
+                batch: list[bytes] = []
+                while kind != "cut":
+                    if not watcher.frozen:
+                        batch.append(payload)
+                    if watcher.queue.empty():
+                        break
+                    kind, payload = watcher.queue.get_nowait()
+                if batch:
+                    await resp.write(b"".join(batch))
                 if kind == "cut":
                     if payload:
                         await resp.write(b'{"type":"MODIFIED","object":{"kind":"' + rtype.kind.encode())
                     if request.transport is not None:
                         request.transport.abort()
                     return resp
-                if not watcher.frozen:
-                    await resp.write(payload)
             await resp.write_eof()
         except (ConnectionResetError, RuntimeError):
             pass  # the client went away
