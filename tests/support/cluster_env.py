@@ -163,6 +163,12 @@ class ClusterEnv:
                       IMAGE, "httpd", "-f", "-p", "5000", "-h", "/www")
 
     def config(self, **kind: Any) -> Config:
+        data = {"state_dir": str(self.tmp / "state"), "kind": self.kind_section(**kind)}
+        return parse_config(data, file=str(self.tmp / "maculad.toml"), base=self.tmp)
+
+    def kind_section(self, **kind: Any) -> dict[str, Any]:
+        """The `[kind]` table of this world (`kind` overrides keys): for `config()`, or as TOML
+        for `maculad run`."""
         assert self.kind is not None
         section: dict[str, Any] = {
             "manage": True,
@@ -180,8 +186,7 @@ class ClusterEnv:
                         "start_limit": 5, "start_limit_window": 600.0},
         }
         section.update(kind)
-        data = {"state_dir": str(self.tmp / "state"), "kind": section}
-        return parse_config(data, file=str(self.tmp / "maculad.toml"), base=self.tmp)
+        return section
 
     async def run(self, cfg: Config, *, tls: LeafStore | None = None) -> Running:
         metrics = Metrics()
