@@ -35,8 +35,10 @@ SOCKET = Path("/var/run/docker.sock")
 VENV_BIN = REPO / ".venv" / "bin"
 
 
-def docker_cli(*args: str, check: bool = True, timeout: float = 60) -> str:
-    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+def docker_cli(*args: str, check: bool = True, timeout: float = 60, host: str | None = None) -> str:
+    """The `docker` CLI against the machine's engine, or the one at `host` (`unix://...`)."""
+    r = subprocess.run(["docker", *(["-H", host] if host else []), *args], capture_output=True, text=True,
+                       timeout=timeout)
     if check and r.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)} failed: {r.stderr.strip()}")
     return r.stdout.strip()
@@ -79,6 +81,7 @@ class DockerScope:
 
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     projects: list[tuple[str, Path]] = field(default_factory=list)
+    host: str | None = None  # another engine than the machine's (`PrivateDockerd.host`)
 
     @property
     def label(self) -> str:
@@ -95,7 +98,7 @@ class DockerScope:
         for k, v in (labels or {}).items():
             argv += ["-l", f"{k}={v}"]
         argv += [*args, IMAGE, *cmd]
-        return docker_cli(*argv)
+        return docker_cli(*argv, host=self.host)
 
     def cleanup(self) -> None:
         for project, file in self.projects:
@@ -103,9 +106,9 @@ class DockerScope:
             if exe:
                 subprocess.run([exe, "-p", project, "-f", str(file), "down", "-t", "1", "--remove-orphans"],
                                capture_output=True, timeout=120)
-        ids = docker_cli("ps", "-aq", "--filter", f"label={self.label}", check=False).split()
+        ids = docker_cli("ps", "-aq", "--filter", f"label={self.label}", check=False, host=self.host).split()
         if ids:
-            docker_cli("rm", "-f", "-v", *ids, check=False)
+            docker_cli("rm", "-f", "-v", *ids, check=False, host=self.host)
 
 
 @pytest.fixture
@@ -182,67 +185,129 @@ async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> Non
         await asyncio.sleep(0.02)
 
 
-def container_state(name: str) -> dict[str, Any]:
+def container_state(name: str, host: str | None = None) -> dict[str, Any]:
     import json
 
-    out = docker_cli("inspect", name, check=False)
+    out = docker_cli("inspect", name, check=False, host=host)
     if not out:
         return {}
     doc = json.loads(out)
     return doc[0]["State"] if doc else {}
 
 
-def published(name: str, port: str) -> tuple[str, int]:
-    out = docker_cli("port", name, port).splitlines()[0]
+def published(name: str, port: str, host: str | None = None) -> tuple[str, int]:
+    out = docker_cli("port", name, port, host=host).splitlines()[0]
     host, _, p = out.rpartition(":")
     return host, int(p)
 
 
-# --------------------------------------------------------------------------- dockerd restarts
-
-DOCKERD_LOG = Path("/tmp/dockerd.log")
-PIDFILE = Path("/var/run/docker.pid")
+# --------------------------------------------------------------------------- a private engine
 
 
-def dockerd_pid() -> int | None:
-    try:
-        pid = int(PIDFILE.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return pid
+class PrivateDockerd:
+    """A dockerd of the test's own, to stop and start under a running tier.
 
+    Everything it owns is its own: the API socket, `--data-root`, `--exec-root` (and with it the
+    containerd it starts), `--pidfile` and an empty `--config-file` under a short temporary
+    directory, and a bridge device of its own (`--bridge`, a free 10.213.N.0/24) instead of
+    docker0. It writes no iptables rules (`--iptables=false`): published ports go through the
+    userland proxy, and the machine's engine keeps its chains. `stop` and `start` signal only
+    this process; the machine's dockerd is never touched. Needs root (the bridge, dockerd).
+    """
 
-def stop_dockerd(timeout: float = 60) -> None:
-    """Stop the engine by its pid file (SIGTERM) and wait for it to exit."""
-    import signal
+    def __init__(self) -> None:
+        import tempfile
 
-    pid = dockerd_pid()
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+        self.dir = Path(tempfile.mkdtemp(prefix="mdk", dir="/tmp"))  # unix socket paths are short
+        self.bridge = f"mdk{uuid.uuid4().hex[:8]}"
+        self.host = f"unix://{self.dir}/docker.sock"
+        self.pidfile = self.dir / "docker.pid"
+        self.log = self.dir / "dockerd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.gateway = ""
+
+    def setup(self, image: str = IMAGE) -> PrivateDockerd:
+        """Make the bridge, start the engine, load `image` from the machine's engine into it."""
+        require(os.geteuid() == 0 and shutil.which("dockerd") is not None and shutil.which("ip") is not None,
+                "a private dockerd needs root, dockerd and ip")
+        used = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+        n = next(n for n in range(77, 255) if f"10.213.{n}." not in used)
+        self.gateway = f"10.213.{n}.1"
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True, capture_output=True)
+        subprocess.run(["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge], check=True,
+                       capture_output=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True, capture_output=True)
+        (self.dir / "daemon.json").write_text("{}\n")
+        self.start()
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        load = subprocess.run(["docker", "-H", self.host, "load"], stdin=save.stdout, capture_output=True,
+                              text=True, timeout=120)
+        assert save.stdout is not None
+        save.stdout.close()
+        if save.wait(60) != 0 or load.returncode != 0:
+            raise RuntimeError(f"could not load {image} into the private engine: {load.stderr.strip()}")
+        return self
+
+    def answers(self) -> bool:
         try:
-            os.kill(pid, 0)
+            return subprocess.run(["docker", "-H", self.host, "version", "--format", "{{.Server.Version}}"],
+                                  capture_output=True, timeout=10).returncode == 0
+        except (subprocess.TimeoutExpired, OSError):
+            return False
+
+    def start(self, timeout: float = 60) -> None:
+        """Start this engine (again) and wait until it answers."""
+        assert self.proc is None or self.proc.poll() is not None, "the private dockerd runs already"
+        argv = ["dockerd", "--host", self.host, "--data-root", str(self.dir / "data"),
+                "--exec-root", str(self.dir / "exec"), "--pidfile", str(self.pidfile),
+                "--config-file", str(self.dir / "daemon.json"), "--bridge", self.bridge,
+                "--iptables=false", "--ip6tables=false", "--ip-forward=false"]
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the private dockerd exited with {self.proc.returncode}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the private dockerd did not answer within {timeout:g}s:\n{self.logs()}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM this engine (the process it started, which wrote `pidfile`) and wait for it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        assert int(self.pidfile.read_text().strip()) == self.proc.pid
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise RuntimeError(f"the private dockerd did not exit within {timeout:g}s") from None
+
+    def close(self) -> None:
+        """Remove its containers, stop it, delete its bridge and directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            ids = docker_cli("ps", "-aq", check=False, host=self.host).split()
+            if ids:
+                docker_cli("rm", "-f", "-v", *ids, check=False, host=self.host)
+            self.stop()
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
         except OSError:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"dockerd ({pid}) did not exit within {timeout:g}s")
+            return ""
 
 
-def start_dockerd(timeout: float = 60) -> None:
-    """Start dockerd the way the CI does (`dockerd > /tmp/dockerd.log 2>&1 &`) and wait for the socket."""
-    if dockerd_pid() is None:
-        with DOCKERD_LOG.open("ab") as fh:
-            subprocess.Popen(["dockerd"], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if engine_answers():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"dockerd did not answer within {timeout:g}s (see {DOCKERD_LOG})")
+@pytest.fixture
+def private_dockerd() -> Iterator[PrivateDockerd]:
+    require_docker()  # the test image is built on the machine's engine, then loaded into this one
+    engine = PrivateDockerd()
+    try:
+        yield engine.setup()
+    finally:
+        engine.close()
