@@ -37,7 +37,7 @@ def free_port(host: str = "127.0.0.1", *, udp_too: bool = True) -> int:
 
 
 def base_config(tmp: Path, *, dns_ip: str = "127.0.0.153", pool: str = "127.0.10.0/24",
-                extra: str = "", containers: bool = False) -> tuple[str, dict[str, Any]]:
+                extra: str = "", containers: bool = False, log_level: str = "debug") -> tuple[str, dict[str, Any]]:
     """A config text for a daemon on free ports under `tmp`, and the ports chosen.
 
     The container horizon binds the fixed ports 53/80/443 on the Docker gateway, so it is
@@ -65,7 +65,7 @@ listen = "127.0.0.1:{ports['metrics']}"
 [control]
 socket = "{tmp / 'maculad.sock'}"
 [log]
-level = "debug"
+level = "{log_level}"
 format = "json"
 {"" if containers else "[containers]" + chr(10) + "enabled = false"}
 {extra}
