@@ -8,8 +8,15 @@ file. In front of it, in one session and alternating run by run:
 * maculad: the real daemon (`maculad run --config <generated toml>`) with one
   `[[route]]` whose `http` backend is the nginx backend, relayed on its own
   loopback IP;
-* nginx stream: `stream { server { listen IP:PORT; proxy_pass backend; } }`
-  with `worker_processes` 1 (or `--workers auto`).
+* nginx stream: `stream { server { listen IP:PORT; proxy_pass backend;
+  proxy_buffer_size B; } }` with `worker_processes` 1 (or `--workers auto`).
+
+The same buffers on both sides: nginx stream holds one buffer of `proxy_buffer_size`
+per direction (default 16k) and reads into it; maculad reads up to 256,000 bytes at a
+time (uvloop's receive buffer) and writes each chunk straight on, queueing at most
+`HIGH_WATER` (maculad/proxy/tcp.py, 512 KiB) per direction before it stops reading the
+other side. So B is `HIGH_WATER` unless `--nginx-buffer` says otherwise (e.g. `16k` for
+nginx's default); the value used is printed. Kernel socket buffers are the defaults for both.
 
 Small requests: `wrk -c 32 -t 2 -d 10s`, req/s per round and the median.
 Large bodies: `wrk -c 4 -t 2` on the 100 MB file, MB/s per round and the
@@ -35,6 +42,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from maculad.proxy.tcp import HIGH_WATER  # noqa: E402  (after the path: runs from a checkout)
+
 MACULAD = ROOT / ".venv" / "bin" / "maculad"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
@@ -131,6 +142,8 @@ def main() -> int:
     ap.add_argument("--big-duration", type=int, default=6, help="seconds per large-body run")
     ap.add_argument("--workers", default="1", help="nginx stream worker_processes (1 or auto)")
     ap.add_argument("--big-mb", type=int, default=100)
+    ap.add_argument("--nginx-buffer", default=f"{HIGH_WATER // 1024}k",
+                    help="nginx stream proxy_buffer_size (default: maculad's HIGH_WATER)")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -165,7 +178,11 @@ http {{
         procs.append(backend)
         stream = start_nginx(nginx_conf(work, "stream", f"""
 stream {{
-    server {{ listen {NGINX_IP}:{front_port}; proxy_pass 127.0.0.1:{backend_port}; }}
+    server {{
+        listen {NGINX_IP}:{front_port};
+        proxy_pass 127.0.0.1:{backend_port};
+        proxy_buffer_size {args.nginx_buffer};
+    }}
 }}""", args.workers))
         procs.append(stream)
 
@@ -208,8 +225,9 @@ http = "127.0.0.1:{backend_port}"
         rps: dict[str, list[float]] = {k: [] for k in targets}
         us_per_req: dict[str, list[float]] = {k: [] for k in targets}
         mbps: dict[str, list[float]] = {k: [] for k in targets}
-        print(f"backend nginx http 127.0.0.1:{backend_port}; nginx stream worker_processes {args.workers}; "
-              f"maculad {MACULAD_IP}:{front_port}; nginx stream {NGINX_IP}:{front_port}")
+        print(f"backend nginx http 127.0.0.1:{backend_port}; nginx stream worker_processes {args.workers}, "
+              f"proxy_buffer_size {args.nginx_buffer}; maculad {MACULAD_IP}:{front_port} (HIGH_WATER "
+              f"{HIGH_WATER // 1024} KiB per direction); nginx stream {NGINX_IP}:{front_port}")
         for rnd in range(1, args.rounds + 1):
             order = list(targets.items()) if rnd % 2 else list(reversed(targets.items()))
             for name, ip in order:
