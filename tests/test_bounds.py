@@ -5,7 +5,6 @@ clients (sockets, urllib, curl, dig, maculactl); waits poll for an observable re
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import re
 import resource
@@ -25,7 +24,7 @@ import dns.message
 import pytest
 
 from tests.conftest import require
-from tests.support.daemon import Maculad, base_config, free_port
+from tests.support.daemon import Maculad, TaggedHTTP, base_config, free_port
 
 
 # --------------------------------------------------------------------------- helpers
@@ -67,27 +66,10 @@ class Holder:
             c.close()
 
 
-class _Ok(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"served\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def http_backend() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with TaggedHTTP("served") as backend:
+        yield backend.port
 
 
 @contextlib.contextmanager
