@@ -14,7 +14,7 @@ import pytest
 from maculad.adapters.kind import (
     ClusterExists,
     ClusterNotFound,
-    DockerUnavailable,
+    KindDockerUnavailable,
     KindBinary,
     KindError,
     KindNotFound,
@@ -67,9 +67,9 @@ def test_error_message_prefers_kinds_error_line() -> None:
         ("ERROR: could not locate any control plane nodes for cluster named 'm'. Use the --name option", 1,
          ClusterNotFound),
         ("ERROR: failed to list clusters: command \"docker ps -a\" failed with error: exit status 1", 1,
-         DockerUnavailable),
+         KindDockerUnavailable),
         ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?", 1,
-         DockerUnavailable),
+         KindDockerUnavailable),
         ("sh: kind: not found", 127, KindNotFound),
         ("permission denied", 126, KindNotFound),
         ("ERROR: failed to create cluster: could not find a log line that matches", 1, KindError),
@@ -153,7 +153,7 @@ async def test_export_of_an_unknown_cluster(tmp_path: Path) -> None:
 async def test_docker_down_error(tmp_path: Path) -> None:
     exe = script(tmp_path, "echo 'ERROR: failed to list clusters: command \"docker ps -a --filter "
                            "label=io.x-k8s.kind.cluster\" failed with error: exit status 1' >&2; exit 1")
-    with pytest.raises(DockerUnavailable, match="failed to list clusters"):
+    with pytest.raises(KindDockerUnavailable, match="failed to list clusters"):
         await KindBinary(binary=str(exe)).get_clusters()
 
 

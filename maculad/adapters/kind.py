@@ -56,7 +56,7 @@ class ClusterNotFound(KindError):
     """An operation on a cluster that has no control-plane node."""
 
 
-class DockerUnavailable(KindError):
+class KindDockerUnavailable(KindError):
     """kind could not talk to the container runtime."""
 
 
@@ -121,7 +121,7 @@ def classify(command: str, exit_code: int, stderr: str, stdout: str = "") -> Kin
         cls = ClusterNotFound
     elif ("cannot connect to the docker daemon" in low or "is the docker daemon running" in low
           or "failed to list clusters" in low or "failed to list nodes" in low):
-        cls = DockerUnavailable
+        cls = KindDockerUnavailable
     elif exit_code == 126:
         cls = KindNotFound
         msg = f"not executable: {msg}"

@@ -8,7 +8,7 @@ completes the group list from `/proc/PID/status` or the user database.
 `authorize` is the whole policy as a pure function of numbers: anyone who can
 connect may read (the socket's 0660 mode and group already decide who can
 connect); acting needs root, the daemon's own uid, or membership of the
-configured control group. The returned `Decision` names the rule that applied,
+configured control group. The returned `AccessDecision` names the rule that applied,
 so a 403 tells the user exactly what would let them in.
 """
 
@@ -41,7 +41,7 @@ class PeerCred:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AccessDecision:
     allowed: bool
     rule: str
 
@@ -54,23 +54,23 @@ def authorize(
     daemon_uid: int,
     group_gid: int | None,
     group_name: str | None = None,
-) -> Decision:
+) -> AccessDecision:
     """May a peer with `uid` and `groups` perform `access`? Pure; `uid=None` = unknown peer."""
     if access == "read":
-        return Decision(True, "read: anyone who can connect to the socket")
+        return AccessDecision(True, "read: anyone who can connect to the socket")
     if uid is None:
-        return Decision(False, "acting needs known peer credentials, and the kernel gave none")
+        return AccessDecision(False, "acting needs known peer credentials, and the kernel gave none")
     if uid == 0:
-        return Decision(True, "act: root")
+        return AccessDecision(True, "act: root")
     if uid == daemon_uid:
-        return Decision(True, f"act: the daemon's own user (uid {daemon_uid})")
+        return AccessDecision(True, f"act: the daemon's own user (uid {daemon_uid})")
     label = f"group {group_name!r}" if group_name else f"gid {group_gid}"
     if group_gid is not None and group_gid in groups:
-        return Decision(True, f"act: member of {label}")
+        return AccessDecision(True, f"act: member of {label}")
     who = f"root, the daemon's user (uid {daemon_uid})"
     if group_gid is None:
-        return Decision(False, f"acting needs {who}; no control.group is configured")
-    return Decision(False, f"acting needs {who} or membership of {label}")
+        return AccessDecision(False, f"acting needs {who}; no control.group is configured")
+    return AccessDecision(False, f"acting needs {who} or membership of {label}")
 
 
 def read_peercred(sock: socket.socket) -> PeerCred | None:

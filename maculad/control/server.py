@@ -34,7 +34,7 @@ from maculad import __version__
 from maculad.config import ControlConfig
 from maculad.control.api import ControlError, ControlTarget
 from maculad.control.protocol import ControlStatus, ErrorAnswer, Event, Ping, ServiceAction, ServicesAnswer
-from maculad.control.peercred import Access, Decision, authorize, peer_groups, read_peercred, resolve_group
+from maculad.control.peercred import Access, AccessDecision, authorize, peer_groups, read_peercred, resolve_group
 from maculad.observability.metrics import Metrics
 from maculad.core.names import lookup_name
 from maculad.core.tasks import TaskOwner
@@ -212,7 +212,7 @@ class ControlServer:
         app.router.add_post("/v1/reload", self._reload)
         return app
 
-    def _decide(self, request: web.Request) -> Decision:
+    def _decide(self, request: web.Request) -> AccessDecision:
         access: Access = "read" if request.method in ("GET", "HEAD") else "act"
         if access == "read":  # anyone who can connect may read: no need to ask the kernel
             return authorize(access, uid=None, groups=frozenset(), daemon_uid=self._daemon_uid,

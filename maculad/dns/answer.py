@@ -1,4 +1,4 @@
-"""The DNS decision logic: one question + the zone → a `Decision`. Pure.
+"""The DNS decision logic: one question + the zone → a `AnswerDecision`. Pure.
 
 maculad is authoritative for its domain. `ZoneView.build(table, settings)`
 derives once per route table what every answer needs (SOA, NS and its
@@ -90,7 +90,7 @@ class RR:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AnswerDecision:
     rcode: int
     aa: bool
     answer: tuple[RR, ...] = ()
@@ -217,9 +217,9 @@ class ZoneView:
 
 # --- the decision ------------------------------------------------------------------
 
-_REFUSED = Decision(rcode=REFUSED, aa=False)
-_FORWARD = Decision(rcode=NOERROR, aa=False, forward=True)
-_PEER = Decision(rcode=NOERROR, aa=True, forward=True, peer=True)
+_REFUSED = AnswerDecision(rcode=REFUSED, aa=False)
+_FORWARD = AnswerDecision(rcode=NOERROR, aa=False, forward=True)
+_PEER = AnswerDecision(rcode=NOERROR, aa=True, forward=True, peer=True)
 
 
 def in_zone(labels: tuple[bytes, ...], view: ZoneView) -> bool:
@@ -227,7 +227,7 @@ def in_zone(labels: tuple[bytes, ...], view: ZoneView) -> bool:
     return len(labels) >= n and labels[len(labels) - n :] == view.domain_labels
 
 
-def answer(q: Question, view: ZoneView) -> Decision:
+def answer(q: Question, view: ZoneView) -> AnswerDecision:
     """Decide the reply to one question. Never raises for any input."""
     if q.qclass not in (CLASS_IN, CLASS_ANY):
         return _REFUSED
@@ -239,37 +239,37 @@ def answer(q: Question, view: ZoneView) -> Decision:
     negative = (view.soa,)
     # A label holding a dot (or anything outside ASCII) cannot be any route's name.
     if any(b"." in lb or not lb.isascii() for lb in labels):
-        return Decision(rcode=NXDOMAIN, aa=True, authority=negative)
+        return AnswerDecision(rcode=NXDOMAIN, aa=True, authority=negative)
     name = b".".join(labels).decode("ascii")
     qtype = q.qtype
 
     if len(labels) == len(view.domain_labels):  # the apex
         if qtype in (QTYPE_SOA, QTYPE_ANY):
-            return Decision(rcode=NOERROR, aa=True, answer=(view.soa,))
+            return AnswerDecision(rcode=NOERROR, aa=True, answer=(view.soa,))
         if qtype == QTYPE_NS:
-            return Decision(rcode=NOERROR, aa=True, answer=(view.ns,), additional=view.ns_a + view.ns_aaaa)
+            return AnswerDecision(rcode=NOERROR, aa=True, answer=(view.ns,), additional=view.ns_a + view.ns_aaaa)
         if qtype == QTYPE_A and view.apex_a:
-            return Decision(rcode=NOERROR, aa=True, answer=view.apex_a)
-        return Decision(rcode=NOERROR, aa=True, authority=negative)
+            return AnswerDecision(rcode=NOERROR, aa=True, answer=view.apex_a)
+        return AnswerDecision(rcode=NOERROR, aa=True, authority=negative)
 
     route = view.table.lookup(name)
     if route is not None:
         if qtype in (QTYPE_A, QTYPE_ANY):
             ip = view.settings.answer_address or route.ip
-            return Decision(rcode=NOERROR, aa=True, answer=(RR(name, view.settings.ttl, A(ip)),))
-        return Decision(rcode=NOERROR, aa=True, authority=negative)
+            return AnswerDecision(rcode=NOERROR, aa=True, answer=(RR(name, view.settings.ttl, A(ip)),))
+        return AnswerDecision(rcode=NOERROR, aa=True, authority=negative)
 
     if name == view.ns_name:
         if qtype == QTYPE_A and view.ns_a:
-            return Decision(rcode=NOERROR, aa=True, answer=view.ns_a)
+            return AnswerDecision(rcode=NOERROR, aa=True, answer=view.ns_a)
         if qtype == QTYPE_AAAA and view.ns_aaaa:
-            return Decision(rcode=NOERROR, aa=True, answer=view.ns_aaaa)
+            return AnswerDecision(rcode=NOERROR, aa=True, answer=view.ns_aaaa)
         if qtype == QTYPE_ANY:
-            return Decision(rcode=NOERROR, aa=True, answer=view.ns_a or view.ns_aaaa)
-        return Decision(rcode=NOERROR, aa=True, authority=negative)
+            return AnswerDecision(rcode=NOERROR, aa=True, answer=view.ns_a or view.ns_aaaa)
+        return AnswerDecision(rcode=NOERROR, aa=True, authority=negative)
 
     if name in view.empty_non_terminals:
-        return Decision(rcode=NOERROR, aa=True, authority=negative)
+        return AnswerDecision(rcode=NOERROR, aa=True, authority=negative)
     if view.peer_suffix is not None and ("." + name).endswith(view.peer_suffix):
         return _PEER  # published by someone else, perhaps: PowerDNS knows
-    return Decision(rcode=NXDOMAIN, aa=True, authority=negative)
+    return AnswerDecision(rcode=NXDOMAIN, aa=True, authority=negative)

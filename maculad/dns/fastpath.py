@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from maculad.config import DNSConfig
-from maculad.dns.answer import Decision, Question, ZoneSettings, ZoneView, answer
+from maculad.dns.answer import AnswerDecision, Question, ZoneSettings, ZoneView, answer
 from maculad.dns.codes import BADVERS, MAX_TCP_SIZE, NOTAUTH, NOTIMP, qtype_label, rcode_label
 from maculad.dns.wire import ParsedQuery, WireError, encode, error_reply, parse_query, udp_limit
 from maculad.observability.metrics import DNSCounters
@@ -218,7 +218,7 @@ class Responder:
 
         limit = MAX_TCP_SIZE if tcp else udp_limit(q)
         if q.edns is not None and q.edns.version > 0:
-            decision = Decision(rcode=BADVERS, aa=False)
+            decision = AnswerDecision(rcode=BADVERS, aa=False)
         else:
             decision = answer(Question(labels=q.labels, qtype=q.qtype, qclass=q.qclass), self.view)
             if decision.forward:

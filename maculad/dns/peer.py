@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import dnslib
 
-from maculad.dns.answer import AAAA, CNAME, RR, A, Decision
+from maculad.dns.answer import AAAA, CNAME, RR, A, AnswerDecision
 from maculad.dns.codes import NOERROR, NXDOMAIN, SERVFAIL
 from maculad.dns.forward import Forwarder
 from maculad.dns.wire import ParsedQuery, encode, simple_reply
@@ -42,17 +42,17 @@ def _name(label: dnslib.DNSLabel) -> str | None:
     return b".".join(parts).decode("ascii").lower()
 
 
-def decide(reply: bytes, *, zone: str, ttl_cap: int, soa: RR) -> Decision:
+def decide(reply: bytes, *, zone: str, ttl_cap: int, soa: RR) -> AnswerDecision:
     """PowerDNS's reply → maculad's decision. Pure; never raises."""
     try:
         msg = dnslib.DNSRecord.parse(reply)
     except Exception:  # dnslib raises several types for malformed input
-        return Decision(rcode=SERVFAIL, aa=False)
+        return AnswerDecision(rcode=SERVFAIL, aa=False)
     rcode = msg.header.rcode
     if rcode == NXDOMAIN:
-        return Decision(rcode=NXDOMAIN, aa=True, authority=(soa,))
+        return AnswerDecision(rcode=NXDOMAIN, aa=True, authority=(soa,))
     if rcode != NOERROR:
-        return Decision(rcode=SERVFAIL, aa=False)
+        return AnswerDecision(rcode=SERVFAIL, aa=False)
     suffix = "." + zone
     records: list[RR] = []
     for rr in msg.rr:
@@ -74,8 +74,8 @@ def decide(reply: bytes, *, zone: str, ttl_cap: int, soa: RR) -> Decision:
         except (AttributeError, ValueError):
             continue
     if not records:
-        return Decision(rcode=NOERROR, aa=True, authority=(soa,))
-    return Decision(rcode=NOERROR, aa=True, answer=tuple(records))
+        return AnswerDecision(rcode=NOERROR, aa=True, authority=(soa,))
+    return AnswerDecision(rcode=NOERROR, aa=True, answer=tuple(records))
 
 
 class PeerLookup:

@@ -16,7 +16,7 @@ question when it parsed and carries an OPT record when the query had one
 record that echoes the key name and algorithm with error BADKEY and an empty
 MAC (RFC 8945 §5.2.1, §5.3.2).
 
-`encode` turns a `Decision` (see answer.py) into reply bytes: the question is
+`encode` turns a `AnswerDecision` (see answer.py) into reply bytes: the question is
 the query's own bytes (so the client's letter case comes back, 0x20), names
 are compressed against the question, and the reply is fitted into the
 client's UDP size: without the additional section if need be, else as an
@@ -29,7 +29,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from maculad.dns.answer import AAAA, CNAME, NS, RR, SOA, A, Decision, RData
+from maculad.dns.answer import AAAA, CNAME, NS, RR, SOA, A, AnswerDecision, RData
 from maculad.dns.codes import (
     AA,
     BADKEY,
@@ -309,7 +309,7 @@ def reply_flags(q: ParsedQuery, *, rcode: int, aa: bool, ra: bool, tc: bool = Fa
     return flags
 
 
-def encode(q: ParsedQuery, d: Decision, *, limit: int, ra: bool) -> tuple[bytes, bool]:
+def encode(q: ParsedQuery, d: AnswerDecision, *, limit: int, ra: bool) -> tuple[bytes, bool]:
     """The reply to `q`, at most `limit` bytes; returns (bytes, truncated)."""
     full = _encode(q, d, ra=ra, sections=(d.answer, d.authority, d.additional))
     if len(full) <= limit:
@@ -322,7 +322,7 @@ def encode(q: ParsedQuery, d: Decision, *, limit: int, ra: bool) -> tuple[bytes,
     return _encode(q, d, ra=ra, sections=((), (), ()), tc=True), True
 
 
-def _encode(q: ParsedQuery, d: Decision, *, ra: bool, sections: tuple[tuple[RR, ...], ...],
+def _encode(q: ParsedQuery, d: AnswerDecision, *, ra: bool, sections: tuple[tuple[RR, ...], ...],
             tc: bool = False) -> bytes:
     rcode = d.rcode
     ext = 0
@@ -479,7 +479,7 @@ def error_reply(buf: bytes, rcode: int) -> bytes | None:
 
 def simple_reply(q: ParsedQuery, rcode: int, *, ra: bool) -> bytes:
     """A reply with only the question (and OPT): SERVFAIL after a failed forward, REFUSED, …"""
-    return _encode(q, Decision(rcode=rcode, aa=False), ra=ra, sections=((), (), ()))
+    return _encode(q, AnswerDecision(rcode=rcode, aa=False), ra=ra, sections=((), (), ()))
 
 
 def fit_forwarded(q: ParsedQuery, upstream: bytes, *, limit: int) -> tuple[bytes, bool]:

@@ -62,7 +62,7 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class ListenerPlan:
     remove: tuple[ListenerSpec, ...]
     add: tuple[tuple[ListenerSpec, Target], ...]
     update: tuple[tuple[ListenerSpec, Target], ...]
@@ -132,7 +132,7 @@ def desired_listeners(
     return out
 
 
-def plan(current: Mapping[ListenerSpec, Target], desired: Mapping[ListenerSpec, Target]) -> Plan:
+def plan(current: Mapping[ListenerSpec, Target], desired: Mapping[ListenerSpec, Target]) -> ListenerPlan:
     """The diff that takes `current` to `desired`; each part sorted for determinism."""
     # A listener whose refusal changed (allow_non_loopback toggled) must be rebound, not updated.
     rebind = {s for s, t in desired.items() if s in current and (current[s].refused is None) != (t.refused is None)}
@@ -146,4 +146,4 @@ def plan(current: Mapping[ListenerSpec, Target], desired: Mapping[ListenerSpec, 
             key=lambda st: st[0],
         )
     )
-    return Plan(remove=remove, add=add, update=update)
+    return ListenerPlan(remove=remove, add=add, update=update)

@@ -84,7 +84,7 @@ class ZoneConflict:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class ZonePlan:
     changes: tuple[Change, ...]
     conflicts: tuple[ZoneConflict, ...]
     owned: tuple[str, ...]       # names (no trailing dot) maculad owns once the changes are applied
@@ -235,7 +235,7 @@ def parse_zone(data: Any) -> dict[tuple[str, str], RRset]:
 # --------------------------------------------------------------------------- the diff
 
 
-def plan(want: Mapping[str, Wanted], zone: Zone, *, owner_id: str) -> Plan:
+def plan(want: Mapping[str, Wanted], zone: Zone, *, owner_id: str) -> ZonePlan:
     """The changes that make `zone` hold `want`, touching nothing maculad does not own."""
     names: dict[str, set[str]] = {}
     for name, rtype in zone:
@@ -283,4 +283,4 @@ def plan(want: Mapping[str, Wanted], zone: Zone, *, owner_id: str) -> Plan:
         if a is not None:
             changes.append(Change("DELETE", a))
         changes.append(Change("DELETE", rrset))
-    return Plan(changes=tuple(changes), conflicts=tuple(conflicts), owned=tuple(owned))
+    return ZonePlan(changes=tuple(changes), conflicts=tuple(conflicts), owned=tuple(owned))

@@ -33,7 +33,7 @@ import structlog
 from maculad.adapters.powerdns import PowerDNSError, ZoneMissing
 from maculad.config import PowerDNSConfig
 from maculad.observability.metrics import Metrics
-from maculad.publishers.powerdns import Plan, ZoneConflict, ZoneFormatError, parse_zone, plan, wanted
+from maculad.publishers.powerdns import ZonePlan, ZoneConflict, ZoneFormatError, parse_zone, plan, wanted
 from maculad.routes.table import RouteTable
 from maculad.core.tasks import TaskOwner
 
@@ -245,7 +245,7 @@ class PowerDNSPublisher:
         self._applied(p, table)
         return True
 
-    def _applied(self, p: Plan, table: RouteTable) -> None:
+    def _applied(self, p: ZonePlan, table: RouteTable) -> None:
         if not self.connected or self.last_error:
             log.info("powerdns_connected", api=self.config.api, zone=self.config.zone)
         self.connected = True

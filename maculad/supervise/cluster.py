@@ -47,7 +47,7 @@ from maculad.supervise.cluster_plan import (
     CLUSTER_STATES,
     ClusterState,
     Observation,
-    Plan,
+    ClusterPlan,
     PlanContext,
     plan,
     state_for,
@@ -217,10 +217,10 @@ class ClusterSupervisor:
             self._tracker.on_start_requested(now)
             self._next_attempt = 0.0
             if self._kc.dry_run:
-                self._dry_run(Plan("recreate", reason))
+                self._dry_run(ClusterPlan("recreate", reason))
                 return
             try:
-                await self._create(Plan("recreate", reason), recreate=True)
+                await self._create(ClusterPlan("recreate", reason), recreate=True)
                 await self._bring_up(f"recreated: {reason}")
             except (KindError, NodeDockerError, KubeError, WiringError, ManifestError) as exc:
                 self._attempt_failed(exc)
@@ -247,7 +247,7 @@ class ClusterSupervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
 
-    async def reconcile(self) -> Plan:
+    async def reconcile(self) -> ClusterPlan:
         """One pass: observe, plan, act. Returns the plan it followed."""
         async with self._lock:
             obs = await self._observe()
@@ -303,13 +303,13 @@ class ClusterSupervisor:
         finally:
             await api.close()
 
-    async def _follow(self, p: Plan, obs: Observation, now: float) -> None:
+    async def _follow(self, p: ClusterPlan, obs: Observation, now: float) -> None:
         if p.action == "none":
             if not self._wired:
                 if now < self._wire_retry_at:
                     return
                 if self._kc.dry_run:
-                    self._dry_run(Plan("none", "verify the wiring: registry network, hosts.toml, "
+                    self._dry_run(ClusterPlan("none", "verify the wiring: registry network, hosts.toml, "
                                        "ConfigMap, ingress controller"))
                     self._set_state("ready", "healthy (dry-run: wiring not verified)")
                     self._tracker.on_running(now)
@@ -354,7 +354,7 @@ class ClusterSupervisor:
             return
         await self._repair(p, now)
 
-    async def _repair(self, p: Plan, now: float) -> None:
+    async def _repair(self, p: ClusterPlan, now: float) -> None:
         t = self._tracker
         if t.state == "running" or self._attempt_outstanding:
             # The cluster broke after running well, or our last repair did not take: count it.
@@ -398,12 +398,12 @@ class ClusterSupervisor:
         self._attempt_outstanding = False
         d = self._tracker.on_unhealthy(now)
         if d.action == "give_up":
-            self._give_up(Plan("hold", str(exc)), self._tracker.reason)
+            self._give_up(ClusterPlan("hold", str(exc)), self._tracker.reason)
             return
         self._next_attempt = now + d.delay
         self._set_state("degraded", f"{exc}; next attempt in {d.delay:g}s")
 
-    def _give_up(self, p: Plan, why: str) -> None:
+    def _give_up(self, p: ClusterPlan, why: str) -> None:
         self._set_state("failed", f"{why} (now: {p.reason})")
         self._metrics.cluster_actions.labels(cluster=self._cluster, action="give_up").inc()
         self._events.publish("cluster_gave_up", cluster=self._cluster, reason=why)
@@ -421,7 +421,7 @@ class ClusterSupervisor:
         if self._last_action is not None:
             self._last_action["result"] = "ok"
 
-    async def _create(self, p: Plan, *, recreate: bool) -> None:
+    async def _create(self, p: ClusterPlan, *, recreate: bool) -> None:
         if recreate:
             log.warning("cluster_recreate", cluster=self._cluster, reason=p.reason)
             self._action("recreate", p.reason)
@@ -444,7 +444,7 @@ class ClusterSupervisor:
         self._remember(tuple(nodes))
         self._done()
 
-    async def _start_nodes(self, p: Plan) -> None:
+    async def _start_nodes(self, p: ClusterPlan) -> None:
         log.info("cluster_start_nodes", cluster=self._cluster, nodes=list(p.nodes), reason=p.reason)
         self._action("start", p.reason)
         self._set_state("starting", f"starting: {p.reason}")
@@ -582,7 +582,7 @@ class ClusterSupervisor:
 
     # ------------------------------------------------------------------ state, metrics, memory
 
-    def _dry_run(self, p: Plan) -> None:
+    def _dry_run(self, p: ClusterPlan) -> None:
         key = (p.action, p.reason)
         if key == self._last_plan_key:
             return

@@ -58,7 +58,7 @@ class PlanContext:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class ClusterPlan:
     action: PlanAction
     reason: str = ""
     nodes: tuple[str, ...] = ()
@@ -76,7 +76,7 @@ _STATE_FOR: dict[PlanAction, ClusterState] = {
 }
 
 
-def state_for(plan: Plan) -> ClusterState:
+def state_for(plan: ClusterPlan) -> ClusterState:
     """The state a plan reports before anything is done about it."""
     return _STATE_FOR[plan.action]
 
@@ -85,23 +85,23 @@ def _names(nodes: tuple[Node, ...] | list[Node]) -> str:
     return ", ".join(n.describe() for n in nodes)
 
 
-def _recreate(reason: str, ctx: PlanContext) -> Plan:
+def _recreate(reason: str, ctx: PlanContext) -> ClusterPlan:
     if ctx.recreate_allowed:
-        return Plan("recreate", reason)
-    return Plan("hold", f"{reason}; not recreating it because kind.recreate = false")
+        return ClusterPlan("recreate", reason)
+    return ClusterPlan("hold", f"{reason}; not recreating it because kind.recreate = false")
 
 
-def plan(cluster: str, obs: Observation, ctx: PlanContext) -> Plan:
+def plan(cluster: str, obs: Observation, ctx: PlanContext) -> ClusterPlan:
     if obs.docker_error:
-        return Plan("blind", f"cannot list the node containers of {cluster}: {obs.docker_error}")
+        return ClusterPlan("blind", f"cannot list the node containers of {cluster}: {obs.docker_error}")
     nodes = obs.nodes
     if not nodes:
         if obs.listed:
-            return Plan("recreate", f"kind lists {cluster} but it has no node containers")
+            return ClusterPlan("recreate", f"kind lists {cluster} but it has no node containers")
         if ctx.known_nodes:
             gone = ", ".join(sorted(ctx.known_nodes))
-            return Plan("create", f"cluster {cluster} is gone (its node containers {gone} were removed)")
-        return Plan("create", f"cluster {cluster} does not exist")
+            return ClusterPlan("create", f"cluster {cluster} is gone (its node containers {gone} were removed)")
+        return ClusterPlan("create", f"cluster {cluster} does not exist")
     names = {n.name for n in nodes}
     missing = sorted(ctx.known_nodes - names)
     if missing:
@@ -111,18 +111,18 @@ def plan(cluster: str, obs: Observation, ctx: PlanContext) -> Plan:
         return _recreate(f"node container(s) dead: {_names(dead)}", ctx)
     stopped = [n for n in nodes if n.state in _STOPPED]
     if stopped:
-        return Plan("start", f"node container(s) stopped: {_names(stopped)}", tuple(n.name for n in stopped))
+        return ClusterPlan("start", f"node container(s) stopped: {_names(stopped)}", tuple(n.name for n in stopped))
     busy = [n for n in nodes if not n.running]
     if busy:
         if all(n.state in _TRANSIENT for n in busy):
-            return Plan("wait", f"waiting for Docker: {_names(busy)}")
-        return Plan("hold", f"node container(s) in an unexpected state: {_names(busy)}")
+            return ClusterPlan("wait", f"waiting for Docker: {_names(busy)}")
+        return ClusterPlan("hold", f"node container(s) in an unexpected state: {_names(busy)}")
     if obs.api_ready:
-        return Plan("none")
+        return ClusterPlan("none")
     why = obs.api_error or "no answer"
     if not ctx.exported:
-        return Plan("export_kubeconfig", f"the API server does not answer ({why}); re-exporting the kubeconfig")
+        return ClusterPlan("export_kubeconfig", f"the API server does not answer ({why}); re-exporting the kubeconfig")
     if ctx.api_down_for >= ctx.ready_timeout:
         return _recreate(f"the API server has not been ready for {ctx.api_down_for:.0f}s "
                          f"although every node runs ({why})", ctx)
-    return Plan("wait", f"waiting for the API server ({why})")
+    return ClusterPlan("wait", f"waiting for the API server ({why})")

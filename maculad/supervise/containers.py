@@ -58,7 +58,7 @@ from maculad.adapters.docker.model import (
 from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.routes.model import ServiceHold
-from maculad.supervise.policy import Decision, RestartPolicy, RestartSnapshot, RestartTracker
+from maculad.supervise.policy import RestartDecision, RestartPolicy, RestartSnapshot, RestartTracker
 from maculad.core.restart import STATES
 
 log = structlog.get_logger("maculad.supervise.containers")
@@ -496,7 +496,7 @@ class ContainerSupervisor:
                  by_user=by_user, decision=d.action, delay=d.delay)
         self._decide(u, d, now, reason, "start")
 
-    def _decide(self, u: _Unit, d: Decision, now: float, reason: str, action: ActionKind | None) -> None:
+    def _decide(self, u: _Unit, d: RestartDecision, now: float, reason: str, action: ActionKind | None) -> None:
         if d.action == "restart":
             self._schedule(u, action or "start", now + d.delay, reason)
         elif d.action == "give_up":

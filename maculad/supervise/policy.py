@@ -3,7 +3,7 @@
 A `RestartTracker` holds one supervised thing's state — starting, running,
 backoff, failed, stopped — and is driven by events with the time passed in
 (`on_exit(now, ...)`), so it is tested without clocks or Docker. Each event
-returns a `Decision`: do nothing, restart after `delay` seconds, or give up.
+returns a `RestartDecision`: do nothing, restart after `delay` seconds, or give up.
 
 Backoff is exponential (initial × factor^n, capped) and resets once the thing
 has run `reset_after` seconds; more than `start_limit` restarts inside
@@ -44,7 +44,7 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class RestartDecision:
     action: Action
     delay: float = 0.0
     reason: str = ""
@@ -122,46 +122,46 @@ class RestartTracker:
         self.delay = 0.0
         self._set("stopped", "stopped on request")
 
-    def on_exit(self, now: float, *, exit_code: int | None, by_user: bool = False) -> Decision:
+    def on_exit(self, now: float, *, exit_code: int | None, by_user: bool = False) -> RestartDecision:
         """The thing stopped running. `by_user` marks a `docker stop` / `docker kill`."""
         self.tick(now)
         self.running_since = None
         what = "exited" if exit_code is None else f"exited with code {exit_code}"
         if self.held:
             self._set("stopped", f"stopped on request ({what})")
-            return Decision("none", reason=self.reason)
+            return RestartDecision("none", reason=self.reason)
         if by_user:
             self.stopped_by_user = True
         failed = exit_code != 0
         p = self.policy.name
         if self.stopped_by_user and p != "always":
             self._set("stopped", f"stopped by user ({what})")
-            return Decision("none", reason=self.reason)
+            return RestartDecision("none", reason=self.reason)
         if p == "no":
             self._set("failed" if failed else "stopped", f"{what}; restart policy is no")
-            return Decision("none", reason=self.reason)
+            return RestartDecision("none", reason=self.reason)
         if p == "on-failure" and not failed:
             self._set("stopped", f"{what}; on-failure does not restart a clean exit")
-            return Decision("none", reason=self.reason)
+            return RestartDecision("none", reason=self.reason)
         return self._restart(now, what)
 
-    def on_unhealthy(self, now: float) -> Decision:
+    def on_unhealthy(self, now: float) -> RestartDecision:
         """The health check says unhealthy: restart under every policy but `no`."""
         self.tick(now)
         self.running_since = None
         if self.held:
-            return Decision("none", reason=self.reason)
+            return RestartDecision("none", reason=self.reason)
         if self.policy.name == "no":
             self._set("failed", "unhealthy; restart policy is no")
-            return Decision("none", reason=self.reason)
+            return RestartDecision("none", reason=self.reason)
         return self._restart(now, "unhealthy")
 
-    def on_start_failed(self, now: float, error: str) -> Decision:
+    def on_start_failed(self, now: float, error: str) -> RestartDecision:
         """A start this tracker asked for was refused (port taken, image gone, engine error)."""
         self.tick(now)
         self.running_since = None
         if self.held:
-            return Decision("none", reason=self.reason)
+            return RestartDecision("none", reason=self.reason)
         return self._restart(now, f"start failed: {error}")
 
     def on_dependency_failed(self, now: float, dependency: str) -> None:
@@ -169,7 +169,7 @@ class RestartTracker:
 
     # ------------------------------------------------------------------ logic
 
-    def _restart(self, now: float, why: str) -> Decision:
+    def _restart(self, now: float, why: str) -> RestartDecision:
         b = self.policy.backoff
         self.failures += 1
         self.last_cause = why
@@ -177,7 +177,7 @@ class RestartTracker:
         if self.policy.name == "on-failure" and retries is not None and self.failures > retries:
             self.gave_up_after = retries + 1
             self._set("failed", f"gave up after {retries} retries (on-failure:{retries}); last: {why}")
-            return Decision("give_up", reason=self.reason)
+            return RestartDecision("give_up", reason=self.reason)
         window_start = now - b.start_limit_window
         while self._restarts and self._restarts[0] < window_start:
             self._restarts.popleft()
@@ -185,11 +185,11 @@ class RestartTracker:
             self.gave_up_after = len(self._restarts) + 1
             self._set("failed", f"gave up: {len(self._restarts)} restarts within {b.start_limit_window:g}s "
                       f"(start limit); last: {why}")
-            return Decision("give_up", reason=self.reason)
+            return RestartDecision("give_up", reason=self.reason)
         self._restarts.append(now)
         self.delay = self._backoff.next()
         self._set("backoff", f"{why}; restarting in {self.delay:g}s")
-        return Decision("restart", delay=self.delay, reason=why)
+        return RestartDecision("restart", delay=self.delay, reason=why)
 
     def _set(self, state: State, reason: str) -> None:
         self.state = state
