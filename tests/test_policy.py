@@ -224,7 +224,7 @@ def _on_failure_gave_up() -> RestartTracker:
 ])
 def test_a_service_that_does_not_run_is_held_with_state_reason_and_fix(make, waiting_on, state, reason,
                                                                        retry_at) -> None:
-    from maculad.supervise.containers import service_hold
+    from maculad.supervise.containers_decide import service_hold
 
     hold = service_hold("grafana", make(), waiting_on=waiting_on, retry_at=9.5)
     assert hold is not None
@@ -233,7 +233,7 @@ def test_a_service_that_does_not_run_is_held_with_state_reason_and_fix(make, wai
 
 
 def test_a_running_service_has_no_hold_and_a_start_clears_the_give_up() -> None:
-    from maculad.supervise.containers import service_hold
+    from maculad.supervise.containers_decide import service_hold
 
     assert service_hold("grafana", tracker()) is None
     t = _gave_up()

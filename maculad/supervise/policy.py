@@ -14,7 +14,8 @@ Docker tier and the kind cluster share this machine.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from copy import copy as shallow_copy
+from dataclasses import dataclass, field, replace
 from typing import Literal, NotRequired, TypedDict
 
 from maculad.config import BackoffConfig
@@ -194,6 +195,13 @@ class RestartTracker:
     def _set(self, state: State, reason: str) -> None:
         self.state = state
         self.reason = reason
+
+    def copy(self) -> RestartTracker:
+        """An independent copy: the container supervisor's pure `decide` feeds events to copies only."""
+        c = shallow_copy(self)
+        c._backoff = replace(self._backoff)
+        c._restarts = deque(self._restarts)
+        return c
 
     def snapshot(self) -> RestartSnapshot:
         return {
