@@ -21,7 +21,6 @@ from maculad.config import ControlConfig
 from maculad.control.protocol import DNSLookup
 from maculad.control.server import ControlServer, ControlSocketError
 from maculad.observability.metrics import Metrics
-from maculad.core.tasks import TaskOwner
 from tests.conftest import require
 from tests.support.control_target import TableTarget, python_for_others, short_dir, write_config
 
@@ -49,10 +48,6 @@ class Running:
         return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket)))
 
 
-def owner(metrics: Metrics) -> TaskOwner:
-    return TaskOwner(metrics=metrics, on_fatal=lambda name, exc: None)
-
-
 async def start(d: Path, *, group: str | None = None, target_cls: type[TableTarget] = TableTarget,
                 extra: str = "") -> Running:
     cfg_path = d / "maculad.toml"
@@ -61,7 +56,7 @@ async def start(d: Path, *, group: str | None = None, target_cls: type[TableTarg
     metrics = Metrics()
     sock = d / "run" / "maculad.sock"
     server = ControlServer(config=ControlConfig(socket=sock, group=group), target=target, metrics=metrics)
-    await server.start(owner(metrics))
+    await server.start()
     return Running(server, target, metrics, sock)
 
 
@@ -184,7 +179,7 @@ async def test_stale_socket_is_replaced_and_a_live_one_refused() -> None:
         assert status == 200
         second = ControlServer(config=ControlConfig(socket=sock_path), target=r.target, metrics=Metrics())
         with pytest.raises(ControlSocketError, match="another maculad is answering"):
-            await second.start(owner(Metrics()))
+            await second.start()
         await second.stop()  # safe after a failed start, and must not remove the live socket
         assert sock_path.exists()
     finally:
@@ -203,16 +198,16 @@ async def test_refuses_to_remove_a_regular_file_and_unknown_groups() -> None:
     target = TableTarget(config_path=cfg)
     server = ControlServer(config=ControlConfig(socket=path), target=target, metrics=Metrics())
     with pytest.raises(ControlSocketError, match="is not a socket"):
-        await server.start(owner(Metrics()))
+        await server.start()
     assert path.read_text() == "not a socket"
     path.unlink()
     server = ControlServer(config=ControlConfig(socket=path, group="no-such-group-xyz"), target=target,
                            metrics=Metrics())
     with pytest.raises(ControlSocketError, match="no-such-group-xyz"):
-        await server.start(owner(Metrics()))
+        await server.start()
     long = ControlServer(config=ControlConfig(socket=d / ("x" * 120)), target=target, metrics=Metrics())
     with pytest.raises(ControlSocketError, match="longer than"):
-        await long.start(owner(Metrics()))
+        await long.start()
     shutil.rmtree(d)
 
 

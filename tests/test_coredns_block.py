@@ -173,6 +173,7 @@ async def test_unknown_address_and_broken_markers_write_nothing(tmp_path: Path, 
 
 
 async def test_the_loop_keeps_the_block(tmp_path: Path, kube: FakeKubeAPI) -> None:
+    from maculad.app.daemon import COREDNS_TASKS
     from maculad.core.tasks import TaskOwner
     from tests.support.proxy import wait_for
 
@@ -185,10 +186,12 @@ async def test_the_loop_keeps_the_block(tmp_path: Path, kube: FakeKubeAPI) -> No
     metrics = Metrics()
     owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: None)
     pub = CoreDNSPublisher(config=cfg, metrics=metrics, address=lambda: G)
-    await pub.start(owner)
+    await pub.start()
+    owner.spawn_for(pub, COREDNS_TASKS)
     try:
         await wait_for(lambda: corefile(kube) == KIND_COREFILE + BLOCK, 10, "the block")
         kube.replace(CONFIGMAPS, coredns_cm(KIND_COREFILE))
         await wait_for(lambda: corefile(kube) == KIND_COREFILE + BLOCK, 10, "the block put back")
     finally:
+        await owner.stop_for(COREDNS_TASKS)
         await pub.stop()

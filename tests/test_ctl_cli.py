@@ -27,7 +27,6 @@ import pytest
 
 from maculad.config import ControlConfig
 from maculad.control.server import ControlServer
-from maculad.core.tasks import TaskOwner
 from maculad.observability.metrics import Metrics
 from tests.conftest import require
 from tests.support.control_target import TableTarget, python_for_others, short_dir, write_config
@@ -484,7 +483,7 @@ async def managed() -> AsyncIterator[str]:
     metrics = Metrics()
     server = ControlServer(config=ControlConfig(socket=d / "maculad.sock"), target=TableTarget(config_path=cfg),
                            metrics=metrics)
-    await server.start(TaskOwner(metrics=metrics, on_fatal=lambda n, e: None))
+    await server.start()
     try:
         yield str(d / "maculad.sock")
     finally:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from maculad.app.daemon import DOCKER_TASKS
 from maculad.config import load_config
 from maculad.adapters.docker.model import ContainerInfo, HostBinding, parse_time
 from maculad.providers.docker_labels import build_routes
@@ -137,8 +138,8 @@ async def test_bring_up_and_dependency_order(tmp_path: Path, docker_scope: Docke
     assert h.routes.current.lookup(f"app-{docker_scope.uid}.macula.local") is not None
 
     # 2. "after a reboot": both stopped while no maculad ran; a new maculad starts them in order
+    await h.owner.stop_for(DOCKER_TASKS)
     await h.tier.stop()
-    await h.owner.stop_stage("sources")
     docker_cli("stop", "-t", "1", app, db)
     h2 = await make_tier(settings)
     await wait_for(lambda: unit(h2, "app").get("state") == "running", 40, "the app to be started after db")

@@ -15,6 +15,7 @@ from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
 from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
+from maculad.app.daemon import DOCKER_TASKS
 from maculad.core.tasks import TaskOwner
 from tests.support.docker import (
     DockerScope,
@@ -115,7 +116,7 @@ async def test_no_engine_keeps_running_and_says_why(tmp_path: Path) -> None:
     owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: fatal.append(n))
     tier = DockerTier(config=cfg, routes=routes, metrics=metrics, events=EventBus())
     with capture_logs() as logs:
-        await tier.start(owner)
+        owner.spawn_for(tier, DOCKER_TASKS)
         try:
             await wait_for(lambda: tier.status()["reason"] and "nope.sock" in tier.status()["reason"], 10,
                            "the reason in status")
@@ -130,5 +131,5 @@ async def test_no_engine_keeps_running_and_says_why(tmp_path: Path) -> None:
             assert tier.services() == []
             assert fatal == []
         finally:
+            await owner.stop_for(DOCKER_TASKS)
             await tier.stop()
-            await owner.stop_stage("sources")

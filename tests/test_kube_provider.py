@@ -33,7 +33,7 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import RouteSpec
 from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
-from maculad.core.tasks import TaskOwner
+from maculad.core.tasks import Stage, TaskOwner
 from tests.support.fake_k8s import INGRESSES, FakeKubeAPI
 
 DOMAIN = "macula.local"
@@ -110,7 +110,7 @@ class Env:
         cfg = replace(self.config, kubernetes=replace(self.config.kubernetes, **kube))
         p = KubernetesProvider(config=cfg, routes=self.routes, metrics=self.metrics, events=self.events,
                                backoff=FAST)
-        self.owner.spawn(f"kubernetes-{len(self.providers)}", p.run, stage="sources")
+        self.owner.spawn(f"kubernetes-{len(self.providers)}", p.run, stage=Stage.SOURCES)
         self.providers.append(p)
         return p
 

@@ -15,6 +15,7 @@ from maculad.observability.metrics import Metrics
 from maculad.proxy.platform import AliasPlatform
 from maculad.proxy.relay import Relay
 from maculad.core.net import Backend
+from maculad.app.daemon import RELAY_TASKS
 from maculad.core.tasks import TaskOwner
 from tests.support.proxy import (
     FakeIfconfig,
@@ -171,7 +172,8 @@ async def test_wildcard_and_non_loopback_addresses_are_refused(tmp_path: Path) -
     ])
     owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: None)
     relay = Relay(config=cfg, routes=routes, metrics=metrics)
-    await relay.start(owner)
+    await relay.start()
+    owner.spawn_for(relay, RELAY_TASKS)
     try:
         await asyncio.wait_for(relay.wait_reconciled(), 10)
         by_ip = {e["ip"]: e for e in relay.status()["listeners"]}
@@ -186,8 +188,8 @@ async def test_wildcard_and_non_loopback_addresses_are_refused(tmp_path: Path) -
         assert "wildcard" in by_ip["0.0.0.0"]["last_error"]
         assert "not a loopback" not in (by_ip["192.0.2.10"]["last_error"] or "")
     finally:
+        await owner.stop_for(RELAY_TASKS)
         await relay.stop()
-        await owner.stop_stage("proxy")
 
 
 async def test_stop_drains_then_closes(tmp_path: Path) -> None:

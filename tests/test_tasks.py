@@ -7,7 +7,7 @@ import asyncio
 
 from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
-from maculad.core.tasks import TaskOwner
+from maculad.core.tasks import Stage, TaskOwner
 
 
 async def test_a_dying_task_is_restarted_and_counted() -> None:
@@ -25,12 +25,12 @@ async def test_a_dying_task_is_restarted_and_counted() -> None:
         done.set()
         await asyncio.Event().wait()
 
-    owner.spawn("flaky", flaky, stage="t")
+    owner.spawn("flaky", flaky, stage=Stage.META)
     await asyncio.wait_for(done.wait(), 5)
     [info] = owner.status()
     assert info["restarts"] == 2 and info["last_error"] == "RuntimeError: boom 2" and info["running"]
     assert metrics.registry.get_sample_value("maculad_task_restarts_total", {"task": "flaky"}) == 2
-    await owner.stop_stage("t")
+    await owner.stop_stage(Stage.META)
     assert owner.status() == [] and fatal == []
 
 
@@ -41,7 +41,7 @@ async def test_a_fatal_task_reports_its_name() -> None:
     async def broken() -> None:
         raise ValueError("bad")
 
-    owner.spawn("broken", broken, stage="t", restart=False)
+    owner.spawn("broken", broken, stage=Stage.META, restart=False)
     for _ in range(100):
         if fatal:
             break
@@ -55,12 +55,12 @@ async def test_stop_stage_cancels_only_that_stage() -> None:
     async def forever() -> None:
         await asyncio.Event().wait()
 
-    owner.spawn("a", forever, stage="one")
-    owner.spawn("b", forever, stage="two")
+    owner.spawn("a", forever, stage=Stage.SOURCES)
+    owner.spawn("b", forever, stage=Stage.PROXY)
     await asyncio.sleep(0)
-    await owner.stop_stage("one")
+    await owner.stop_stage(Stage.SOURCES)
     assert [t["name"] for t in owner.status()] == ["b"]
-    await owner.stop_stage("two")
+    await owner.stop_stage(Stage.PROXY)
 
 
 async def test_event_bus_replays_and_bounds_slow_subscribers() -> None:

@@ -13,6 +13,7 @@ import pytest
 from maculad.control.api import ControlError
 from maculad.observability.metrics import Metrics
 from maculad.core.net import Backend
+from maculad.app.daemon import WEB_TASKS
 from maculad.core.tasks import TaskOwner
 from maculad.web import server as web_server
 from maculad.web.server import WebServer
@@ -58,7 +59,8 @@ async def _server(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[WebServer
     owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: None)
     src = Source()
     srv = WebServer(source=src, domain="macula.local", listen=Backend("127.0.0.1", 0), metrics=metrics, **kw)
-    await srv.start(owner)
+    await srv.start()
+    owner.spawn_for(srv, WEB_TASKS)
     return srv, src, metrics, owner
 
 
@@ -72,7 +74,7 @@ async def _wait(cond: Any, timeout: float, what: str) -> None:
 
 
 async def test_a_live_client_that_stops_reading_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
-    srv, src, metrics, _owner = await _server(monkeypatch)
+    srv, src, metrics, owner = await _server(monkeypatch)
     assert srv.bound is not None
     port = srv.bound[1]
     s = socket.socket()
@@ -87,12 +89,13 @@ async def test_a_live_client_that_stops_reading_is_cut(monkeypatch: pytest.Monke
     await _wait(lambda: srv.status()["live_clients"] == 0, 5, "the stream to be released")
     await _wait(lambda: src.followers == 1, 5, "its event subscription to end")  # only the probe's remains
     s.close()
+    await owner.stop_for(WEB_TASKS)
     await srv.stop()
     assert src.followers == 0
 
 
 async def test_a_half_sent_request_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    srv, _src, _m, _owner = await _server(monkeypatch)
+    srv, _src, _m, owner = await _server(monkeypatch)
     assert srv.bound is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.bound[1])
     writer.write(b"GET / HTTP/1.1\r\nHo")
@@ -100,17 +103,19 @@ async def test_a_half_sent_request_is_closed(monkeypatch: pytest.MonkeyPatch) ->
     data = await asyncio.wait_for(reader.read(), 5)  # EOF: the server closed it
     assert data == b"" or data.startswith(b"HTTP/1.")
     writer.close()
+    await owner.stop_for(WEB_TASKS)
     await srv.stop()
 
 
 async def test_stop_ends_open_streams(monkeypatch: pytest.MonkeyPatch) -> None:
-    srv, src, _m, _owner = await _server(monkeypatch)
+    srv, src, _m, owner = await _server(monkeypatch)
     assert srv.bound is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.bound[1])
     writer.write(f"GET /api/events HTTP/1.1\r\nHost: macula.local:{srv.bound[1]}\r\n\r\n".encode())
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert b"200" in head.split(b"\r\n")[0]
+    await owner.stop_for(WEB_TASKS)
     await asyncio.wait_for(srv.stop(), 5)
     assert src.followers == 0
     writer.close()
@@ -125,10 +130,12 @@ async def test_bind_failure_is_reported_and_retried(monkeypatch: pytest.MonkeyPa
     owner = TaskOwner(metrics=metrics, on_fatal=lambda n, e: None)
     monkeypatch.setattr(web_server, "BIND_RETRY_MAX", 0.2)
     srv = WebServer(source=Source(), domain="macula.local", listen=Backend("127.0.0.1", port), metrics=metrics)
-    await srv.start(owner)
+    await srv.start()
+    owner.spawn_for(srv, WEB_TASKS)
     st = srv.status()
     assert not st["serving"] and "cannot listen on 127.0.0.1:" in st["last_error"]
     blocker.close()
     await _wait(lambda: srv.status()["serving"], 10, "the retry to bind")
     assert srv.status()["last_error"] is None
+    await owner.stop_for(WEB_TASKS)
     await srv.stop()

@@ -1,22 +1,22 @@
-"""The composition root: builds every part, owns every long-lived task.
+"""The composition root: builds every part, lists every long-lived task, stops them in stages.
 
-`Daemon.run()` builds the route table and the components from the config,
-starts them in dependency order (DNS first — it needs only the table, so it
-answers before the HTTP, Docker and Kubernetes clients are even imported —
-then metrics, relay, sources and supervisors, control), tells systemd READY=1
-once DNS and the relay serve, and waits. Signal handlers only set events: TERM/INT request a stop (a second INT
-forces exit), HUP requests a reload. A reload (maculad/app/reload.py) is a
-transaction: the config is read in a thread, every new listener is bound
-first, and only then is anything swapped; a refused reload changes nothing and
-is recorded (`status.last_reload`, the `reload` event, the log) like a good one.
-A config or state problem at start (a directory where allocations.json should
-be, a full disk) is one log line and exit 2.
-Readiness (`not_ready`, `/readyz`, `status.ready`) lists every configured
-listener that is not serving.
+`Daemon.run()` builds the route table and the parts from the config, starts
+them in dependency order (DNS first — it needs only the table, so it answers
+before the HTTP, Docker and Kubernetes clients are even imported — then
+metrics, relay, sources and supervisors, control), tells systemd READY=1 once
+DNS and the relay serve, and waits. Parts never spawn tasks: each exposes its
+loops, and the `*_TASKS` lists below name every long-lived task, the part that
+runs it and its `Stage`; a part's tasks are spawned right after it started
+and cancelled right before it stops.
 
-Shutdown is staged, each stage with a timeout: STOPPING=1 → close the DNS and
-relay listeners (the relay drains open connections up to `drain_grace`) →
-stop sources and supervisors → stop the control and metrics endpoints.
+Signal handlers only set events: TERM/INT request a stop (a second INT forces
+exit), HUP requests a reload. A reload (app/reload.py) is a transaction; what
+the control socket and the status page see is app/facade.py. A config or state
+problem at start (a directory where allocations.json should be, a full disk)
+is one log line and exit 2. Readiness (`not_ready`, `/readyz`, `status.ready`)
+lists every configured listener that is not serving.
+
+Shutdown is one sequence (`shutdown`), each step bounded by a timeout.
 """
 
 from __future__ import annotations
@@ -25,74 +25,95 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 
 from maculad import __version__
 from maculad.app import reload as reloading
+from maculad.app.facade import ControlFacade
+from maculad.app.health import Health, probe_dns, probe_target, verdict
 from maculad.app.reload import apex, own_addresses, peer_args
 from maculad.config import Config, ConfigError
 from maculad.control.api import ControlError
-from maculad.control.views import config_view, conflict_view, route_view, table_view
-from maculad.dns.server import DNSServer
 from maculad.core.events import EventBus
-from maculad.horizons.plan import conflict_view as port_conflict_view
+from maculad.core.fsutil import StateError, state_error
+from maculad.core.limits import LOW_NOFILE, NofileLimits, raise_nofile
+from maculad.core.tasks import Stage, TaskFactory, TaskOwner, TaskSpec
+from maculad.dns.server import DNSServer
 from maculad.observability import sdnotify
 from maculad.observability.metrics import Metrics
-from maculad.providers.base import start_provider, stop_provider
 from maculad.providers.static import config_routes
 from maculad.proxy.platform import AliasPlatform
 from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
-from maculad.core.fsutil import StateError, state_error
-from maculad.app.health import Health, probe_dns, probe_target, verdict
-from maculad.core.limits import LOW_NOFILE, NofileLimits, raise_nofile
-from maculad.core.names import qualify
-from maculad.core.tasks import TaskOwner
 
 if TYPE_CHECKING:  # imported where they are built: DNS answers before aiohttp & co. are loaded
     import socket
 
-    from maculad.control.protocol import (
-        ClusterRecreated,
-        ClusterStatus,
-        ComponentError,
-        Components,
-        ContainerHorizonView,
-        DNSLookup,
-        Event,
-        LastReload,
-        PowerDNSStatus,
-        ReloadAnswer,
-        RoutesAnswer,
-        ServiceAction,
-        ServiceActionAnswer,
-        ServiceView,
-        Status,
-    )
-    from maculad.web.server import WebServer
-    from maculad.horizons.containers import ContainerHorizon
-    from maculad.publishers.coredns import CoreDNSPublisher
-    from maculad.proxy.tls import Terminator
     from maculad.app.docker_tier import DockerTier
+    from maculad.control.protocol import LastReload, ReloadAnswer
     from maculad.control.server import ControlServer
+    from maculad.horizons.containers import ContainerHorizon
     from maculad.observability.http import MetricsServer
     from maculad.providers.kubernetes import KubernetesProvider
+    from maculad.proxy.tls import Terminator
+    from maculad.publishers.coredns import CoreDNSPublisher
     from maculad.publishers.powerdns_sync import PowerDNSPublisher
     from maculad.supervise.cluster import ClusterSupervisor
+    from maculad.web.server import WebServer
 
 log = structlog.get_logger("maculad")
 
 STOP_TIMEOUT = 5.0
 
+# --------------------------------------------------------------------------- every long-lived task
+# By the part that runs it: name, stage, loop. DNS, the control socket and the metrics endpoint have
+# none (their servers run on the event loop); the stages stop in the order `Daemon.shutdown` gives.
+
+DAEMON_TASKS: Final[tuple[TaskSpec[Daemon], ...]] = (
+    TaskSpec("reload-signal", Stage.META, lambda d: d.reload_loop),
+    TaskSpec("watchdog", Stage.META, lambda d: d.watchdog_loop()),
+    TaskSpec("status-line", Stage.META, lambda d: d.status_loop if sdnotify.default_notifier().enabled else None),
+)
+WEB_TASKS: Final[tuple[TaskSpec[WebServer], ...]] = (
+    TaskSpec("web.invalidate", Stage.WEB, lambda w: w.invalidate_on_events),
+    TaskSpec("web.bind", Stage.WEB, lambda w: w.bind_retry),
+)
+RELAY_TASKS: Final[tuple[TaskSpec[Relay], ...]] = (
+    TaskSpec("proxy.reconcile", Stage.PROXY, lambda r: r.run),
+)
+CONTAINERS_TASKS: Final[tuple[TaskSpec[ContainerHorizon], ...]] = (
+    TaskSpec("containers.networks", Stage.PROXY, lambda h: h.run),  # also runs the relay on G
+)
+DOCKER_TASKS: Final[tuple[TaskSpec[DockerTier], ...]] = (
+    TaskSpec("docker.inventory", Stage.SOURCES, lambda t: t.inventory.run),
+    TaskSpec("docker.provider", Stage.SOURCES, lambda t: t.provider.run),
+    TaskSpec("docker.supervisor", Stage.SOURCES, lambda t: t.supervisor.run),
+    TaskSpec("docker.compose", Stage.SOURCES, lambda t: t.compose.run),
+)
+KUBERNETES_TASKS: Final[tuple[TaskSpec[KubernetesProvider], ...]] = (
+    TaskSpec("kubernetes.provider", Stage.SOURCES, lambda p: p.run),
+)
+CLUSTER_TASKS: Final[tuple[TaskSpec[ClusterSupervisor], ...]] = (
+    TaskSpec("kind.cluster", Stage.SUPERVISORS, lambda c: c.run, stop_timeout=10.0),
+)
+COREDNS_TASKS: Final[tuple[TaskSpec[CoreDNSPublisher], ...]] = (
+    TaskSpec("publishers.coredns", Stage.PUBLISHERS, lambda c: c.run),
+)
+POWERDNS_TASKS: Final[tuple[TaskSpec[PowerDNSPublisher], ...]] = (
+    TaskSpec("powerdns-sync", Stage.PUBLISHERS, lambda p: p.run),
+)
+
+
+class _Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
 
 class Daemon:
-    """Implements `maculad.control.api.ControlTarget` for the control socket."""
+    """Builds the parts, spawns and stops their tasks; `ControlFacade(daemon)` answers the control socket."""
 
     def __init__(self, *, config: Config, metrics: Metrics | None = None,
                  own_aliases: AliasPlatform | None = None) -> None:
@@ -128,8 +149,8 @@ class Daemon:
         self.control: ControlServer | None = None
         self.metrics_server: MetricsServer | None = None
         self.web: WebServer | None = None
-        self._ready = False
-        self._last_reload: LastReload | None = None
+        self.ready = False
+        self.last_reload: LastReload | None = None
         self.limits: NofileLimits | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -151,7 +172,6 @@ class Daemon:
             if isinstance(exc, OSError | ControlSocketError):
                 return 1
             raise
-        self.owner.spawn("reload-signal", self._reload_loop, stage="meta")
         await self._stop.wait()
         await self.shutdown()
         if self._fatal:
@@ -176,7 +196,7 @@ class Daemon:
         # DNS first: it answers from the table alone, before the rest is even imported.
         self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
                              apex_a=apex(cfg), **peer_args(cfg.powerdns))
-        await self.dns.start(self.owner)
+        await self.dns.start()
 
         from maculad.control.server import ControlServer
 
@@ -190,27 +210,24 @@ class Daemon:
                       effect="routes with only an http backend get no https port")
         self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics, tls=self.tls,
                            redirect_http=cfg.tls.redirect_http)
-        await self.relay.start(self.owner)
+        await self.relay.start()
+        self.owner.spawn_for(self.relay, RELAY_TASKS)
         self.metrics.horizon_up.labels(horizon="host").set(1)
         await self.start_containers(cfg)
         await self.start_sources(cfg)
         await self.start_powerdns(cfg)
-        self.control = ControlServer(config=cfg.control, target=self, metrics=self.metrics)
-        await self.control.start(self.owner)
+        self.control = ControlServer(config=cfg.control, target=ControlFacade(self), metrics=self.metrics)
+        await self.control.start()
         await self.start_web(cfg)
 
         await self.relay.wait_reconciled()
         if self.containers is not None:
             await self.containers.wait_reconciled()
-        self._ready = True
+        self.ready = True
         self.metrics.up.set(1)
         sdnotify.ready()
-        sdnotify.status(self._summary())
-        notifier = sdnotify.default_notifier()
-        if notifier.watchdog_interval is not None:
-            self.owner.spawn("watchdog", lambda: notifier.run_watchdog(self.watchdog_check), stage="meta")
-        if sdnotify.default_notifier().enabled:  # no systemd, nobody to tell: no timer
-            self.owner.spawn("status-line", self._status_loop, stage="meta")
+        sdnotify.status(self.summary())
+        self.owner.spawn_for(self, DAEMON_TASKS)  # the status line only when systemd listens: no idle timer
         log.info("ready", routes=len(self.table.current.routes), dns=[str(a) for a in cfg.dns.listen],
                  metrics=str(cfg.metrics.listen) if cfg.metrics.listen else None,
                  control=str(cfg.control.socket))
@@ -229,57 +246,72 @@ class Daemon:
         else:
             log.info("open_files_limit", soft=lim.soft, hard=lim.hard, raised_from=lim.before)
 
-    async def _stop_sources(self) -> None:
-        for section in ("coredns", "kind", "kubernetes", "docker"):
-            await self.stop_source(section)
+    async def _stop_part(self, part: _Stoppable | None, tasks: tuple[TaskSpec[Any], ...], what: str, *,
+                         timeout: float = STOP_TIMEOUT) -> None:
+        """A part's tasks first (so no loop touches it while it closes), then the part."""
+        await self.owner.stop_for(tasks)
+        if part is not None:
+            await bounded(part.stop(), what=what, timeout=timeout)
 
     async def stop_source(self, section: str) -> None:
         """Stop one source (its routes stay in the table)."""
-        if section == "coredns" and self.coredns is not None:
-            await bounded(self.coredns.stop(), what="coredns")
+        if section == "coredns":
+            await self._stop_part(self.coredns, COREDNS_TASKS, "coredns")
             self.coredns = None
-        elif section == "kind" and self.cluster is not None:
-            await bounded(self.cluster.stop(), what="cluster")
+        elif section == "kind":
+            await self._stop_part(self.cluster, CLUSTER_TASKS, "cluster")
             self.cluster = None
-        elif section == "kubernetes" and self.kubernetes is not None:
-            await bounded(stop_provider(self.owner, self.kubernetes), what="kubernetes")
+        elif section == "kubernetes":
+            await self.owner.stop_for(KUBERNETES_TASKS)
+            if self.kubernetes is not None:
+                self.kubernetes.close()
             self.kubernetes = None
-        elif section == "docker" and self.docker is not None:
-            await bounded(self.docker.stop(), what="docker")
+        elif section == "docker":
+            await self._stop_part(self.docker, DOCKER_TASKS, "docker")
             self.docker = None
 
+    async def stop_web(self) -> None:
+        await self._stop_part(self.web, WEB_TASKS, "web")
+        self.web = None
+
+    async def stop_metrics(self) -> None:
+        await self._stop_part(self.metrics_server, (), "metrics")
+        self.metrics_server = None
+
+    async def stop_containers(self, *, grace: float | None = None) -> None:
+        grace = self.config.proxy.drain_grace if grace is None else grace
+        await self._stop_part(self.containers, CONTAINERS_TASKS, "containers", timeout=grace + STOP_TIMEOUT)
+        self.containers = None
+
     async def shutdown(self) -> None:
-        """Staged: STOPPING → listeners closed and drained → sources stopped → endpoints closed."""
+        """Staged, each step bounded by a timeout; a part that never started is skipped."""
+        # 1. Tell systemd and readiness probes first.
         sdnotify.stopping()
         self.metrics.up.set(0)
-        self._ready = False
+        self.ready = False
         log.info("stopping")
-        await self.owner.stop_stage("meta", timeout=STOP_TIMEOUT)
-        if self.web is not None:
-            await bounded(self.web.stop(), what="web")
-            self.web = None
-        if self.dns is not None:
-            await bounded(self.dns.stop(), what="dns")
+        # 2. The daemon's own tasks: no reload or status line from here on.
+        await self.owner.stop_stage(Stage.META, timeout=STOP_TIMEOUT)
+        # 3. The listeners clients use: the page, DNS, the relay (open connections drain for drain_grace).
+        await self.stop_web()
+        await self._stop_part(self.dns, (), "dns")
+        grace = self.config.proxy.drain_grace
+        await self._stop_part(self.relay, RELAY_TASKS, "proxy", timeout=grace + STOP_TIMEOUT)
         if self.relay is not None:
-            grace = self.config.proxy.drain_grace
-            await bounded(self.relay.stop(), what="proxy", timeout=grace + STOP_TIMEOUT)
             self.metrics.horizon_up.labels(horizon="host").set(0)
-        if self.containers is not None:
-            grace = self.config.proxy.drain_grace
-            await bounded(self.containers.stop(), what="containers", timeout=grace + STOP_TIMEOUT)
-        await self._stop_sources()
+        await self.stop_containers()
+        # 4. Sources, supervisors and publishers (routes and containers stay as they are).
+        for section in ("coredns", "kind", "kubernetes", "docker"):
+            await self.stop_source(section)
         await self.stop_powerdns()
-        for stage in ("sources", "supervisors", "publishers", "proxy", "dns"):
-            await self.owner.stop_stage(stage, timeout=STOP_TIMEOUT)
-        if self.control is not None:
-            await bounded(self.control.stop(), what="control")
-        await self.owner.stop_stage("control", timeout=STOP_TIMEOUT)
-        if self.metrics_server is not None:
-            await bounded(self.metrics_server.stop(), what="metrics")
+        # 5. The control socket, then the metrics endpoint (scraped to the end).
+        await self._stop_part(self.control, (), "control")
+        await self.stop_metrics()
         await bounded(self.own_aliases.remove_all(), what="aliases")
+        # 6. The table's last save; then whatever a failed start left running.
         self.table.close()
-        for leftover in sorted({str(t["stage"]) for t in self.owner.status()}):
-            await self.owner.stop_stage(leftover, timeout=STOP_TIMEOUT)
+        for stage in Stage:
+            await self.owner.stop_stage(stage, timeout=STOP_TIMEOUT)
         log.info("stopped")
 
     async def start_powerdns(self, cfg: Config) -> None:
@@ -291,7 +323,8 @@ class Daemon:
             api = PowerDNSAPI(api=p.api, api_key=p.api_key, server_id=p.server_id, timeout=p.timeout)
             self.powerdns = PowerDNSPublisher(config=p, ttl=cfg.dns.ttl, routes=self.table, api=api,
                                               metrics=self.metrics, address=self._containers_address)
-            await self.powerdns.start(self.owner)
+            await self.powerdns.start()
+            self.owner.spawn_for(self.powerdns, POWERDNS_TASKS)
 
     def _containers_address(self) -> str | None:
         """G, for PowerDNS's A records when publish_address is not set."""
@@ -302,10 +335,8 @@ class Daemon:
             self.powerdns.address_changed()
 
     async def stop_powerdns(self) -> None:
-        if self.powerdns is not None:
-            await self.owner.stop("powerdns-sync")
-            await bounded(self.powerdns.stop(), what="powerdns")
-            self.powerdns = None
+        await self._stop_part(self.powerdns, POWERDNS_TASKS, "powerdns")
+        self.powerdns = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -323,6 +354,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ background
 
+    def watchdog_loop(self) -> TaskFactory | None:
+        """The watchdog's task when systemd asks for one (WATCHDOG_USEC), else None."""
+        notifier = sdnotify.default_notifier()
+        if notifier.watchdog_interval is None:
+            return None
+        return lambda: notifier.run_watchdog(self.watchdog_check)
+
     async def watchdog_check(self, lag: float) -> str | None:
         """None while the loop turns, the first DNS listener answers a real query and the relay
         accepts (see app/health.py); else why systemd should not hear WATCHDOG=1."""
@@ -338,16 +376,16 @@ class Daemon:
             self.metrics.watchdog_withheld.inc()
         return problem
 
-    async def _status_loop(self) -> None:
+    async def status_loop(self) -> None:
         last = ""
         while True:
-            line = self._summary()
+            line = self.summary()
             if line != last:
                 sdnotify.status(line)
                 last = line
             await asyncio.sleep(5)
 
-    def _summary(self) -> str:
+    def summary(self) -> str:
         table = self.table.current
         parts = [f"{len(table.routes)} routes"]
         if table.conflicts:
@@ -381,17 +419,17 @@ class Daemon:
             reasons += [f"proxy: {p}" for p in failed[:5]]
             if len(failed) > 5:
                 reasons.append(f"proxy: and {len(failed) - 5} more listeners not serving")
-        if self._ready and self.config.metrics.listen is not None and self.metrics_server is None:
+        if self.ready and self.config.metrics.listen is not None and self.metrics_server is None:
             reasons.append(f"metrics: not serving on {self.config.metrics.listen}")
         if self.config.web.enabled and self.web is not None and self.web.problem is not None:
             reasons.append(f"web: {self.web.problem}")
-        if not self._ready and not reasons:
+        if not self.ready and not reasons:
             reasons.append("starting")
         return reasons
 
     # ------------------------------------------------------------------ reload
 
-    async def _reload_loop(self) -> None:
+    async def reload_loop(self) -> None:
         while True:
             await self._reload.wait()
             self._reload.clear()
@@ -401,7 +439,7 @@ class Daemon:
                 pass  # recorded and logged by record_reload
             except Exception as exc:  # a bug: logged with its traceback, recorded, the loop goes on
                 log.exception("reload_failed")
-                self._last_reload = {"time": time.time(), "ok": False, "changed": [],
+                self.last_reload = {"time": time.time(), "ok": False, "changed": [],
                                      "error": f"internal error: {type(exc).__name__}: {exc}"}
 
     async def reload(self) -> ReloadAnswer:
@@ -410,7 +448,7 @@ class Daemon:
             return await reloading.reload(self)
         finally:
             sdnotify.ready()
-            sdnotify.status(self._summary())
+            sdnotify.status(self.summary())
 
     def record_reload(self, result: str, *, error: str | None = None, changed: list[str] | None = None,
                       status: int = 400, state_error: str | None = None) -> ControlError:
@@ -420,7 +458,7 @@ class Daemon:
         last: LastReload = {"time": time.time(), "ok": ok, "error": error, "changed": changed or []}
         if state_error is not None:
             last["state_error"] = state_error
-        self._last_reload = last
+        self.last_reload = last
         self.events.publish("reload", ok=ok, error=error, changed=changed or [])
         if ok:
             log.info("reloaded", changed=changed or [], state_error=state_error)
@@ -434,7 +472,7 @@ class Daemon:
         from maculad.observability.http import MetricsServer
 
         server = MetricsServer(listen=cfg.metrics.listen, metrics=self.metrics, not_ready=self.not_ready)
-        await server.start(self.owner, sock=sock)
+        await server.start(sock=sock)
         self.metrics_server = server
 
     async def start_containers(self, cfg: Config) -> None:
@@ -444,7 +482,8 @@ class Daemon:
 
             self.containers = ContainerHorizon(config=cfg, routes=self.table, metrics=self.metrics,
                                                on_change=self._containers_changed, tls=self.tls)
-            await self.containers.start(self.owner)
+            await self.containers.start()
+            self.owner.spawn_for(self.containers, CONTAINERS_TASKS)
         if not cfg.containers.enabled:
             self.metrics.horizon_up.labels(horizon="containers").set(0)
 
@@ -453,10 +492,11 @@ class Daemon:
             return
         from maculad.web.server import WebServer
 
-        self.web = WebServer(source=self, domain=cfg.domain, listen=cfg.web_listen, metrics=self.metrics,
+        self.web = WebServer(source=ControlFacade(self), domain=cfg.domain, listen=cfg.web_listen, metrics=self.metrics,
                              max_clients=cfg.web.max_clients, max_connections=cfg.web.max_connections,
                              check_interval=cfg.web.check_interval)
-        await self.web.start(self.owner, sock=sock)
+        await self.web.start(sock=sock)
+        self.owner.spawn_for(self.web, WEB_TASKS)
 
     async def start_sources(self, cfg: Config) -> None:
         """Start every enabled source that is not running; forget the routes of disabled ones."""
@@ -464,7 +504,7 @@ class Daemon:
             from maculad.app.docker_tier import DockerTier
 
             self.docker = DockerTier(config=cfg, routes=self.table, metrics=self.metrics, events=self.events)
-            await self.docker.start(self.owner)
+            self.owner.spawn_for(self.docker, DOCKER_TASKS)
         if not cfg.docker.enabled and self.table.specs("docker"):
             self.table.update("docker", [])
         if cfg.kubernetes.enabled and self.kubernetes is None:
@@ -472,7 +512,7 @@ class Daemon:
 
             self.kubernetes = KubernetesProvider(config=cfg, routes=self.table, metrics=self.metrics,
                                                  events=self.events)
-            start_provider(self.owner, self.kubernetes, stage="sources")
+            self.owner.spawn_for(self.kubernetes, KUBERNETES_TASKS)
         if not cfg.kubernetes.enabled and self.table.specs("kubernetes"):
             self.table.update("kubernetes", [])
         if cfg.kubernetes.enabled and self.coredns is None:
@@ -482,154 +522,15 @@ class Daemon:
                 config=cfg, metrics=self.metrics,
                 address=lambda: self.containers.address if self.containers is not None and self.containers.serving
                 else None)
-            await self.coredns.start(self.owner)
+            await self.coredns.start()
+            self.owner.spawn_for(self.coredns, COREDNS_TASKS)
         if cfg.kind.manage and self.cluster is None:
             from maculad.supervise.cluster import ClusterSupervisor
 
             self.cluster = ClusterSupervisor(config=cfg, metrics=self.metrics, events=self.events,
                                              tls=self.tls.store if self.tls is not None else None)
-            await self.cluster.start(self.owner)
-
-    # ------------------------------------------------------------------ ControlTarget
-
-    def status(self) -> Status:
-        cfg = self.config
-        comps: Components = {}
-        if self.metrics_server is not None:
-            comps["metrics"] = _guarded(self.metrics_server.status)
-        if self.dns is not None:
-            comps["dns"] = _guarded(self.dns.status)
-        if self.relay is not None:
-            comps["proxy"] = _guarded(self.relay.status)
-        if self.containers is not None:
-            comps["containers"] = _guarded(self.containers.status)
-        if self.docker is not None:
-            comps["docker"] = _guarded(self.docker.status)
-        if self.kubernetes is not None:
-            comps["kubernetes"] = _guarded(self.kubernetes.status)
-        if self.coredns is not None:
-            comps["coredns"] = _guarded(self.coredns.status)
-        if self.cluster is not None:
-            comps["kind"] = _guarded(self.cluster.status)
-        if self.powerdns is not None:
-            comps["powerdns"] = _guarded(self.powerdns.status)
-        if self.control is not None:
-            comps["control"] = _guarded(self.control.status)
-        if self.web is not None:
-            comps["web"] = _guarded(self.web.status)
-        table = self.table.current
-        not_ready = self.not_ready()
-        return {
-            **config_view(cfg),
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "ready": self._ready and not not_ready,
-            "not_ready": not_ready,
-            "summary": self._summary(),
-            "routes": {"count": len(table.routes), "by_source": {k: n for k, n in table.by_source().items()},
-                       "conflicts": len(table.conflicts), "version": table.version},
-            "components": comps,
-            "tls": self.tls.status() if self.tls is not None else {"enabled": False, "error": self.tls_error},
-            "tasks": self.owner.status(),
-            "limits": self.limits.as_dict() if self.limits is not None else None,
-            "watchdog": sdnotify.default_notifier().watchdog_status(),
-            "last_reload": self._last_reload,
-            "state": self.table.state_status(),
-        }
-
-    def routes(self) -> RoutesAnswer:
-        c = self.containers
-        containers: ContainerHorizonView = (
-            {"state": "off", "address": None, "reason": "[containers] enabled = false", "port_conflicts": []}
-            if c is None else
-            {"state": c.status()["state"], "address": c.address, "reason": c.status()["reason"],
-             "port_conflicts": [port_conflict_view(p) for p in c.port_conflicts()]})
-        table = table_view(self.table.current)
-        view: RoutesAnswer = {
-            "version": table["version"], "domain": table["domain"], "routes": table["routes"],
-            "conflicts": table["conflicts"],
-            "horizons": {"host": {"state": "on" if self.relay is not None else "off", "address": "per route"},
-                         "containers": containers},
-        }
-        if self.powerdns is not None:
-            view["powerdns_conflicts"] = self.powerdns.status()["conflicts"]
-        return view
-
-    def powerdns_status(self) -> PowerDNSStatus:
-        if self.powerdns is None:
-            raise ControlError(409, "PowerDNS is not enabled ([powerdns] enabled = false)")
-        return self.powerdns.status()
-
-    def services(self) -> list[ServiceView]:
-        return self.docker.services() if self.docker is not None else []
-
-    async def service_action(self, service: str, action: ServiceAction) -> ServiceActionAnswer:
-        if self.docker is None:
-            raise ControlError(409, "the Docker tier is not enabled ([docker] enabled = false)")
-        sup = self.docker.supervisor
-        try:
-            if action == "start":
-                await sup.start_service(service)
-            elif action == "stop":
-                await sup.stop_service(service)
-            else:
-                await sup.restart_service(service)
-        except KeyError:
-            raise ControlError(404, f"no supervised service named {service!r}") from None
-        except ValueError as exc:
-            raise ControlError(409, str(exc)) from None
-        self.events.publish("service_action", service=service, action=action)
-        return {"ok": True, "service": service, "action": action}
-
-    def cluster_status(self) -> ClusterStatus:
-        if self.cluster is None:
-            raise ControlError(409, "kind cluster management is off ([kind] manage = false)")
-        return self.cluster.status()
-
-    async def cluster_recreate(self) -> ClusterRecreated:
-        if self.cluster is None:
-            raise ControlError(409, "kind cluster management is off ([kind] manage = false)")
-        await self.cluster.recreate("requested with maculactl cluster recreate")
-        return {"ok": True, "cluster": self.config.kind.cluster}
-
-    def dns_lookup(self, name: str) -> DNSLookup:
-        table = self.table.current
-        n = name.strip().lower().rstrip(".")
-        domain = self.config.domain
-        if n != domain and not n.endswith("." + domain):
-            try:
-                n = qualify(n, domain)
-            except ValueError as exc:
-                raise ControlError(400, f"{name!r}: {exc}") from None
-        route = table.lookup(n)
-        if route is None:
-            return {"name": n, "rcode": "NXDOMAIN", "answer": None, "route": None,
-                    "conflicts": [conflict_view(c) for c in table.conflicts if c.name == n]}
-        return {
-            "name": n,
-            "rcode": "NOERROR",
-            "answer": route.ip,
-            "ttl": self.config.dns.ttl,
-            "route": route_view(route),
-            "conflicts": [conflict_view(c) for c in table.conflicts if c.name == route.name],
-        }
-
-    async def follow_events(self, *, replay: int) -> AsyncIterator[Event]:
-        async for event in self.events.follow(replay=replay):
-            yield event
-
-
-_T = TypeVar("_T")
-
-
-def _guarded(status: Callable[[], _T]) -> _T | ComponentError:
-    """A component's status, or what went wrong reading it: a status bug must not break the rest."""
-    try:
-        return status()
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
+            await self.cluster.start()
+            self.owner.spawn_for(self.cluster, CLUSTER_TASKS)
 
 async def bounded(coro: Any, *, what: str, timeout: float = STOP_TIMEOUT) -> None:
     try:

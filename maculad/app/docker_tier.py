@@ -1,19 +1,20 @@
 """The Docker tier as one component: inventory + provider + supervisor + bring-up.
 
-`DockerTier(...)` is what the daemon builds. The tier owns a
-single `DockerInventory` (one event stream, one list) that the label provider,
-the container supervisor and compose bring-up all consume. `start(owner)`
-spawns their four loops on the daemon's `TaskOwner`; `stop()` cancels them and
-closes the engine client. Containers are never stopped when maculad stops.
+`DockerTier(...)` is what the daemon builds when `docker.enabled` is true. The
+tier owns a single `DockerInventory` (one event stream, one list) that the
+label provider, the container supervisor and compose bring-up all consume.
+Their four loops (`inventory.run`, `provider.run`, `supervisor.run`,
+`compose.run`) are in the daemon's task list; `stop()`, after the daemon
+cancelled them, releases subscriptions and closes the engine client.
+Containers are never stopped when maculad stops.
 
 The supervisor's holds feed the provider (`holds()` and `on_holds_changed`), so
 a service that is stopped, restarting or failed keeps its route, held, and
 its HTTP port answers a 503 page saying why; the relay never asks the
 supervisor anything.
 
-With `docker.enabled = false` nothing is spawned and status says so; with the
-engine absent the inventory keeps retrying with backoff while DNS and static
-routes work, and status carries the reason.
+With the engine absent the inventory keeps retrying with backoff while DNS and
+static routes work, and status carries the reason.
 """
 
 from __future__ import annotations
@@ -32,11 +33,8 @@ from maculad.observability.metrics import Metrics
 from maculad.providers.docker import DockerProvider
 from maculad.routes.manager import RouteTableManager
 from maculad.supervise.containers import ContainerSupervisor, ServiceView
-from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.adapters.docker")
-
-TASKS = ("docker.inventory", "docker.provider", "docker.supervisor", "docker.compose")
 
 
 class DockerTier:
@@ -51,12 +49,9 @@ class DockerTier:
         events: EventBus,
         api: DockerAPI | None = None,
         labels: Sequence[str] = (),
-        stage: str = "sources",
         stop_timeout: int | None = None,
     ) -> None:
         self._config = config
-        self._stage = stage
-        self.enabled = config.docker.enabled
         self.endpoint = resolve_endpoint(config.docker.host)
         self.api: DockerAPI = api if api is not None else AiodockerAPI(endpoint=self.endpoint)
         self.inventory = DockerInventory(api=self.api, metrics=metrics, labels=(*config.docker.labels, *labels))
@@ -75,23 +70,9 @@ class DockerTier:
             inventory=self.inventory, files=config.docker.compose_files, project=config.docker.compose_project,
             configured_command=config.docker.compose_command, docker_host=config.docker.host,
         )
-        self._owner: TaskOwner | None = None
-
-    async def start(self, owner: TaskOwner) -> None:
-        if not self.enabled:
-            log.info("docker_disabled")
-            return
-        self._owner = owner
-        owner.spawn("docker.inventory", self.inventory.run, stage=self._stage)
-        owner.spawn("docker.provider", self.provider.run, stage=self._stage)
-        owner.spawn("docker.supervisor", self.supervisor.run, stage=self._stage)
-        owner.spawn("docker.compose", self.compose.run, stage=self._stage)
 
     async def stop(self) -> None:
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            for name in TASKS:
-                await owner.stop(name)
+        """After the tier's tasks were cancelled: release what they subscribed to and the engine client."""
         await self.supervisor.close()
         self.provider.close()
         self.compose.close()
@@ -107,8 +88,6 @@ class DockerTier:
         return self.supervisor.is_restarting(service)
 
     def status(self) -> DockerStatus:
-        if not self.enabled:
-            return {"enabled": False}
         inv = self.inventory.status()
         return {
             "enabled": True,

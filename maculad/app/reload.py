@@ -212,8 +212,6 @@ async def reload(d: Daemon) -> ReloadAnswer:
 
 async def swap(d: Daemon, old: Config, new: Config, p: ReloadPlan, staged: Staged) -> list[str]:
     """Apply `new`: no step here binds an address that was not bound in `stage`."""
-    from maculad.app.daemon import STOP_TIMEOUT, bounded
-
     configure_logging(new.log)
     d.config = new
     if p.pool:
@@ -231,28 +229,21 @@ async def swap(d: Daemon, old: Config, new: Config, p: ReloadPlan, staged: Stage
         if p.peer:
             d.dns.set_peer(**peer_args(new.powerdns))
     if p.web:
-        if d.web is not None:
-            await bounded(d.web.stop(), what="web")
-            d.web = None
+        await d.stop_web()
         await d.start_web(new, sock=staged.web)
     if p.powerdns:
         await d.stop_powerdns()
         await d.start_powerdns(new)
     if p.metrics:
-        if d.metrics_server is not None:
-            await d.metrics_server.stop()
-            d.metrics_server = None
+        await d.stop_metrics()
         if new.metrics.listen is not None:
             await d.start_metrics(new, sock=staged.metrics)
     for section in p.sources:
         await d.stop_source(section)
-    if p.coredns and d.coredns is not None:
-        await bounded(d.coredns.stop(), what="coredns")
-        d.coredns = None
+    if p.coredns:
+        await d.stop_source("coredns")
     if p.containers:
-        if d.containers is not None:
-            await bounded(d.containers.stop(), what="containers", timeout=old.proxy.drain_grace + STOP_TIMEOUT)
-            d.containers = None
+        await d.stop_containers(grace=old.proxy.drain_grace)  # drained under the settings it served with
         await d.start_containers(new)
     if p.sources or p.containers_section or d.coredns is None:
         await d.start_sources(new)

@@ -37,7 +37,6 @@ from maculad.control.protocol import ControlStatus, ErrorAnswer, Event, Ping, Se
 from maculad.control.peercred import Access, AccessDecision, authorize, peer_groups, read_peercred, resolve_group
 from maculad.observability.metrics import Metrics
 from maculad.core.names import lookup_name
-from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.control")
 
@@ -112,7 +111,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, owner: TaskOwner) -> None:
+    async def start(self) -> None:
         path = self._config.socket
         if self._config.group is not None:
             try:

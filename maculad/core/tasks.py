@@ -1,8 +1,9 @@
 """The one owner of every long-lived task.
 
-Parts never call `asyncio.create_task` for work that outlives a request: the
-daemon spawns it here under a name and a stage. A task that returns or raises
-is logged with its name, then either restarted with capped exponential backoff
+Parts never call `asyncio.create_task` for work that outlives a request: they
+expose their loops, and the daemon spawns each here under a name and a `Stage`
+(app/daemon.py `TASKS` lists them all). A task that returns or raises is logged
+with its name, then either restarted with capped exponential backoff
 (`restart=True`, the default) or reported to `on_fatal`, which stops the
 daemon. Shutdown stops tasks stage by stage (`stop_stage`), each with a timeout.
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypedDict
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypedDict, TypeVar
 
 import structlog
 
@@ -22,6 +24,34 @@ from maculad.core.backoff import Backoff
 log = structlog.get_logger("maculad.core.tasks")
 
 TaskFactory = Callable[[], Awaitable[None]]
+
+
+class Stage(StrEnum):
+    """Which group of tasks a task stops with in the staged shutdown (the daemon says in which order)."""
+
+    META = "meta"
+    """The daemon's own: reload signal, watchdog, status line."""
+    WEB = "web"
+    PROXY = "proxy"
+    """Listener reconcilers of the relays (host and containers horizon)."""
+    SOURCES = "sources"
+    SUPERVISORS = "supervisors"
+    PUBLISHERS = "publishers"
+
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec(Generic[P]):
+    """One long-lived task of a part: its name, its stage, and which of the part's loops it runs."""
+
+    name: str
+    stage: Stage
+    loop: Callable[[P], TaskFactory | None]
+    """The loop, given the part; None when this part does not run it (say, no watchdog is asked for)."""
+    stop_timeout: float = 5.0
+
 
 class TaskStatus(TypedDict):
     """One task in `maculactl status --json` (`tasks`)."""
@@ -55,7 +85,7 @@ class TaskMetrics(Protocol):
 @dataclass(slots=True)
 class TaskInfo:
     name: str
-    stage: str
+    stage: Stage
     restart: bool
     restarts: int = 0
     last_error: str | None = None
@@ -78,13 +108,25 @@ class TaskOwner:
         self._cap = backoff_cap
         self._tasks: dict[str, TaskInfo] = {}
 
-    def spawn(self, name: str, factory: TaskFactory, *, stage: str, restart: bool = True) -> None:
+    def spawn(self, name: str, factory: TaskFactory, *, stage: Stage, restart: bool = True) -> None:
         old = self._tasks.get(name)
         if old is not None and old.task is not None and not old.task.done():
             raise RuntimeError(f"task {name} is already running")
         info = TaskInfo(name=name, stage=stage, restart=restart)
         self._tasks[name] = info
         info.task = asyncio.create_task(self._guard(info, factory), name=f"maculad:{name}")
+
+    def spawn_for(self, part: P, specs: Iterable[TaskSpec[P]]) -> None:
+        """Spawn the tasks `specs` lists for `part` (right after the part started)."""
+        for spec in specs:
+            loop = spec.loop(part)
+            if loop is not None:
+                self.spawn(spec.name, loop, stage=spec.stage)
+
+    async def stop_for(self, specs: Iterable[TaskSpec[Any]]) -> None:
+        """Cancel the tasks `specs` lists (before their part stops), each within its timeout."""
+        for spec in specs:
+            await self.stop(spec.name, timeout=spec.stop_timeout)
 
     async def _guard(self, info: TaskInfo, factory: TaskFactory) -> None:
         backoff = Backoff(initial=self._initial, cap=self._cap)
@@ -113,7 +155,7 @@ class TaskOwner:
             log.warning("task_restarting", task=info.name, delay=round(delay, 3), restarts=info.restarts)
             await asyncio.sleep(delay)
 
-    async def stop_stage(self, stage: str, *, timeout: float = 5.0) -> None:
+    async def stop_stage(self, stage: Stage, *, timeout: float = 5.0) -> None:
         """Cancel every task of `stage` and wait (at most `timeout`) for them to finish."""
         tasks = [i.task for i in self._tasks.values() if i.stage == stage and i.task is not None]
         for t in tasks:

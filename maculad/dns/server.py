@@ -63,7 +63,6 @@ from maculad.observability.metrics import Metrics
 from maculad.core.net import Backend
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
-from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.dns")
 
@@ -164,7 +163,7 @@ class DNSServer:
 
     # --- Component ------------------------------------------------------------------
 
-    async def start(self, owner: TaskOwner) -> None:
+    async def start(self) -> None:
         """Bind UDP and TCP on every listen address (port 0: both on the same free port)."""
         self._routes.add_listener(self._on_table)
         self._metrics.dns.flushers.append(self.responder.flush)

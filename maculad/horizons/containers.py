@@ -1,7 +1,8 @@
 """The container horizon: DNS and the name-routed relay on G, the Docker bridge gateway.
 
-`ContainerHorizon` is a component. Its one loop (`containers.networks`) asks
-the Docker engine for its networks every `network_interval` seconds: that gives
+`ContainerHorizon` is a component. Its one task (`run()`, the daemon's
+`containers.networks`) runs the reconcile loop of G's relay, and in turns
+asks the Docker engine for its networks every `network_interval` seconds: that gives
 G (`plan.choose_gateway`, or the configured address) and the subnets whose
 clients may resolve other names through G. When G is known and nothing serves
 it yet, it starts
@@ -61,11 +62,9 @@ if TYPE_CHECKING:
 from maculad.routes.manager import RouteTableManager
 from maculad.core.net import Backend
 from maculad.routes.table import RouteTable
-from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.horizons")
 
-TASK = "containers.networks"
 #: the least time between two network re-reads caused by clients from unknown addresses
 REFRESH_MIN = 0.5
 
@@ -127,20 +126,16 @@ class ContainerHorizon:
         self._reading: asyncio.Future[str | None] | None = None
         self._conflicts: tuple[PortConflict, ...] = ()
         self._upstreams: tuple[Backend, ...] = ()
-        self._owner: TaskOwner | None = None
         self._info_labels: tuple[str, str, str] | None = None
         self._publish()
 
     # ------------------------------------------------------------------ Component
 
-    async def start(self, owner: TaskOwner) -> None:
-        self._owner = owner
+    async def start(self) -> None:
+        """Serve on G if it can now; `run()` (a long-lived task) keeps it converged."""
         await self._converge()
-        owner.spawn(TASK, self._loop, stage="proxy")
 
     async def stop(self) -> None:
-        if self._owner is not None:
-            await self._owner.stop(TASK)
         await self._stop_serving()
         self._set("off", "stopped")
         if self._own_api and self._api is not None:
@@ -175,9 +170,15 @@ class ContainerHorizon:
 
     # ------------------------------------------------------------------ the loop
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
+        """The horizon's one task, in turns: G's relay follows the table for `network_interval`
+        seconds (or the task sleeps while G is not served), then the networks are read again."""
         while True:
-            await asyncio.sleep(self._cfg.containers.network_interval)
+            interval = self._cfg.containers.network_interval
+            if self.relay is not None:
+                await self.relay.run(for_seconds=interval)
+            else:
+                await asyncio.sleep(interval)
             await self._converge()
 
     async def _read_networks(self) -> str | None:
@@ -211,7 +212,6 @@ class ContainerHorizon:
         await self._serve(gw.address, gw.reason)
 
     async def _serve(self, address: str, why: str) -> None:
-        assert self._owner is not None
         own = {b.host for b in self._cfg.dns.listen} | {address}
         chosen = self._cfg.containers.forwarders
         self._upstreams = tuple(b for b in (chosen if chosen is not None else self._upstreams_of())
@@ -226,7 +226,7 @@ class ContainerHorizon:
             answer_address=address, client_allowed=self._allowed,
         )
         try:
-            await dns.start(self._owner)
+            await dns.start()
         except OSError as exc:
             await dns.stop()
             reason = str(exc)
@@ -241,7 +241,7 @@ class ContainerHorizon:
         self.address = address
         self.relay = Relay(config=self._cfg.proxy, routes=self._routes, metrics=self._metrics, tls=self._tls,
                            horizon=HORIZON_CONTAINERS, planner=self._plan)
-        await self.relay.start(self._owner)
+        await self.relay.start()
         self._set("on", why)
         log.info("containers_horizon_on", address=address, why=why, upstreams=[str(b) for b in self._upstreams],
                  subnets=[str(s) for s in self._subnets])

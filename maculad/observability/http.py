@@ -17,7 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from maculad.observability.metrics import Metrics
 from maculad.core.net import Backend, tcp_listen_socket
-from maculad.core.tasks import TaskOwner
 
 
 class MetricsEndpointStatus(TypedDict):
@@ -41,7 +40,7 @@ class MetricsServer:
     def bound(self) -> tuple[str, int] | None:
         return self._bound
 
-    async def start(self, owner: TaskOwner, *, sock: socket.socket | None = None) -> None:
+    async def start(self, *, sock: socket.socket | None = None) -> None:
         """Serve on `listen` (or on `sock`, already bound there: a reload binds first)."""
         app = web.Application()
         app.router.add_get("/metrics", self._handle_metrics)

@@ -4,10 +4,10 @@ A provider turns one source (config file, Docker labels, Kubernetes
 Ingresses) into a *complete* list of `RouteSpec`s and hands it to the route
 table with `table.update(source, specs)`. The pure part (`… → specs`) lives
 beside a thin loop that only reads the source's adapter and calls it again on
-every change. A provider is started the same way wherever it runs:
-`start_provider` spawns its `run` on the daemon's `TaskOwner`;
-`stop_provider` cancels it, then `close` releases what it subscribed to.
-Stopping a provider never clears its routes.
+every change. A provider is started the same way wherever it runs: its `run`
+is a task in the daemon's task list (app/daemon.py); once that is cancelled,
+`close` releases what it subscribed to. Stopping a provider never clears its
+routes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from maculad.core.net import Backend
-from maculad.core.tasks import TaskOwner
 from maculad.routes.model import PortMap
 
 
@@ -34,18 +33,6 @@ class Provider(Protocol):
     def status(self) -> Mapping[str, object]:
         """A JSON-able summary for `maculactl status` (each provider's TypedDict is its exact shape)."""
 
-
-def provider_task(provider: Provider) -> str:
-    return f"{provider.name}.provider"
-
-
-def start_provider(owner: TaskOwner, provider: Provider, *, stage: str) -> None:
-    owner.spawn(provider_task(provider), provider.run, stage=stage)
-
-
-async def stop_provider(owner: TaskOwner, provider: Provider) -> None:
-    await owner.stop(provider_task(provider))
-    provider.close()
 
 
 def port_maps(

@@ -22,7 +22,8 @@ A reload binds the listeners a new table would add before anything changes
 published, `_bind` serves on the staged socket instead of binding again, and
 staged sockets the reconcile did not use are closed.
 
-Task ownership: the reconcile loop runs on the daemon's TaskOwner; byte counts
+Task ownership: the reconcile loop is `run()`, spawned by the daemon (or, for
+the containers horizon's relay, run by the horizon's own task); byte counts
 of open connections are folded into the metrics when they are read (a
 `before_scrape` hook), not by a timer; bind retries and drain watchers are
 short-lived tasks owned by the relay and cancelled in `stop()`.
@@ -51,7 +52,6 @@ from maculad.proxy.tls import Terminator
 from maculad.proxy.udp import UdpListener
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
-from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.proxy")
 
@@ -184,7 +184,6 @@ class Relay:
         `desired_listeners`, with TLS termination when `tls` is given)."""
         self.horizon = horizon
         self._planner = planner
-        self._tasks_prefix = "proxy" if horizon == "host" else f"proxy.{horizon}"
         self._ctx = Context(config=config, metrics=metrics, tls=tls, redirect_http=redirect_http)
         self._routes = routes
         self._metrics = metrics
@@ -192,7 +191,7 @@ class Relay:
         self._entries: dict[ListenerSpec, Entry] = {}
         self._draining: list[Entry] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._owner: TaskOwner | None = None
+        self._started = False
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._reconciled = asyncio.Event()
@@ -205,14 +204,14 @@ class Relay:
 
     # -- Component
 
-    async def start(self, owner: TaskOwner) -> None:
-        self._owner = owner
+    async def start(self) -> None:
+        """Bind what the current table wants; `run()` (a long-lived task) follows the table from then on."""
+        self._started = True
         self._stopping = False
         self._routes.add_listener(self._on_table)
         self._subscribed = True
         self._bump()
         await self._reconcile_once()
-        owner.spawn(f"{self._tasks_prefix}.reconcile", self._reconcile_loop, stage="proxy")
         if self.flush_metrics not in self._metrics.before_scrape.hooks:
             self._metrics.before_scrape.hooks.append(self.flush_metrics)
 
@@ -221,8 +220,6 @@ class Relay:
         if self._subscribed:
             self._routes.remove_listener(self._on_table)
             self._subscribed = False
-        if self._owner is not None:
-            await self._owner.stop(f"{self._tasks_prefix}.reconcile")
         if self.flush_metrics in self._metrics.before_scrape.hooks:
             self._metrics.before_scrape.hooks.remove(self.flush_metrics)
         for e in self._entries.values():
@@ -276,7 +273,7 @@ class Relay:
         """None while the relay runs and every listener it reports as serving still accepts; else
         what is wrong (the systemd watchdog's question, app/health.py). A listener that failed to
         bind is no sign of a wedged daemon (it is retried and shown in status): not counted here."""
-        if self._owner is None or self._stopping:
+        if not self._started or self._stopping:
             return "not running"
         for e in self._entries.values():
             if e.state == "serving" and e.impl is not None and not e.impl.serving():
@@ -348,10 +345,19 @@ class Relay:
         self._reconciled.clear()
         self._wake.set()
 
-    async def _reconcile_loop(self) -> None:
-        self._wake.set()  # after a restart by the TaskOwner, converge again
+    async def run(self, *, for_seconds: float | None = None) -> None:
+        """The reconcile loop: converge on every table or config change. With `for_seconds` it returns
+        after that long (between reconciles: only the wait is cut short), for a caller that runs it
+        in turns with other work on one task."""
+        if for_seconds is None:
+            self._wake.set()  # after a restart by the TaskOwner, converge again
+        deadline = None if for_seconds is None else asyncio.get_running_loop().time() + for_seconds
         while True:
-            await self._wake.wait()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
             await self._reconcile_once()
 
     async def _reconcile_once(self) -> None:

@@ -39,7 +39,6 @@ import aiohttp
 from maculad.config import Config
 from maculad.adapters.kube.client import KubeClientError, close_api_client, new_api_client
 from maculad.observability.metrics import Metrics
-from maculad.core.tasks import TaskOwner
 
 if TYPE_CHECKING:  # kubernetes-asyncio is loaded only when [kubernetes] is on (see adapters/kube/client.py)
     from kubernetes_asyncio.client import ApiClient
@@ -51,7 +50,6 @@ END = "# END maculad"
 NAMESPACE = "kube-system"
 NAME = "coredns"
 KEY = "Corefile"
-TASK = "publishers.coredns"
 
 
 class CoreDNSStatus(TypedDict):
@@ -118,20 +116,17 @@ class CoreDNSPublisher:
         self._metrics = metrics
         self._address = address
         self._enabled = config.containers.enabled and config.containers.coredns
-        self._owner: TaskOwner | None = None
         self._state = "starting"
         self._last_error: str | None = None
         self._last_action: str | None = None
         self._writes = 0
         self._wake = asyncio.Event()
 
-    async def start(self, owner: TaskOwner) -> None:
-        self._owner = owner
-        owner.spawn(TASK, self._loop, stage="sources")
+    async def start(self) -> None:
+        """Nothing to open: `run()` (a long-lived task) does the work."""
 
     async def stop(self) -> None:
-        if self._owner is not None:
-            await self._owner.stop(TASK)
+        """Nothing to release once `run()` is cancelled (the block stays in the ConfigMap)."""
 
     def status(self) -> CoreDNSStatus:
         return {"state": self._state, "configmap": f"{NAMESPACE}/{NAME}", "wanted": self._wanted(),
@@ -147,7 +142,7 @@ class CoreDNSPublisher:
         g = self._address()
         return block(self._cfg.domain, g) if g else ""
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
         while True:
             api: ApiClient | None = None
             try:

@@ -35,7 +35,6 @@ from maculad.config import PowerDNSConfig
 from maculad.observability.metrics import Metrics
 from maculad.publishers.powerdns import ZonePlan, ZoneConflict, ZoneFormatError, parse_zone, plan, wanted
 from maculad.routes.table import RouteTable
-from maculad.core.tasks import TaskOwner
 
 log = structlog.get_logger("maculad.powerdns")
 
@@ -122,11 +121,11 @@ class PowerDNSPublisher:
 
     # ------------------------------------------------------------------ Component
 
-    async def start(self, owner: TaskOwner) -> None:
+    async def start(self) -> None:
+        """Follow the table; `run()` (a long-lived task) syncs the zone."""
         self._routes.add_listener(self._on_table)
         self._hooked = True
         self._wake.set()
-        owner.spawn("powerdns-sync", self._loop, stage="publishers")
 
     async def stop(self) -> None:
         if self._hooked:
@@ -176,7 +175,7 @@ class PowerDNSPublisher:
 
     # ------------------------------------------------------------------ the loop
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
         b = self.config.backoff
         delay = b.initial
         while True:

@@ -63,7 +63,6 @@ from maculad.adapters.kube.apply import Applier, ManifestError, describe, load_m
 from maculad.adapters.kube.client import KubeError, KubeSession, KubeTransport, api_ready
 from maculad.adapters.kind import KindBinary, KindCLI, KindError
 from maculad.supervise.policy import RestartPolicy, RestartSnapshot, RestartTracker
-from maculad.core.tasks import TaskOwner
 
 __all__ = ["ClusterSupervisor", "KubeOpener", "NodeDocker"]
 
@@ -160,8 +159,6 @@ class ClusterSupervisor:
         self._recreations = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._owner: TaskOwner | None = None
-        self._task_name = f"kind:{kc.cluster}"
         self._state_file = config.state_dir / "kind" / f"{kc.cluster}.json"
         self._known: dict[str, str] = self._load_known()
         """Node containers of the current incarnation (name → container id), kept under state_dir."""
@@ -171,18 +168,14 @@ class ClusterSupervisor:
 
     # ------------------------------------------------------------------ Component
 
-    async def start(self, owner: TaskOwner) -> None:
-        self._owner = owner
+    async def start(self) -> None:
+        """Arm the tracker; `run()` (a long-lived task) observes and acts."""
         self._tracker.on_start_requested(self._clock())
         self._next_attempt = 0.0
-        owner.spawn(self._task_name, self._run, stage="supervisors")
         log.info("cluster_supervisor_started", cluster=self._cluster, dry_run=self._kc.dry_run,
                  kubeconfig=str(self.kubeconfig))
 
     async def stop(self) -> None:
-        if self._owner is not None:
-            await self._owner.stop(self._task_name, timeout=10.0)
-            self._owner = None
         if self._owns_docker:
             with contextlib.suppress(Exception):
                 await self._docker.close()
@@ -229,7 +222,7 @@ class ClusterSupervisor:
 
     # ------------------------------------------------------------------ loop
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             self._wake.clear()
             try:

@@ -37,7 +37,6 @@ from aiohttp import web
 from maculad.control.api import ControlError
 from maculad.observability.metrics import Metrics
 from maculad.core.net import Backend, format_hostport
-from maculad.core.tasks import TaskOwner
 from maculad.web.figures import RateMeter, dns_queries, relay_connections
 from maculad.web.guard import Allowed, fetch_site_ok, host_ok, origin_ok
 from maculad.web.probe import BackendProbe, CheckView, parse_backend
@@ -157,7 +156,6 @@ class WebServer:
         self._requests = 0
         self._refused = 0
         self._last_error: str | None = None
-        self._owner: TaskOwner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,22 +168,19 @@ class WebServer:
         port = self._bound[1] if self._bound else self._listen.port
         return f"http://{self._domain}/" if port == 80 else f"http://{self._domain}:{port}/"
 
-    async def start(self, owner: TaskOwner, *, sock: socket.socket | None = None) -> None:
-        """Bind now; if the address is taken or not allowed, keep retrying in the background.
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Bind now; if the address is taken or not allowed, `bind_retry` (a long-lived task) keeps trying.
         With `sock` (bound to `listen` already: a reload binds first) serve on it."""
-        self._owner = owner
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, handler_cancellation=True,
                                keepalive_timeout=KEEPALIVE, shutdown_timeout=1.0, max_line_size=MAX_LINE,
                                max_field_size=MAX_FIELD, max_headers=MAX_HEADERS)
         await runner.setup()
         self._runner = runner
-        owner.spawn("web.invalidate", self._invalidate_on_events, stage="web")
         try:
             await self._bind(sock)
         except OSError as exc:
             self._last_error = f"cannot listen on {self._listen}: {exc.strerror or exc}"
             log.error("web_bind_failed", listen=str(self._listen), error=self._last_error)
-            owner.spawn("web.bind", self._bind_retry, stage="web")
 
     async def _bind(self, sock: socket.socket | None = None) -> None:
         assert self._runner is not None
@@ -212,7 +207,8 @@ class WebServer:
         self._last_error = None
         log.info("web_listening", url=self.url, address=f"http://{format_hostport(host, port)}/")
 
-    async def _bind_retry(self) -> None:
+    async def bind_retry(self) -> None:
+        """Until the page is bound: try again with backoff; then wait, idle, for `stop()`."""
         delay = 1.0
         while self._server is None:
             await asyncio.sleep(delay)
@@ -225,10 +221,6 @@ class WebServer:
 
     async def stop(self) -> None:
         self._closing.set()
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            for task in ("web.invalidate", "web.bind"):
-                await owner.stop(task, timeout=2.0)
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -260,7 +252,7 @@ class WebServer:
             "last_error": self._last_error,
         }
 
-    async def _invalidate_on_events(self) -> None:
+    async def invalidate_on_events(self) -> None:
         """One subscription for the whole server: an event may change what a backend check says."""
         async for event in self._source.follow_events(replay=0):
             kind = str(event.get("kind", ""))

@@ -30,6 +30,7 @@ from maculad.config import Config, parse_config
 from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.supervise.cluster import ClusterSupervisor
+from maculad.app.daemon import CLUSTER_TASKS
 from maculad.core.tasks import TaskOwner
 from tests.conftest import require
 from tests.support.fake_k8s_cluster import FakeClusterAPI
@@ -105,6 +106,7 @@ class Running:
         return [e["kind"] for e in self.events.recent(500)]
 
     async def stop(self) -> None:
+        await self.owner.stop_for(CLUSTER_TASKS)
         await self.sup.stop()
 
 
@@ -194,7 +196,8 @@ class ClusterEnv:
         fatal: list[str] = []
         owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: fatal.append(name))
         sup = ClusterSupervisor(config=cfg, metrics=metrics, events=events, tls=tls)
-        await sup.start(owner)
+        await sup.start()
+        owner.spawn_for(sup, CLUSTER_TASKS)
         r = Running(sup, owner, metrics, events, fatal)
         self.running.append(r)
         return r

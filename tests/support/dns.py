@@ -21,7 +21,6 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import PortMap, RouteSpec
 from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
-from maculad.core.tasks import TaskOwner
 
 DOMAIN = "macula.local"
 
@@ -61,15 +60,14 @@ async def serving(
 ) -> AsyncIterator[DNSServer]:
     """A started DNSServer on a free port (UDP and TCP on the same port); stopped on exit.
 
-    What goes wrong after start-up fails the test on exit: a task the server's owner reports
-    fatal, an exception the event loop reports (a callback or an unawaited task that raised),
-    and the server's own count of exceptions that escaped its packet path."""
+    What goes wrong after start-up fails the test on exit: an exception the event loop reports
+    (a callback or an unawaited task that raised), and the server's own count of exceptions that
+    escaped its packet path. (The server runs no long-lived task of its own.)"""
     cfg = DNSConfig(listen=listen or (Backend(host, 0),), ttl=ttl, forwarders=forwarders,
                     forward_timeout=forward_timeout, max_tcp_clients=max_tcp_clients,
                     tcp_idle_timeout=tcp_idle_timeout)
     server = DNSServer(config=cfg, domain=DOMAIN, routes=routes, metrics=metrics, udp_batch=udp_batch)
     problems: list[str] = []
-    owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: problems.append(f"task {name} died: {exc!r}"))
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
 
@@ -79,7 +77,7 @@ async def serving(
 
     loop.set_exception_handler(on_loop_error)
     try:
-        await server.start(owner)
+        await server.start()
         try:
             yield server
         finally:

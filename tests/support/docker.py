@@ -26,6 +26,7 @@ from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
+from maculad.app.daemon import DOCKER_TASKS
 from maculad.core.tasks import TaskOwner
 from tests.conftest import require
 
@@ -104,7 +105,9 @@ class DockerScope:
         for project, file in self.projects:
             exe = compose_binary()
             if exe:
-                subprocess.run([exe, "-p", project, "-f", str(file), "down", "-t", "1", "--remove-orphans"],
+                # by project name when the test removed its file already: the network is not left behind
+                where = ["-f", str(file)] if file.exists() else []
+                subprocess.run([exe, "-p", project, *where, "down", "-t", "1", "--remove-orphans"],
                                capture_output=True, timeout=120)
         ids = docker_cli("ps", "-aq", "--filter", f"label={self.label}", check=False, host=self.host).split()
         if ids:
@@ -161,7 +164,7 @@ async def make_tier(tmp_path: Path, docker_scope: DockerScope) -> AsyncIterator[
         owner = TaskOwner(metrics=metrics, on_fatal=lambda name, exc: fatal.append(name))
         tier = DockerTier(config=cfg, routes=routes, metrics=metrics, events=events,
                            labels=[docker_scope.label])
-        await tier.start(owner)
+        owner.spawn_for(tier, DOCKER_TASKS)
         h = Harness(tier, routes, metrics, events, owner, fatal)
         made.append(h)
         await wait_for(lambda: tier.inventory.connected, 20, "the inventory to connect")
@@ -171,8 +174,8 @@ async def make_tier(tmp_path: Path, docker_scope: DockerScope) -> AsyncIterator[
         yield make
     finally:
         for h in made:
+            await h.owner.stop_for(DOCKER_TASKS)
             await h.tier.stop()
-            await h.owner.stop_stage("sources")
 
 
 async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:

@@ -31,6 +31,7 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import RouteSpec
 from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
+from maculad.app.daemon import RELAY_TASKS
 from maculad.core.tasks import TaskOwner
 
 DOMAIN = "macula.local"
@@ -143,14 +144,15 @@ async def running_relay(
                   platform=platform, horizon=horizon, planner=planner or desired_listeners)
     if specs_of:
         routes.update("config", [f(cfg) for f in specs_of])
-    await relay.start(owner)
+    await relay.start()
+    owner.spawn_for(relay, RELAY_TASKS)
     await asyncio.wait_for(relay.wait_reconciled(), 10)
     h = RelayHarness(config=cfg, metrics=metrics, routes=routes, relay=relay, owner=owner, fatal=fatal)
     try:
         yield h
     finally:
+        await owner.stop_for(RELAY_TASKS)
         await relay.stop()
-        await owner.stop_stage("proxy")
     assert not fatal, fatal
 
 
