@@ -1,21 +1,28 @@
-"""What a laptop daemon may not carry: the heavy clients of sources that are off stay unimported."""
+"""What a laptop daemon may not carry: the heavy clients of sources that are off stay unimported,
+and `cryptography` stays out of a daemon that does not terminate TLS."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Maculad, base_config
 
 PROBE = """
 import sys
 import maculad.cli, maculad.app.daemon
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"kubernetes_asyncio", "kubernetes", "aiodocker", "aiohttp"})
+heavy = sorted({m.split(".")[0] for m in sys.modules}
+               & {"kubernetes_asyncio", "kubernetes", "aiodocker", "aiohttp", "cryptography"})
 print(",".join(heavy))
 """
 
 
-def test_the_daemon_module_imports_no_http_docker_or_kubernetes_client() -> None:
+def test_the_daemon_module_imports_no_http_docker_kubernetes_or_tls_library() -> None:
     """They are imported where their part is built: DNS is served before them, and a part that is off
-    (Kubernetes on the shipped user config) never loads its client."""
+    (Kubernetes on the shipped user config, TLS when `tls.enabled = false`) never loads its library."""
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == ""
 
@@ -25,3 +32,19 @@ def test_the_ingress_watch_still_finds_its_client() -> None:
             "import kubernetes_asyncio.client as c; print(c.ApiClient)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "ApiClient" in out.stdout
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_running_daemon_maps_cryptography_only_when_it_terminates_tls(tmp_path: Path, tls: bool) -> None:
+    """`maculad run` itself: its memory map holds cryptography's native library exactly when TLS is on."""
+    text, ports = base_config(tmp_path, extra=f"[tls]\nenabled = {str(tls).lower()}\n")
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text(text)
+    d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    try:
+        d.wait_ready(ports["metrics"])
+        assert d.proc is not None
+        maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
+    finally:
+        d.stop()
+    assert ("cryptography/hazmat/bindings/_rust" in maps) == tls, d.logs()

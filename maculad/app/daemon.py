@@ -201,13 +201,15 @@ class Daemon:
         from maculad.control.server import ControlServer
 
         await self.start_metrics(cfg)
-        from maculad.proxy.tls import load_terminator
+        self.tls, self.tls_error = None, "disabled (tls.enabled = false)"
+        if cfg.tls.enabled:  # the CA, and `cryptography` under it, are loaded only for TLS
+            from maculad.proxy.tls import load_terminator
 
-        self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
-                                                   metrics=self.metrics)
-        if self.tls_error is not None and cfg.tls.enabled:
-            log.error("tls_unavailable", reason=self.tls_error,
-                      effect="routes with only an http backend get no https port")
+            self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
+                                                       metrics=self.metrics)
+            if self.tls_error is not None:
+                log.error("tls_unavailable", reason=self.tls_error,
+                          effect="routes with only an http backend get no https port")
         self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics, tls=self.tls,
                            redirect_http=cfg.tls.redirect_http)
         await self.relay.start()

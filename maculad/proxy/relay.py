@@ -36,7 +36,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 import structlog
 
@@ -48,10 +48,12 @@ from maculad.proxy.platform import AliasError, LoopbackPlatform, default_platfor
 from maculad.proxy.spec import ListenerSpec, Target, desired_listeners, plan
 from maculad.proxy.stats import Context, ListenerStats
 from maculad.proxy.tcp import BACKLOG, TcpListener
-from maculad.proxy.tls import Terminator
 from maculad.proxy.udp import UdpListener
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.table import RouteTable
+
+if TYPE_CHECKING:  # the terminator (and `cryptography` under it) is imported where it is built
+    from maculad.proxy.tls import Terminator
 
 log = structlog.get_logger("maculad.proxy")
 

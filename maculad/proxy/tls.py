@@ -230,9 +230,7 @@ class Terminator:
 def load_terminator(
     *, domain: str, state_dir: Path, config: TLSConfig, metrics: Metrics
 ) -> tuple[Terminator | None, str | None]:
-    """The terminator over `<state_dir>/ca/` (made on first start), or None and why not."""
-    if not config.enabled:
-        return None, "disabled (tls.enabled = false)"
+    """The terminator over `<state_dir>/ca/` (made on first start), or None and why not (TLS is enabled)."""
     try:
         ca, created = load_or_create(state_dir / "ca", domain)
     except (CAError, OSError) as exc:
