@@ -1,4 +1,4 @@
-"""HTTPS by name on the container horizon, through the real daemon.
+"""HTTPS by name, and the status page, on the container horizon, through the real daemon.
 
 G:443 routes by SNI. A route with an https backend is passed through untouched (as on
 the host horizon's per-route https port); a route with only an http backend gets its TLS
@@ -99,3 +99,35 @@ def _listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_the_status_page_is_served_on_g(tmp_path: Path) -> None:
+    """`http://macula.local` from a container: the apex answers G there, and G:80 relays the domain
+    itself (Host: macula.local) to the status page, which accepts that Host on port 80."""
+    require(shutil.which("dig") is not None and shutil.which("curl") is not None, "dig and curl are needed")
+    http = Backend("grafana").start()
+    https = Backend("vault").start()
+    cfg, ports = _config(tmp_path, http, https)
+    d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    try:
+        d.wait_ready(ports["metrics"])
+        wait_until(lambda: _listening(G, 80), "G:80 to listen")
+        out = subprocess.run(["dig", "+short", "-p", "53", f"@{G}", "macula.local", "A"], capture_output=True,
+                             text=True, timeout=20).stdout.split()
+        assert out == [G]
+        r = subprocess.run(["curl", "-sS", "--max-time", "10", "-D", "-", "--resolve", f"macula.local:80:{G}",
+                            "http://macula.local/"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr + d.logs()
+        assert r.stdout.startswith("HTTP/1.1 200") and "<title>" in r.stdout and "maculad" in r.stdout
+        api = subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"macula.local:80:{G}",
+                              "http://macula.local/api/status"], capture_output=True, text=True, timeout=30)
+        assert '"grafana.macula.local"' in api.stdout, api.stdout[:300]
+        # names that are not the domain still route as before; an unknown one is a 404 naming it
+        r = subprocess.run(["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--resolve", f"nobody.macula.local:80:{G}", "http://nobody.macula.local/"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout == "404"
+    finally:
+        d.stop()
+        http.stop()
+        https.stop()

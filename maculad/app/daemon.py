@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import structlog
 
 from maculad import __version__
+from maculad.horizons.plan import HTTP_PORT as G_HTTP_PORT
 from maculad.app import reload as reloading
 from maculad.app.facade import ControlFacade
 from maculad.app.health import Health, probe_dns, probe_target, verdict
@@ -496,7 +497,8 @@ class Daemon:
 
         self.web = WebServer(source=ControlFacade(self), domain=cfg.domain, listen=cfg.web_listen, metrics=self.metrics,
                              max_clients=cfg.web.max_clients, max_connections=cfg.web.max_connections,
-                             check_interval=cfg.web.check_interval)
+                             check_interval=cfg.web.check_interval,
+                             via=frozenset({G_HTTP_PORT}) if cfg.containers.enabled else frozenset())
         await self.web.start(sock=sock)
         self.owner.spawn_for(self.web, WEB_TASKS)
 

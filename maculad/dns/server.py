@@ -354,7 +354,8 @@ class DNSServer:
     def _settings(self, config: DNSConfig) -> ZoneSettings:
         if self._answer_address is None:
             return settings_from(config, self._domain, peer_zone=self._peer_zone, apex_a=self._apex_a)
-        s = settings_from(config, self._domain, peer_zone=self._peer_zone)  # the page is the host's only
+        # on another horizon the apex answers where that horizon relays the page (G), if anywhere
+        s = settings_from(config, self._domain, peer_zone=self._peer_zone, apex_a=self._apex_a)
         return replace(s, ns_addresses=(self._answer_address,), answer_address=self._answer_address)
 
     # --- shared by the transports ---------------------------------------------------

@@ -224,6 +224,7 @@ class ContainerHorizon:
                              tcp_idle_timeout=dcfg.tcp_idle_timeout),
             domain=self._cfg.domain, routes=self._routes, metrics=self._metrics, horizon=HORIZON_CONTAINERS,
             answer_address=address, client_allowed=self._allowed,
+            apex_a=(address,) if self._cfg.web.enabled else (),
         )
         try:
             await dns.start()
@@ -239,7 +240,9 @@ class ContainerHorizon:
             return
         self.dns = dns
         self.address = address
+        page = (self._cfg.domain, self._cfg.web_listen) if self._cfg.web.enabled else None
         self.relay = Relay(config=self._cfg.proxy, routes=self._routes, metrics=self._metrics, tls=self._tls,
+                           apex=page,
                            horizon=HORIZON_CONTAINERS, planner=self._plan)
         await self.relay.start()
         self._set("on", why)

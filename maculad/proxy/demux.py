@@ -12,6 +12,10 @@ relayed untouched, with the same flow control, half-close, dead-backend page,
 held-service page (503 while the route's service is not running) and metrics
 (counted under the route it reached).
 
+On a `by-host` listener the domain itself (`Context.apex`, set by the
+container horizon when the page is on) goes to the status page, so
+`http://macula.local` works from a container too.
+
 On a `by-sni` listener the route's https port rule of the host horizon holds
 too (`spec.tls_mode`): a route with only an http backend gets its TLS
 terminated here with the local CA's leaf for the name — the connection is
@@ -186,6 +190,9 @@ class DemuxListener(TcpListener):
 
     def route_for(self, name: str) -> tuple[Target | None, str]:
         """The target for `name`, or None and why not."""
+        apex = self.ctx.apex
+        if self.http and apex is not None and name == apex[0]:  # the domain itself: the status page
+            return Target(route=name, backend=apex[1], kind="http"), ""
         route = self._table().lookup(name)
         if route is None:
             return None, "no route has this name"

@@ -42,6 +42,7 @@ import structlog
 
 from maculad.config import ProxyConfig
 from maculad.core.backoff import Backoff
+from maculad.core.net import Backend
 from maculad.observability.metrics import Metrics
 from maculad.proxy.demux import DemuxListener
 from maculad.proxy.platform import AliasError, LoopbackPlatform, default_platform
@@ -181,12 +182,13 @@ class Relay:
         planner: Planner | None = None,
         tls: Terminator | None = None,
         redirect_http: bool = False,
+        apex: tuple[str, Backend] | None = None,
     ) -> None:
         """`horizon` labels the metrics and names the tasks; `planner` chooses the listeners (default:
         `desired_listeners`, with TLS termination when `tls` is given)."""
         self.horizon = horizon
         self._planner = planner
-        self._ctx = Context(config=config, metrics=metrics, tls=tls, redirect_http=redirect_http)
+        self._ctx = Context(config=config, metrics=metrics, tls=tls, redirect_http=redirect_http, apex=apex)
         self._routes = routes
         self._metrics = metrics
         self._platform = platform if platform is not None else default_platform()

@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from maculad.config import ProxyConfig
+from maculad.core.net import Backend
 from maculad.observability.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -31,11 +32,13 @@ LOG_EVERY = 10.0
 class Context:
     """Read by every listener per connection or session; the relay swaps `config` on reload."""
 
-    __slots__ = ("config", "metrics", "redirect_http", "tls")
+    __slots__ = ("apex", "config", "metrics", "redirect_http", "tls")
 
     def __init__(self, *, config: ProxyConfig, metrics: Metrics, tls: Terminator | None = None,
-                 redirect_http: bool = False) -> None:
+                 redirect_http: bool = False, apex: tuple[str, Backend] | None = None) -> None:
         self.config = config
+        #: (the domain, the status page's address): where a Host-routed listener sends the apex
+        self.apex = apex
         self.metrics = metrics
         #: TLS termination (None: no CA, routes with only an http backend get no https port).
         self.tls = tls

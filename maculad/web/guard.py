@@ -22,13 +22,19 @@ from urllib.parse import urlsplit
 
 @dataclass(frozen=True, slots=True)
 class Allowed:
-    """The names the page answers to and the port it is bound on."""
+    """The names the page answers to and the ports it is reached on: its own, and 80 when the
+    container horizon relays G:80 to it (`via`)."""
 
     names: frozenset[str]
     port: int
+    via: frozenset[int] = frozenset()
+
+    def port_ok(self, port: int | None) -> bool:
+        p = port if port is not None else 80
+        return p == self.port or p in self.via
 
     @classmethod
-    def build(cls, *, domain: str, listen_host: str, port: int) -> Allowed:
+    def build(cls, *, domain: str, listen_host: str, port: int, via: frozenset[int] = frozenset()) -> Allowed:
         names = {domain.lower().rstrip(".")}
         try:
             ip = ipaddress.ip_address(listen_host)
@@ -37,7 +43,7 @@ class Allowed:
         else:
             if not ip.is_unspecified:
                 names.add(str(ip))
-        return cls(names=frozenset(names), port=port)
+        return cls(names=frozenset(names), port=port, via=via)
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -76,7 +82,7 @@ def host_ok(header: str | None, allowed: Allowed) -> bool:
     if parsed is None:
         return False
     host, port = parsed
-    return host in allowed.names and (port if port is not None else 80) == allowed.port
+    return host in allowed.names and allowed.port_ok(port)
 
 
 def origin_ok(origin: str | None, allowed: Allowed) -> bool:
@@ -96,7 +102,7 @@ def origin_ok(origin: str | None, allowed: Allowed) -> bool:
             host = str(ipaddress.IPv6Address(host))
         except ValueError:
             return False
-    return host in allowed.names and (port if port is not None else 80) == allowed.port
+    return host in allowed.names and allowed.port_ok(port)
 
 
 def fetch_site_ok(value: str | None) -> bool:

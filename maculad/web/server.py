@@ -137,8 +137,11 @@ class WebServer:
         max_connections: int = 128,
         check_interval: float = 5.0,
         probe: BackendProbe | None = None,
+        via: frozenset[int] = frozenset(),
     ) -> None:
+        """`via`: other ports clients reach the page on (80: G:80, relayed here by the container horizon)."""
         self._source = source
+        self._via = via
         self._domain = domain
         self._listen = listen
         self._metrics = metrics
@@ -150,7 +153,7 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.base_events.Server | None = None
         self._bound: tuple[str, int] | None = None
-        self._allowed = Allowed.build(domain=domain, listen_host=listen.host, port=listen.port)
+        self._allowed = Allowed.build(domain=domain, listen_host=listen.host, port=listen.port, via=via)
         self._closing = asyncio.Event()
         self._streams = 0
         self._requests = 0
@@ -203,7 +206,7 @@ class WebServer:
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         self._bound = (host, port)
-        self._allowed = Allowed.build(domain=self._domain, listen_host=self._listen.host, port=port)
+        self._allowed = Allowed.build(domain=self._domain, listen_host=self._listen.host, port=port, via=self._via)
         self._last_error = None
         log.info("web_listening", url=self.url, address=f"http://{format_hostport(host, port)}/")
 
