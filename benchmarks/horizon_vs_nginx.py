@@ -22,8 +22,11 @@ is not in the busybox image). Each round runs every case for both fronts, altern
 keep-alive (`wrk -c32 -t2`) and one connection per request (`Connection: close`, which pays the
 peek / server_name match on every request). nginx `http` keeps its upstream connections alive
 (`keepalive 64`) while an L4 relay opens one backend connection per client connection, so the
-connection-per-request HTTP case also runs nginx without upstream keepalive ("nginx-1"). Prints
-req/s per run, the medians and the ratio maculad / nginx. Not part of the test suite.
+connection-per-request HTTP case also runs nginx without upstream keepalive ("nginx-1"). The client
+container runs with its own port range and TIME_WAIT reuse (`CLIENT_SYSCTLS`), so connection-per-
+request runs measure the fronts, not the client's exhausted ports. Prints req/s and the front's CPU
+per request (user + system, from /proc) per run, the medians and the ratio maculad / nginx. Not
+part of the test suite.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 IMAGE = "maculad-test/busybox:latest"
 G_LOCK = Path("/tmp/maculad-test-g-ports.lock")  # shared with tests/support/horizon.py
 NAME = "bench.macula.local"
+#: The client container's own network namespace (these sysctls are per namespace; the machine's stay as
+#: they are): the whole port range, and reuse of its TIME_WAIT ports for new connects. Without them a
+#: client making thousands of connections a second to one address runs out of ports within seconds,
+#: whichever front it measures, and every later run measures that exhaustion instead of the front.
+CLIENT_SYSCTLS = ("--sysctl", "net.ipv4.ip_local_port_range=1024 65535", "--sysctl", "net.ipv4.tcp_tw_reuse=1")
 
 
 @contextlib.contextmanager
@@ -108,6 +116,20 @@ def start_nginx(conf: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.DEVNULL)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) of `pid` and its child processes (nginx's workers)."""
+    pids, total = [pid], 0
+    for p in pids:  # grows while it is walked
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids.extend(int(c) for c in (task / "children").read_text().split())
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -125,7 +147,8 @@ class Client:
         self.pid = pid
         self.resolv = resolv
 
-    def wrk(self, url: str, *, duration: int, close: bool) -> float:
+    def wrk(self, url: str, *, duration: int, close: bool) -> tuple[float, int]:
+        """req/s and the number of requests of one wrk run."""
         wrk = shutil.which("wrk")
         assert wrk
         header = ["-H", "Connection: close"] if close else []
@@ -134,10 +157,11 @@ class Client:
                 wrk, "-c", "32", "-t", "2", "-d", f"{duration}s", "--timeout", "10s", *header, url]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        assert m is not None, out
+        n = re.search(r"(\d+) requests in", out)
+        assert m is not None and n is not None, out
         if "Non-2xx" in out or re.search(r"Socket errors: connect \d+, read \d+, write \d+, timeout [1-9]", out):
             print(f"  wrk reported errors for {url}:\n{out}", file=sys.stderr)
-        return float(m.group(1))
+        return float(m.group(1)), int(n.group(1))
 
 
 def main() -> int:
@@ -178,7 +202,7 @@ http {{
     server {{ listen 127.0.0.1:{tls_b} ssl; root {www}; ssl_certificate {cert}; ssl_certificate_key {key};
              ssl_session_cache off; ssl_session_tickets off; }}
 }}""", "1")))
-            procs.append(start_nginx(nginx_conf(work, "front-http", f"""
+            front_http = start_nginx(nginx_conf(work, "front-http", f"""
 http {{
     access_log off;
     keepalive_requests 1000000;
@@ -200,14 +224,16 @@ http {{
             proxy_set_header Host $host;
         }}
     }}
-}}""", args.workers)))
-            procs.append(start_nginx(nginx_conf(work, "front-stream", f"""
+}}""", args.workers))
+            procs.append(front_http)
+            front_stream = start_nginx(nginx_conf(work, "front-stream", f"""
 stream {{
     upstream bench_tls {{ server 127.0.0.1:{tls_b}; }}
     upstream nowhere {{ server 127.0.0.1:1; }}
     map $ssl_preread_server_name $bench_up {{ {NAME} bench_tls; default nowhere; }}
     server {{ listen {g}:{tls_f}; ssl_preread on; proxy_pass $bench_up; }}
-}}""", args.workers)))
+}}""", args.workers))
+            procs.append(front_stream)
             metrics = free_port()
             cfg = work / "maculad.toml"
             cfg.write_text(f"""
@@ -240,8 +266,8 @@ https = "127.0.0.1:{tls_b}"
             for ip, port in ((g, 80), (g, 443), (g, http_f), (g, http_f1), (g, tls_f), ("127.0.0.1", http_b),
                              ("127.0.0.1", tls_b)):
                 wait_port(ip, port)
-            subprocess.run(["docker", "run", "-d", "--name", container, "--dns", g, IMAGE, "sleep", "3600"],
-                           check=True, capture_output=True)
+            subprocess.run(["docker", "run", "-d", "--name", container, "--dns", g, *CLIENT_SYSCTLS, IMAGE,
+                            "sleep", "3600"], check=True, capture_output=True)
             pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", container], check=True,
                                      capture_output=True, text=True).stdout)
             client = Client(pid, resolv)
@@ -260,6 +286,8 @@ https = "127.0.0.1:{tls_b}"
                 client.wrk(n_url, duration=1, close=close)
             results: dict[str, dict[str, list[float]]] = {c: {"maculad": [], "nginx": [], "nginx-1": []}
                                                           for c in cases}
+            cpu_us: dict[str, dict[str, list[float]]] = {c: {"maculad": [], "nginx": [], "nginx-1": []}
+                                                         for c in cases}
             print(f"G = {g}; client: wrk -c32 -t2 in container {container}'s network namespace, resolving via G:53; "
                   f"nginx fronts worker_processes {args.workers}; backend nginx on 127.0.0.1")
             for rnd in range(1, args.rounds + 1):
@@ -270,19 +298,28 @@ https = "127.0.0.1:{tls_b}"
                     if rnd % 2 == 0:
                         order.reverse()
                     for who, url in order:
-                        r = client.wrk(url, duration=args.duration, close=close)
+                        front = daemon.pid if who == "maculad" else (
+                            front_http.pid if case.startswith("HTTP") else front_stream.pid)
+                        before = cpu_seconds(front)
+                        r, n = client.wrk(url, duration=args.duration, close=close)
+                        us = (cpu_seconds(front) - before) / max(n, 1) * 1e6
                         results[case][who].append(r)
-                        print(f"round {rnd}  {case:28s} {who:8s} {r:12,.0f} req/s")
+                        cpu_us[case][who].append(us)
+                        print(f"round {rnd}  {case:28s} {who:8s} {r:12,.0f} req/s  {us:7.1f} µs CPU/request "
+                              "in the front")
             print()
-            print(f"{'median req/s':30s}{'maculad':>12s}{'nginx':>12s}{'ratio':>8s}")
+            print(f"{'median req/s':30s}{'maculad':>12s}{'nginx':>12s}{'ratio':>8s}   "
+                  "(µs CPU/request in the front: maculad, nginx)")
             for case, res in results.items():
                 m, n = statistics.median(res["maculad"]), statistics.median(res["nginx"])
+                cm, cn = statistics.median(cpu_us[case]["maculad"]), statistics.median(cpu_us[case]["nginx"])
                 label = "nginx http server_name" if case.startswith("HTTP") else "nginx stream ssl_preread"
-                print(f"{case:30s}{m:12,.0f}{n:12,.0f}{m / n:8.2f}   ({label})")
+                print(f"{case:30s}{m:12,.0f}{n:12,.0f}{m / n:8.2f}   ({cm:.1f}, {cn:.1f} µs; {label})")
                 if res["nginx-1"]:
-                    n1 = statistics.median(res["nginx-1"])
-                    print(f"{'':30s}{'':12s}{n1:12,.0f}{m / n1:8.2f}   (nginx http server_name, no upstream "
-                          "keepalive: a backend connection per client connection, as an L4 relay)")
+                    n1, c1 = statistics.median(res["nginx-1"]), statistics.median(cpu_us[case]["nginx-1"])
+                    print(f"{'':30s}{'':12s}{n1:12,.0f}{m / n1:8.2f}   ({cm:.1f}, {c1:.1f} µs; nginx http "
+                          "server_name, no upstream keepalive: a backend connection per client connection, as an "
+                          "L4 relay)")
             print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
             if daemon.poll() is not None:
                 raise SystemExit(f"maculad exited early with {daemon.returncode}")
