@@ -16,6 +16,12 @@ only DNS names under the domain and excluding every IPv4 and IPv6 address:
 even a leaked key cannot sign a certificate a verifier accepts for any other
 site. The private key is held in `CA.key` and never rendered by `__repr__`,
 logs, metrics or control replies (only the root's fingerprint is).
+
+This module is where `cryptography` is: it also mints leaves (`mint_leaf`) and
+checks a leaf file (`check_leaf`), and every root or leaf it makes or checks
+is recorded in the manifest (`maculad.pki.manifest`), so a later start whose
+files are unchanged and still good needs none of it. The rules it shares with
+that path (names, lifetimes, renewal) are in `maculad.pki.policy`.
 """
 
 from __future__ import annotations
@@ -29,26 +35,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from maculad.core.fsutil import atomic_write
+from maculad.pki import manifest
+from maculad.pki.manifest import LeafEntry, RootEntry
+from maculad.pki.policy import (
+    BACKDATE,
+    CERT_FILE,
+    KEY_FILE,
+    LEAF_DAYS,
+    RENEW_BEFORE,
+    ROOT_DAYS,
+    CAError,
+    in_domain,
+    leaf_due,
+)
 
-ROOT_DAYS = 3650
-#: CA/Browser Forum limit for a server certificate's lifetime (Apple enforces 398).
-LEAF_DAYS = 397
-#: Leaves are re-issued when they have less than this left.
-RENEW_BEFORE = dt.timedelta(days=30)
-#: Certificates start this much in the past so a slightly wrong client clock still accepts them.
-BACKDATE = dt.timedelta(hours=1)
-
-CERT_FILE = "ca.pem"
-KEY_FILE = "ca-key.pem"
-
-
-class CAError(Exception):
-    """The CA on disk cannot be used; the message says why and what to do."""
+__all__ = ["BACKDATE", "CA", "CERT_FILE", "KEY_FILE", "LEAF_DAYS", "RENEW_BEFORE", "ROOT_DAYS", "CAError",
+           "build_root", "check_leaf", "check_root", "fingerprint", "in_domain", "issue_leaf", "key_pem", "load",
+           "load_or_create", "mint_leaf", "new_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +135,6 @@ def build_root(domain: str, key: ec.EllipticCurvePrivateKey, *, now: dt.datetime
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
         .sign(key, hashes.SHA256())
     )
-
-
-def in_domain(name: str, domain: str) -> bool:
-    """Whether `name` (a DNS name, `*.` allowed) lies within `domain`'s subtree."""
-    n = name.lower().rstrip(".")
-    if n.startswith("*."):
-        n = n[2:]
-    return n == domain or n.endswith("." + domain)
 
 
 def issue_leaf(
@@ -233,7 +234,9 @@ def load(ca_dir: Path, domain: str, *, now: dt.datetime | None = None) -> CA:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CAError(f"{key_path}: not an ECDSA key")
     check_root(cert, key, domain, now=now, where=str(ca_dir))
-    return CA(cert=cert, key=key, domain=domain, cert_path=cert_path)
+    ca = CA(cert=cert, key=key, domain=domain, cert_path=cert_path)
+    manifest.write_root(ca_dir, _root_entry(ca, cert_raw, key_raw))
+    return ca
 
 
 def load_or_create(ca_dir: Path, domain: str, *, now: dt.datetime | None = None) -> tuple[CA, bool]:
@@ -251,6 +254,57 @@ def load_or_create(ca_dir: Path, domain: str, *, now: dt.datetime | None = None)
     cert = build_root(domain, key, now=now, host=socket.gethostname())
     ca_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(ca_dir, 0o755)
-    atomic_write(key_path, key_pem(key), mode=0o600)
-    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    return CA(cert=cert, key=key, domain=domain, cert_path=cert_path), True
+    key_raw, cert_raw = key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
+    atomic_write(key_path, key_raw, mode=0o600)
+    atomic_write(cert_path, cert_raw, mode=0o644)
+    ca = CA(cert=cert, key=key, domain=domain, cert_path=cert_path)
+    manifest.write_root(ca_dir, _root_entry(ca, cert_raw, key_raw))
+    return ca, True
+
+
+def _root_entry(ca: CA, cert_raw: bytes, key_raw: bytes) -> RootEntry:
+    return RootEntry(sha256=manifest.sha256(cert_raw), key_sha256=manifest.sha256(key_raw), domain=ca.domain,
+                     fingerprint=ca.fingerprint, not_after=ca.not_after)
+
+
+def _leaf_entry(ca: CA, cert: x509.Certificate, raw: bytes) -> LeafEntry:
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return LeafEntry(sha256=manifest.sha256(raw), names=tuple(sans.get_values_for_type(x509.DNSName)),
+                     not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                     serial=cert.serial_number, fingerprint=fingerprint(cert), ca=ca.fingerprint)
+
+
+def mint_leaf(ca: CA, names: tuple[str, ...], *, now: dt.datetime) -> tuple[bytes, LeafEntry]:
+    """A new leaf for `names` as its file's bytes (key, then certificate) and its manifest entry."""
+    key = new_key()
+    cert = issue_leaf(ca, names, key, now=now)
+    raw = key_pem(key) + cert.public_bytes(serialization.Encoding.PEM)
+    return raw, _leaf_entry(ca, cert, raw)
+
+
+def check_leaf(ca: CA, raw: bytes, names: tuple[str, ...], *, now: dt.datetime) -> LeafEntry | str:
+    """A leaf file's manifest entry when it is still good for `names` under `ca` at `now`, else why it must be
+    issued again: "corrupt" (unreadable, key and certificate apart, other names, not signed by this root) or
+    "renew" (due per `leaf_due`)."""
+    try:
+        key = serialization.load_pem_private_key(raw, password=None)
+        cert = x509.load_pem_x509_certificate(raw[raw.index(b"-----BEGIN CERTIFICATE-----"):])
+    except (ValueError, TypeError):
+        return "corrupt"
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not _same_key(cert, key):
+        return "corrupt"
+    if cert.issuer != ca.cert.subject:
+        return "corrupt"
+    try:
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return "corrupt"  # signed by another root (the CA was replaced) or tampered with
+    try:
+        entry = _leaf_entry(ca, cert, raw)
+    except x509.ExtensionNotFound:
+        return "corrupt"
+    if entry.names != names:
+        return "corrupt"
+    if leaf_due(entry.not_before, entry.not_after, now):
+        return "renew"
+    return entry
