@@ -144,7 +144,7 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path: Path, damage: str) -> None:
     again = _store(tmp_path, clock, issued).get(("grafana.macula.local",))
     assert issued == ["new", "corrupt"]
     cert = _cert(again.path)
-    cert.verify_directly_issued_by(store.ca.cert)
+    cert.verify_directly_issued_by(store.ca.loaded().cert)
 
 
 def test_names_outside_the_domain_or_not_dns_are_refused(tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ class Daemon:
 
         await self.start_metrics(cfg)
         self.tls, self.tls_error = None, "disabled (tls.enabled = false)"
-        if cfg.tls.enabled:  # the CA, and `cryptography` under it, are loaded only for TLS
+        if cfg.tls.enabled:  # the CA only for TLS; `cryptography` only to make it or issue a leaf (pki/root.py)
             from maculad.proxy.tls import load_terminator
 
             self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,

@@ -19,6 +19,11 @@ when the listener binds). An SNI outside the domain, or for a name this route
 does not serve, ends the handshake with `unrecognized_name`: no certificate is
 issued for it. ALPN offers only http/1.1 unless the route's backend speaks
 h2c. Leaf contexts are rebuilt when the store renews a leaf.
+
+Nothing here imports `cryptography`: `ssl` loads the leaf files itself, and the
+CA and leaves come through `maculad.pki.root.open_ca` and `LeafStore`, which
+import it only to make the CA or to check, issue or renew a leaf (a start whose
+certificates the manifest vouches for needs none of it).
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ import structlog
 
 from maculad.config import TLSConfig
 from maculad.observability.metrics import Metrics
-from maculad.pki.ca import CAError, in_domain, load_or_create
-from maculad.pki.leaves import Leaf, LeafStore, valid_name
+from maculad.pki.leaves import Leaf, LeafStore
+from maculad.pki.policy import CAError, in_domain, valid_name
+from maculad.pki.root import open_ca
 from maculad.proxy import errorpage
 from maculad.proxy.spec import Target
 from maculad.proxy.tcp import _CLOSED, _CONNECTING, _HANDSHAKE, _LINGER, _PAGE, HEAD_WAIT, ClientProtocol, _tune
@@ -232,7 +238,7 @@ def load_terminator(
 ) -> tuple[Terminator | None, str | None]:
     """The terminator over `<state_dir>/ca/` (made on first start), or None and why not (TLS is enabled)."""
     try:
-        ca, created = load_or_create(state_dir / "ca", domain)
+        ca, created = open_ca(state_dir / "ca", domain)
     except (CAError, OSError) as exc:
         return None, str(exc)
     if created:
