@@ -36,7 +36,9 @@ def test_the_ingress_watch_still_finds_its_client() -> None:
 
 @pytest.mark.parametrize("tls", [False, True])
 def test_the_running_daemon_maps_cryptography_only_when_it_terminates_tls(tmp_path: Path, tls: bool) -> None:
-    """`maculad run` itself: its memory map holds cryptography's native library exactly when TLS is on."""
+    """`maculad run` itself on a fresh state directory: its memory map holds cryptography's native library
+    exactly when TLS is on (the CA is made). A restart on a state whose certificates are all good maps it
+    no more: tests/test_pki_lazy.py."""
     text, ports = base_config(tmp_path, extra=f"[tls]\nenabled = {str(tls).lower()}\n")
     cfg = tmp_path / "maculad.toml"
     cfg.write_text(text)
