@@ -113,6 +113,11 @@ class _Stoppable(Protocol):
     async def stop(self) -> None: ...
 
 
+async def _breathe() -> None:
+    """One pass of the event loop (its ready callbacks and a poll of the sockets without waiting)."""
+    await asyncio.sleep(0)
+
+
 class Daemon:
     """Builds the parts, spawns and stops their tasks; `ControlFacade(daemon)` answers the control socket."""
 
@@ -198,10 +203,11 @@ class Daemon:
         self.dns = DNSServer(config=cfg.dns, domain=cfg.domain, routes=self.table, metrics=self.metrics,
                              apex_a=apex(cfg), **peer_args(cfg.powerdns))
         await self.dns.start()
-
-        from maculad.control.server import ControlServer
-
+        # From here every step imports and builds a part in one go, without waiting on anything: a
+        # `_breathe()` between them lets the loop answer the DNS queries that arrived meanwhile.
+        await _breathe()
         await self.start_metrics(cfg)
+        await _breathe()
         self.tls, self.tls_error = None, "disabled (tls.enabled = false)"
         if cfg.tls.enabled:  # the CA only for TLS; `cryptography` only to make it or issue a leaf (pki/root.py)
             from maculad.proxy.tls import load_terminator
@@ -211,16 +217,24 @@ class Daemon:
             if self.tls_error is not None:
                 log.error("tls_unavailable", reason=self.tls_error,
                           effect="routes with only an http backend get no https port")
+            await _breathe()
         self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics, tls=self.tls,
                            redirect_http=cfg.tls.redirect_http)
         await self.relay.start()
         self.owner.spawn_for(self.relay, RELAY_TASKS)
         self.metrics.horizon_up.labels(horizon="host").set(1)
+        await _breathe()
         await self.start_containers(cfg)
+        await _breathe()
         await self.start_sources(cfg)
+        await _breathe()
         await self.start_powerdns(cfg)
+        await _breathe()
+        from maculad.control.server import ControlServer
+
         self.control = ControlServer(config=cfg.control, target=ControlFacade(self), metrics=self.metrics)
         await self.control.start()
+        await _breathe()
         await self.start_web(cfg)
 
         await self.relay.wait_reconciled()
