@@ -238,10 +238,12 @@ def test_http_1_0_gets_an_answer_and_a_close(loop_factory: Any) -> None:
 @LOOPS
 def test_oversized_heads_and_request_lines(loop_factory: Any) -> None:
     async def main() -> None:
-        async with serving(Limits(max_line=1024, max_head=4096, max_headers=10, keepalive=2)) as r:
-            big = "x" * 5000
-            status, headers, body = await exchange(r, f"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"
-                                                   .encode())
+        async with serving(Limits(max_line=1024, max_head=4096, max_field=2048, max_headers=10, keepalive=2)) as r:
+            status, _, body = await exchange(r, f"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {'x' * 2100}\r\n\r\n"
+                                             .encode())
+            assert status == 431 and b"field is larger than 2048" in body
+            big = "".join(f"X-Big{i}: {'x' * 1500}\r\n" for i in range(3))
+            status, headers, body = await exchange(r, f"GET /hello HTTP/1.1\r\nHost: x\r\n{big}\r\n".encode())
             assert (status, headers["connection"]) == (431, "close") and b"larger than 4096" in body
             # the same head arriving in small pieces: refused once it outgrows the limit, before it ends
             reader, writer = await r.connect()

@@ -7,9 +7,10 @@ connection that answers its requests in order, so pipelined requests are answere
 - **keep-alive**: a connection must deliver its next request head within `Limits.keepalive`
   seconds (since it opened or since the last answer) or it is closed without an answer; that
   covers idle connections and half-sent heads alike.
-- **bounded heads**: more than `max_head` bytes or `max_headers` fields is 431, a request line over
-  `max_line` is 414, anything else h11 refuses is 400 (501 for a transfer coding other than
-  chunked); each is answered once with `Connection: close`, never with a traceback.
+- **bounded heads**: more than `max_head` bytes, a field over `max_field` bytes or more than
+  `max_headers` fields is 431, a request line over `max_line` is 414, anything else h11 refuses is
+  400 (501 for a transfer coding other than chunked); each is answered once with
+  `Connection: close`, never with a traceback.
 - **bodies** are read only when a handler asks (`Request.read`), up to `max_body` bytes (413) and
   within `keepalive` seconds (408); a body left unread closes the connection after the answer.
 - **answers**: `Response` goes out with a Content-Length; `StreamResponse` is chunked (to an
@@ -50,7 +51,8 @@ READ_AHEAD = 64 * 1024
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_line: int = 4096  # the request line (414)
-    max_head: int = 8192  # request line and header fields together (431)
+    max_head: int = 16384  # request line and header fields together (431)
+    max_field: int = 8192  # one header field, name and value (431)
     max_headers: int = 48  # header fields (431)
     max_body: int = 64 * 1024  # what `Request.read` accepts (413)
     keepalive: float = 10.0  # for the next request's head, and for a body once asked for
@@ -480,8 +482,10 @@ class _Connection(asyncio.Protocol):
             return 414, f"the request line is longer than {lim.max_line} bytes"
         if len(event.headers) > lim.max_headers:
             return 431, f"more than {lim.max_headers} header fields"
-        size = len(event.method) + len(event.target) + 12 + sum(len(n) + len(v) + 4 for n, v in event.headers)
-        if size > lim.max_head:
+        fields = [len(n) + len(v) + 2 for n, v in event.headers]
+        if fields and max(fields) > lim.max_field:
+            return 431, f"a header field is larger than {lim.max_field} bytes"
+        if len(event.method) + len(event.target) + 12 + sum(fields) + 2 * len(fields) > lim.max_head:
             return 431, f"the request head is larger than {lim.max_head} bytes"
         return None
 
