@@ -1,9 +1,9 @@
-"""`/metrics`, `/healthz` and `/readyz` on `metrics.listen` (aiohttp).
+"""`/metrics`, `/healthz` and `/readyz` on `metrics.listen` (on `core.httpserver`).
 
 `/healthz` says the event loop answers. `/readyz` asks the daemon's readiness
 callback, which lists what is not ready (still starting, or a configured
 listener — DNS, relay, page — that is not serving, with the reason); 200 with
-"ok" or 503 with one reason per line.
+"ok" or 503 with one reason per line. Other paths are 404, other methods 405.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ import socket
 from collections.abc import Callable
 from typing import TypedDict
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from maculad.observability.metrics import Metrics
+from maculad.core.httpserver import HTTPServer, Limits, Request, Response, Router, StreamResponse
 from maculad.core.net import Backend, tcp_listen_socket
+from maculad.observability.metrics import Metrics
+
+#: A scraper keeps one connection; a few more for people with curl.
+LIMITS = Limits(keepalive=75.0, max_body=0, max_connections=64, grace=2.0)
 
 
 class MetricsEndpointStatus(TypedDict):
@@ -33,8 +36,12 @@ class MetricsServer:
         self._listen = listen
         self._metrics = metrics
         self._not_ready = not_ready
-        self._runner: web.AppRunner | None = None
+        self._http: HTTPServer | None = None
         self._bound: tuple[str, int] | None = None
+        self._router = Router()
+        self._router.get("/metrics", self._handle_metrics)
+        self._router.get("/healthz", self._handle_healthz)
+        self._router.get("/readyz", self._handle_readyz)
 
     @property
     def bound(self) -> tuple[str, int] | None:
@@ -42,44 +49,43 @@ class MetricsServer:
 
     async def start(self, *, sock: socket.socket | None = None) -> None:
         """Serve on `listen` (or on `sock`, already bound there: a reload binds first)."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._handle_metrics)
-        app.router.add_get("/healthz", self._handle_healthz)
-        app.router.add_get("/readyz", self._handle_readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         try:
             if sock is None:
                 sock = tcp_listen_socket(self._listen, backlog=128)
-            site = web.SockSite(runner, sock, backlog=128)
-            await site.start()
+            server = HTTPServer(name="metrics", handler=self._dispatch, limits=LIMITS)
+            await server.serve(sock)
         except OSError as exc:
-            await runner.cleanup()
+            if sock is not None:
+                sock.close()
             raise OSError(exc.errno, f"metrics: {exc.strerror}") from exc
-        self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            host, port = sockets[0].getsockname()[:2]
-            self._bound = (host, port)
+        self._http = server
+        host, port = sock.getsockname()[:2]
+        self._bound = (host, port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        server, self._http = self._http, None
+        if server is not None:
+            await server.close()
 
     def status(self) -> MetricsEndpointStatus:
         return {"listen": str(self._listen), "bound": self._bound}
 
-    async def _handle_metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _dispatch(self, request: Request) -> Response | StreamResponse:
+        match = self._router.resolve(request.method, request.raw_path)
+        if match.handler is not None:
+            return await match.handler(request)
+        if match.allowed:
+            return Response(405, b"405: Method Not Allowed\n", headers={"Allow": ", ".join(match.allowed)})
+        return Response(404, b"404: Not Found\n")
 
-    async def _handle_healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def _handle_metrics(self, request: Request) -> Response:
+        return Response(body=generate_latest(self._metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
-    async def _handle_readyz(self, request: web.Request) -> web.Response:
+    async def _handle_healthz(self, request: Request) -> Response:
+        return Response(body=b"ok\n")
+
+    async def _handle_readyz(self, request: Request) -> Response:
         reasons = self._not_ready()
         if reasons:
-            return web.Response(status=503, text="".join(f"{r}\n" for r in reasons))
-        return web.Response(text="ok\n")
+            return Response(503, "".join(f"{r}\n" for r in reasons).encode())
+        return Response(body=b"ok\n")
