@@ -124,6 +124,27 @@ async def test_errors_are_json(running: Running) -> None:
         assert (status, text in data["error"]) == (code, True), (path, data)
 
 
+async def test_malformed_requests_are_answered_in_json_too(running: Running) -> None:
+    """What the HTTP core refuses before any handler runs still gets the `ErrorAnswer` shape."""
+    for raw, code in ((b"GARBAGE\r\n\r\n", 400),
+                      (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 20000 + b"\r\n\r\n", 431),
+                      (b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501)):
+        reader, writer = await asyncio.open_unix_connection(str(running.socket))
+        writer.write(raw)
+        data = await asyncio.wait_for(reader.read(), 5)  # answered, then closed
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {code} ".encode()), data[:80]
+        assert b"Content-Type: application/json" in head and "error" in json.loads(body)
+    reader, writer = await asyncio.open_unix_connection(str(running.socket))
+    writer.write(b"HEAD /v1/ping HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    second = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # no body in between
+    assert second.startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
 async def test_requests_are_counted_by_route_pattern(running: Running) -> None:
     await get(running, "/v1/status")
     await get(running, "/v1/status")

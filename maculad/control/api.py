@@ -1,6 +1,6 @@
 """The daemon's face to the control socket: what `maculactl` can ask and do.
 
-The control server (aiohttp on a unix socket) depends only on this
+The control server (HTTP on a unix socket, `core.httpserver`) depends only on this
 `ControlTarget` protocol; the daemon implements it. Every call returns one of
 the shapes in `protocol.py`; actions raise `ControlError` with an HTTP status
 and a message a person can act on.

@@ -1,12 +1,13 @@
 """The control API: JSON over HTTP on a unix socket, for `maculactl`.
 
-An aiohttp application whose handlers are thin adapters over the daemon's
+Served by `core.httpserver`; the handlers are thin adapters over the daemon's
 `ControlTarget`; every answer is JSON of a shape in `protocol.py`, every error `ErrorAnswer` with
 a meaningful status (400 bad input, 403 not allowed, 404 unknown, 405, 409,
-500). One middleware does the cross-cutting work: it turns exceptions into
-JSON, checks the peer's right to act on POSTs (`peercred.authorize`, reading
-the peer with SO_PEERCRED / LOCAL_PEERCRED), and counts every request in
-`maculad_control_requests_total{endpoint,status}` under the route's pattern.
+500; the core's own refusals too: 400 malformed, 413, 431). One dispatch step does the cross-cutting
+work: it turns exceptions into JSON, checks the peer's right to act on POSTs (`peercred.authorize`,
+reading the peer with SO_PEERCRED / LOCAL_PEERCRED), and counts every request in
+`maculad_control_requests_total{endpoint,status}` under the route's pattern. `/v1/events` is a
+stream of JSON lines (chunked).
 
 Start-up is careful with the socket file: it refuses to remove anything that
 is not a socket or a socket a live daemon still answers on, binds under a
@@ -23,20 +24,29 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
-from aiohttp import web
 
 from maculad import __version__
 from maculad.config import ControlConfig
 from maculad.control.api import ControlError, ControlTarget
 from maculad.control.protocol import ControlStatus, ErrorAnswer, Event, Ping, ServiceAction, ServicesAnswer
 from maculad.control.peercred import Access, AccessDecision, authorize, peer_groups, read_peercred, resolve_group
-from maculad.observability.metrics import Metrics
+from maculad.core.httpserver import (
+    HTTPError,
+    HTTPServer,
+    Limits,
+    Request,
+    Response,
+    Router,
+    StreamResponse,
+    StreamWriter,
+)
 from maculad.core.names import lookup_name
+from maculad.observability.metrics import Metrics
 
 log = structlog.get_logger("maculad.control")
 
@@ -45,20 +55,19 @@ _MAX_UNIX_PATH = 107
 _ACTIONS: tuple[ServiceAction, ...] = ("start", "stop", "restart")
 _EVENTS_IDLE = 0.2  # without follow: stop once the replayed history has drained
 _MAX_REPLAY = 10_000
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: maculactl sends no bodies; `events --follow` streams hold a connection each.
+LIMITS = Limits(keepalive=75.0, max_body=0, max_connections=128, grace=2.0)
 
 
 class ControlSocketError(RuntimeError):
     """The control socket cannot be created; the message says why and what to do."""
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, default=str) + "\n", status=status,
-                        content_type="application/json")
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(status, (json.dumps(data, default=str) + "\n").encode(), "application/json; charset=utf-8")
 
 
-def _error(status: int, message: str) -> web.Response:
+def _error(status: int, message: str) -> Response:
     answer: ErrorAnswer = {"error": message}
     return _json(answer, status)
 
@@ -102,7 +111,8 @@ class ControlServer:
         self._metrics = metrics
         self._daemon_uid = os.geteuid()
         self._group_gid: int | None = None
-        self._runner: web.AppRunner | None = None
+        self._http: HTTPServer | None = None
+        self._router = self._routes()
         self._inode: tuple[int, int] | None = None
         self._requests = 0
         self._denied = 0
@@ -123,16 +133,14 @@ class ControlServer:
                 ) from None
         check_socket_path(path)
         sock = self._bind(path)
-        runner = web.AppRunner(self._app(), handler_cancellation=True, access_log=None,
-                               shutdown_timeout=2.0)
-        await runner.setup()
+        server = HTTPServer(name="control", handler=self._dispatch, limits=LIMITS, error_response=_error)
         try:
-            await web.SockSite(runner, sock).start()
+            await server.serve(sock)
         except BaseException:
-            await runner.cleanup()
+            sock.close()
             self._unlink()
             raise
-        self._runner = runner
+        self._http = server
         self._started_at = time.time()
         self._last_error = None
         log.info("control_listening", socket=str(path), group=self._config.group, mode=oct(SOCKET_MODE))
@@ -178,9 +186,9 @@ class ControlServer:
         self._inode = None
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._http = self._http, None
+        if server is not None:
+            await server.close()
         self._unlink()
 
     def status(self) -> ControlStatus:
@@ -188,37 +196,35 @@ class ControlServer:
             "socket": str(self._config.socket),
             "group": self._config.group,
             "mode": oct(SOCKET_MODE),
-            "serving": self._runner is not None,
+            "serving": self._http is not None,
             "requests": self._requests,
             "denied": self._denied,
             "last_error": self._last_error,
         }
 
-    # ------------------------------------------------------------------ app
+    # ------------------------------------------------------------------ dispatch
 
-    def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
-        app.router.add_get("/v1/ping", self._ping)
-        app.router.add_get("/v1/status", self._status)
-        app.router.add_get("/v1/routes", self._routes)
-        app.router.add_get("/v1/services", self._services)
-        app.router.add_post("/v1/services/{name}/{action}", self._service_action)
-        app.router.add_get("/v1/cluster", self._cluster)
-        app.router.add_post("/v1/cluster/recreate", self._cluster_recreate)
-        app.router.add_get("/v1/dns", self._dns)
-        app.router.add_get("/v1/powerdns", self._powerdns)
-        app.router.add_get("/v1/events", self._events)
-        app.router.add_post("/v1/reload", self._reload)
-        return app
+    def _routes(self) -> Router:
+        r = Router()
+        r.get("/v1/ping", self._ping)
+        r.get("/v1/status", self._status)
+        r.get("/v1/routes", self._routes_view)
+        r.get("/v1/services", self._services)
+        r.post("/v1/services/{name}/{action}", self._service_action)
+        r.get("/v1/cluster", self._cluster)
+        r.post("/v1/cluster/recreate", self._cluster_recreate)
+        r.get("/v1/dns", self._dns)
+        r.get("/v1/powerdns", self._powerdns)
+        r.get("/v1/events", self._events)
+        r.post("/v1/reload", self._reload)
+        return r
 
-    def _decide(self, request: web.Request) -> AccessDecision:
+    def _decide(self, request: Request) -> AccessDecision:
         access: Access = "read" if request.method in ("GET", "HEAD") else "act"
         if access == "read":  # anyone who can connect may read: no need to ask the kernel
             return authorize(access, uid=None, groups=frozenset(), daemon_uid=self._daemon_uid,
                              group_gid=self._group_gid)
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        cred = read_peercred(cast(socket.socket, sock)) if sock is not None else None
+        cred = read_peercred(request.sock) if request.sock is not None else None
         return authorize(
             access,
             uid=cred.uid if cred else None,
@@ -228,31 +234,27 @@ class ControlServer:
             group_name=self._config.group,
         )
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _dispatch(self, request: Request) -> Response | StreamResponse:
         self._requests += 1
-        info = request.match_info
-        endpoint = info.route.resource.canonical if info.route.resource is not None else "unmatched"
-        if info.http_exception is not None:
-            endpoint = "unmatched"
-        resp: web.StreamResponse
+        match = self._router.resolve(request.method, request.raw_path)
+        endpoint = match.pattern if match.handler is not None and match.pattern is not None else "unmatched"
+        resp: Response | StreamResponse
         try:
             decision = self._decide(request)
             if not decision.allowed:
                 self._denied += 1
                 log.warning("control_forbidden", method=request.method, path=request.path, rule=decision.rule)
                 resp = _error(403, f"forbidden: {decision.rule}")
+            elif match.handler is not None:
+                resp = await match.handler(request.with_params(match.params))
+            elif match.allowed:
+                resp = _error(405, f"method {request.method} not allowed on {request.path}")
             else:
-                resp = await handler(request)
+                resp = _error(404, f"no such endpoint: {request.method} {request.path}")
         except ControlError as exc:
             resp = _error(exc.status, exc.message)
-        except web.HTTPException as exc:
-            reason = exc.reason
-            if exc.status == 404:
-                reason = f"no such endpoint: {request.method} {request.path}"
-            elif exc.status == 405:
-                reason = f"method {request.method} not allowed on {request.path}"
-            resp = _error(exc.status, reason)
+        except HTTPError as exc:
+            resp = _error(exc.status, exc.message)
         except (asyncio.CancelledError, ConnectionResetError):
             self._metrics.control_requests.labels(endpoint=endpoint, status="aborted").inc()
             raise
@@ -264,23 +266,23 @@ class ControlServer:
 
     # ------------------------------------------------------------------ handlers
 
-    async def _ping(self, request: web.Request) -> web.Response:
+    async def _ping(self, request: Request) -> Response:
         ping: Ping = {"ok": True, "pid": os.getpid(), "version": __version__}
         return _json(ping)
 
-    async def _status(self, request: web.Request) -> web.Response:
+    async def _status(self, request: Request) -> Response:
         return _json(self._target.status())
 
-    async def _routes(self, request: web.Request) -> web.Response:
+    async def _routes_view(self, request: Request) -> Response:
         return _json(self._target.routes())
 
-    async def _services(self, request: web.Request) -> web.Response:
+    async def _services(self, request: Request) -> Response:
         answer: ServicesAnswer = {"services": self._target.services()}
         return _json(answer)
 
-    async def _service_action(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        action_s = request.match_info["action"]
+    async def _service_action(self, request: Request) -> Response:
+        name = request.params["name"]
+        action_s = request.params["action"]
         if action_s not in _ACTIONS:
             return _error(400, f"unknown action {action_s[:40]!r}: use one of {', '.join(_ACTIONS)}")
         action: ServiceAction = action_s
@@ -289,17 +291,17 @@ class ControlServer:
         log.info("control_service_action", service=name, action=action)
         return _json(await self._target.service_action(name, action))
 
-    async def _cluster(self, request: web.Request) -> web.Response:
+    async def _cluster(self, request: Request) -> Response:
         return _json(self._target.cluster_status())
 
-    async def _cluster_recreate(self, request: web.Request) -> web.Response:
+    async def _cluster_recreate(self, request: Request) -> Response:
         log.info("control_cluster_recreate")
         return _json(await self._target.cluster_recreate())
 
-    async def _powerdns(self, request: web.Request) -> web.Response:
+    async def _powerdns(self, request: Request) -> Response:
         return _json(self._target.powerdns_status())
 
-    async def _dns(self, request: web.Request) -> web.Response:
+    async def _dns(self, request: Request) -> Response:
         raw = request.query.get("name", "")
         if not raw.strip():
             return _error(400, "the query parameter 'name' is required, e.g. /v1/dns?name=grafana.macula.local")
@@ -309,11 +311,11 @@ class ControlServer:
             return _error(400, str(exc))
         return _json(self._target.dns_lookup(name))
 
-    async def _reload(self, request: web.Request) -> web.Response:
+    async def _reload(self, request: Request) -> Response:
         log.info("control_reload")
         return _json(await self._target.reload())
 
-    async def _events(self, request: web.Request) -> web.StreamResponse:
+    async def _events(self, request: Request) -> Response | StreamResponse:
         follow_s = request.query.get("follow", "0").lower()
         if follow_s not in ("0", "1", "true", "false", "yes", "no"):
             return _error(400, f"follow={follow_s[:20]!r}: use 1 or 0")
@@ -325,20 +327,20 @@ class ControlServer:
             return _error(400, f"replay={replay_s[:20]!r} is not a number")
         if not 0 <= replay <= _MAX_REPLAY:
             return _error(400, f"replay must be between 0 and {_MAX_REPLAY}")
-        stream = self._target.follow_events(replay=replay)
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
-        try:
-            await self._pump(stream, resp, follow=follow)
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        await resp.write_eof()
-        return resp
+
+        async def pump(out: StreamWriter) -> None:
+            stream = self._target.follow_events(replay=replay)
+            try:
+                await self._pump(stream, out, follow=follow)
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return StreamResponse(body=pump, content_type="application/x-ndjson")
 
     @staticmethod
-    async def _pump(stream: AsyncIterator[Event], resp: web.StreamResponse, *, follow: bool) -> None:
+    async def _pump(stream: AsyncIterator[Event], out: StreamWriter, *, follow: bool) -> None:
         while True:
             try:
                 if follow:
@@ -347,4 +349,4 @@ class ControlServer:
                     event = await asyncio.wait_for(anext(stream), _EVENTS_IDLE)
             except (StopAsyncIteration, TimeoutError):
                 return
-            await resp.write((json.dumps(event, default=str) + "\n").encode())
+            await out.write((json.dumps(event, default=str) + "\n").encode())
