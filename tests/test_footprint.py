@@ -27,6 +27,14 @@ def test_the_daemon_module_imports_no_http_docker_kubernetes_or_tls_library() ->
     assert out.stdout.strip() == ""
 
 
+def test_the_daemons_http_servers_import_no_aiohttp() -> None:
+    """The control socket, /metrics and the page run on maculad.core.httpserver (h11), not aiohttp.web."""
+    code = ("import sys, maculad.control.server, maculad.observability.http, maculad.web.server; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_ingress_watch_still_finds_its_client() -> None:
     code = ("from maculad.adapters.kube.client import new_api_client; "
             "import kubernetes_asyncio.client as c; print(c.ApiClient)")

@@ -139,3 +139,31 @@ async def test_bind_failure_is_reported_and_retried(monkeypatch: pytest.MonkeyPa
     assert srv.status()["last_error"] is None
     await owner.stop_for(WEB_TASKS)
     await srv.stop()
+
+
+async def test_head_and_the_connection_gauge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEAD is the GET's head without a body, and on /api/events it opens no live stream; the
+    `maculad_web_connections` gauge follows the open connections."""
+    srv, src, metrics, owner = await _server(monkeypatch)
+    assert srv.bound is not None
+    port = srv.bound[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET / HTTP/1.1\r\nHost: macula.local:{port}\r\n\r\n".encode())
+    get_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(next(ln.split(b":")[1] for ln in get_head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
+    await reader.readexactly(length)
+    assert metrics.web_connections._value.get() == 1 and srv.status()["connections"] == 1
+    writer.write(f"HEAD / HTTP/1.1\r\nHost: macula.local:{port}\r\n\r\n"
+                 f"HEAD /api/events HTTP/1.1\r\nHost: macula.local:{port}\r\n\r\n"
+                 f"GET /nope HTTP/1.1\r\nHost: macula.local:{port}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head == get_head  # the same head, and no body after it
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Type: text/event-stream" in head
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 404") and b"X-Frame-Options: DENY" in head
+    assert srv.status()["live_clients"] == 0 and src.followers == 1  # only the probe's subscription
+    writer.close()
+    await _wait(lambda: metrics.web_connections._value.get() == 0, 5, "the gauge to drop")
+    await owner.stop_for(WEB_TASKS)
+    await srv.stop()

@@ -1,4 +1,4 @@
-"""The status page's HTTP server (aiohttp): `/`, `/api/status`, `/api/events`.
+"""The status page's HTTP server (on `core.httpserver`): `/`, `/api/status`, `/api/events`.
 
 Read-only by construction: the server depends on `StatusSource`, the read
 half of the control facade, so no action, reload or config write is reachable
@@ -8,13 +8,14 @@ from here; every method but GET/HEAD is 405 and every other path 404.
 figures; `/api/events` is the control socket's event stream as Server-Sent
 Events, one `data:` line of the same JSON per event.
 
-Limits, each with a metric: header sizes and counts at the parser, no request
-body at all (413), `max_connections` open connections (more are answered 503
-and closed before a handler runs), idle or half-sent requests closed after
-`KEEPALIVE` seconds, `max_clients` live streams (more get 503), and a live
-stream whose client stops reading is cut after `WRITE_TIMEOUT`. An idle stream
-costs one timer per `SSE_KEEPALIVE` seconds and nothing else. Host/Origin
-checks are in `guard.py`.
+Limits, each with a metric: header sizes and counts at the parser (431/414,
+the core's `Limits`), no request body at all (413), `max_connections` open
+connections (more are answered 503 and closed before anything is parsed), idle
+or half-sent requests closed after `KEEPALIVE` seconds, `max_clients` live
+streams (more get 503), and a live stream whose client stops reading is cut
+after `WRITE_TIMEOUT`. An idle stream costs one timer per `SSE_KEEPALIVE`
+seconds and nothing else. Host/Origin checks are in `guard.py`; HEAD is the
+core's (the GET's head, no body, no stream).
 """
 
 from __future__ import annotations
@@ -27,16 +28,26 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 import structlog
-from aiohttp import web
 
 from maculad.control.api import ControlError
+from maculad.core.httpserver import (
+    HTTPServer,
+    Limits,
+    Request,
+    Response,
+    Router,
+    StreamResponse,
+    StreamWriter,
+    WriteTimeout,
+)
+from maculad.core.net import Backend, format_hostport, tcp_listen_socket
 from maculad.observability.metrics import Metrics
-from maculad.core.net import Backend, format_hostport
 from maculad.web.figures import RateMeter, dns_queries, relay_connections
 from maculad.web.guard import Allowed, fetch_site_ok, host_ok, origin_ok
 from maculad.web.probe import BackendProbe, CheckView, parse_backend
@@ -45,17 +56,23 @@ if TYPE_CHECKING:
     from maculad.control.protocol import ClusterStatus, Event, RoutesAnswer, ServiceView, Status, WebStatus
 
 log = structlog.get_logger("maculad.web")
+R = TypeVar("R", bound=Response | StreamResponse)
 
 KEEPALIVE = 10.0  # an idle or half-sent request's connection is closed after this
 SSE_KEEPALIVE = 25.0  # a comment line on an idle stream, so proxies and browsers keep it
 SSE_RETRY_MS = 1000  # EventSource reconnect delay after the daemon went away
 WRITE_TIMEOUT = 5.0  # a stream whose client does not read for this long is cut
-MAX_LINE = 4096
-MAX_FIELD = 4096
+MAX_LINE = 4096  # the request line
+MAX_FIELD = 4096  # one header field
+MAX_HEAD = 16384  # the whole head
 MAX_HEADERS = 48
 BIND_RETRY_MAX = 30.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SHUTDOWN_GRACE = 1.0
+#: On every answer of the page (a handler may set its own Cache-Control and Content-Security-Policy).
+SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+                "Cross-Origin-Resource-Policy": "same-origin"}
+DEFAULT_HEADERS = {"Cache-Control": "no-store",
+                   "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"}
 
 
 class StatusSource(Protocol):
@@ -105,22 +122,21 @@ def _page() -> tuple[bytes, str]:
     return html.encode(), csp
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, default=str), status=status, content_type="application/json")
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data, default=str).encode(), "application/json; charset=utf-8")
 
 
-def _text(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=text + "\n", headers=headers)
+def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(status, (text + "\n").encode(), headers=headers or {})
 
 
-class _Refuse(asyncio.Protocol):
-    """Over `max_connections`: a short 503, then close, without parsing anything."""
+def _safe(resp: R) -> R:
+    return replace(resp, headers={**DEFAULT_HEADERS, **resp.headers, **SAFE_HEADERS})
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
-                        b"Retry-After: 5\r\n\r\n")
-        transport.close()
+
+def _error(status: int, message: str) -> Response:
+    """The core's own refusals (malformed, too large, 500), with the page's headers."""
+    return _safe(_text(status, message))
 
 
 class WebServer:
@@ -150,8 +166,12 @@ class WebServer:
         self.probe = probe or BackendProbe(metrics=metrics, interval=check_interval)
         self._page, self._csp = _page()
         self._qps = RateMeter()
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._router = Router()
+        self._router.get("/", self._index)
+        self._router.get("/api/status", self._status)
+        self._router.get("/api/events", self._events)
+        self._http: HTTPServer | None = None
+        self._server: HTTPServer | None = None  # once bound
         self._bound: tuple[str, int] | None = None
         self._allowed = Allowed.build(domain=domain, listen_host=listen.host, port=listen.port, via=via)
         self._closing = asyncio.Event()
@@ -174,36 +194,31 @@ class WebServer:
     async def start(self, *, sock: socket.socket | None = None) -> None:
         """Bind now; if the address is taken or not allowed, `bind_retry` (a long-lived task) keeps trying.
         With `sock` (bound to `listen` already: a reload binds first) serve on it."""
-        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, handler_cancellation=True,
-                               keepalive_timeout=KEEPALIVE, shutdown_timeout=1.0, max_line_size=MAX_LINE,
-                               max_field_size=MAX_FIELD, max_headers=MAX_HEADERS)
-        await runner.setup()
-        self._runner = runner
+        limits = Limits(max_line=MAX_LINE, max_head=MAX_HEAD, max_field=MAX_FIELD, max_headers=MAX_HEADERS, max_body=0,
+                        keepalive=KEEPALIVE, write_timeout=WRITE_TIMEOUT, max_connections=self.max_connections,
+                        grace=SHUTDOWN_GRACE)
+        self._http = HTTPServer(name="web", handler=self._dispatch, limits=limits, error_response=_error,
+                                on_refused=self._refuse, on_connections=self._metrics.web_connections.set)
         try:
             await self._bind(sock)
         except OSError as exc:
-            self._last_error = f"cannot listen on {self._listen}: {exc.strerror or exc}"
+            self._last_error = exc.strerror or f"cannot listen on {self._listen}: {exc}"
             log.error("web_bind_failed", listen=str(self._listen), error=self._last_error)
 
+    def _refuse(self) -> None:
+        self._refused += 1
+        self._metrics.web_connections_refused.inc()
+
     async def _bind(self, sock: socket.socket | None = None) -> None:
-        assert self._runner is not None
-        handler_factory = self._runner.server
-        assert handler_factory is not None
-
-        def protocol() -> asyncio.BaseProtocol:
-            if len(handler_factory.connections) >= self.max_connections:
-                self._refused += 1
-                self._metrics.web_connections_refused.inc()
-                return _Refuse()
-            return handler_factory()
-
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            self._server = await loop.create_server(protocol, sock=sock, backlog=128)
-        else:
-            self._server = await loop.create_server(protocol, self._listen.host, self._listen.port,
-                                                    reuse_address=True, backlog=128)
-        sock = self._server.sockets[0]
+        """Serve on `sock`, or bind `listen`; an OSError's strerror says what failed, naming the address."""
+        assert self._http is not None
+        if sock is None:
+            sock = tcp_listen_socket(self._listen, backlog=128)
+        try:
+            await self._http.serve(sock)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {self._listen}: {exc.strerror or exc}") from None
+        self._server = self._http
         host, port = sock.getsockname()[:2]
         self._bound = (host, port)
         self._allowed = Allowed.build(domain=self._domain, listen_host=self._listen.host, port=port, via=self._via)
@@ -218,18 +233,16 @@ class WebServer:
             try:
                 await self._bind()
             except OSError as exc:
-                self._last_error = f"cannot listen on {self._listen}: {exc.strerror or exc}"
+                self._last_error = exc.strerror or f"cannot listen on {self._listen}: {exc}"
                 delay = min(delay * 2, BIND_RETRY_MAX)
         await self._closing.wait()  # bound: nothing more to do until stop()
 
     async def stop(self) -> None:
         self._closing.set()
-        server, self._server = self._server, None
+        self._server = None
+        server, self._http = self._http, None
         if server is not None:
-            server.close()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+            await server.close()
         await self.probe.close()
         self._bound = None
 
@@ -239,7 +252,7 @@ class WebServer:
         return None if self._server is not None else self._last_error or f"not listening on {self._listen} yet"
 
     def status(self) -> WebStatus:
-        conns = len(self._runner.server.connections) if self._runner and self._runner.server else 0
+        conns = self._http.connections if self._http is not None else 0
         return {
             "listen": str(self._listen),
             "bound": self._bound,
@@ -262,60 +275,36 @@ class WebServer:
             if kind in ("routes", "reload") or kind.startswith(("service_", "cluster_", "docker", "kubernetes")):
                 self.probe.invalidate()
 
-    # ------------------------------------------------------------------ app
+    # ------------------------------------------------------------------ dispatch
 
-    def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=1024)
-        app.router.add_get("/", self._index)
-        app.router.add_get("/api/status", self._status)
-        app.router.add_get("/api/events", self._events)
-        app.on_response_prepare.append(self._headers)
-        return app
-
-    async def _headers(self, request: web.Request, resp: web.StreamResponse) -> None:
-        h = resp.headers
-        h.setdefault("Cache-Control", "no-store")
-        h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
-        h["X-Frame-Options"] = "DENY"
-        h["Cross-Origin-Resource-Policy"] = "same-origin"
-        h.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _dispatch(self, request: Request) -> Response | StreamResponse:
         self._requests += 1
-        info = request.match_info
-        endpoint = "unmatched"
-        if info.http_exception is None and info.route.resource is not None:
-            endpoint = info.route.resource.canonical
-        resp: web.StreamResponse
-        hosts = request.headers.getall("Host", [])
+        match = self._router.resolve(request.method, request.raw_path)
+        endpoint = match.pattern if match.handler is not None and match.pattern is not None else "unmatched"
+        resp: Response | StreamResponse
+        hosts = request.headers.getall("host")
         if len(hosts) != 1 or not host_ok(hosts[0], self._allowed):
             resp = _text(421, f"this page answers only as {self.url} or at its address")
         elif request.path.startswith("/api/") and not (
-                origin_ok(request.headers.get("Origin"), self._allowed)
-                and fetch_site_ok(request.headers.get("Sec-Fetch-Site"))):
+                origin_ok(request.headers.get("origin"), self._allowed)
+                and fetch_site_ok(request.headers.get("sec-fetch-site"))):
             resp = _text(403, "forbidden: another site may not read this page's data")
-        elif request.body_exists:
+        elif request.has_body:
             resp = _text(413, "request bodies are not accepted here")
+        elif match.handler is not None:
+            resp = await match.handler(request)
+        elif match.allowed:
+            resp = _text(405, "read-only: only GET and HEAD", {"Allow": "GET, HEAD"})
         else:
-            try:
-                resp = await handler(request)
-            except web.HTTPException as exc:
-                if exc.status == 405:
-                    resp = _text(405, "read-only: only GET and HEAD", {"Allow": "GET, HEAD"})
-                elif exc.status == 404:
-                    resp = _text(404, f"not found: {request.path[:200]}")
-                else:
-                    resp = _text(exc.status, exc.reason)
+            resp = _text(404, f"not found: {request.path[:200]}")
         self._metrics.web_requests.labels(endpoint=endpoint, status=str(resp.status)).inc()
-        return resp
+        return _safe(resp)
 
     # ------------------------------------------------------------------ handlers
 
-    async def _index(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._page, content_type="text/html", charset="utf-8",
-                            headers={"Content-Security-Policy": self._csp})
+    async def _index(self, request: Request) -> Response:
+        return Response(body=self._page, content_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": self._csp})
 
     async def status_document(self) -> PageStatus:
         src = self._source
@@ -341,52 +330,46 @@ class WebServer:
             "time": round(time.time(), 3),
         }
 
-    async def _status(self, request: web.Request) -> web.Response:
+    async def _status(self, request: Request) -> Response:
         return _json(await self.status_document())
 
-    async def _events(self, request: web.Request) -> web.StreamResponse:
+    async def _events(self, request: Request) -> Response | StreamResponse:
         if self._streams >= self.max_clients:
             self._metrics.web_sse_dropped.labels(reason="limit").inc()
             return _text(503, f"too many live pages open (web.max_clients = {self.max_clients})",
                          {"Retry-After": "5"})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
         self._streams += 1
         self._metrics.web_sse_clients.set(self._streams)
+        return StreamResponse(body=self._sse, content_type="text/event-stream", headers={"X-Accel-Buffering": "no"},
+                              on_close=self._stream_closed)
+
+    def _stream_closed(self) -> None:
+        self._streams -= 1
+        self._metrics.web_sse_clients.set(self._streams)
+
+    async def _sse(self, out: StreamWriter) -> None:
+        """One `data:` line per event, a comment after `SSE_KEEPALIVE` quiet seconds; `close()` cancels it."""
         stream = self._source.follow_events(replay=0)
         nxt: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(stream))
-        closing: asyncio.Future[Any] = asyncio.ensure_future(self._closing.wait())
         try:
-            await resp.prepare(request)
-            await self._write(resp, f"retry: {SSE_RETRY_MS}\n: maculad\n\n".encode())
-            while not self._closing.is_set():
-                waiting: set[asyncio.Future[Any]] = {nxt, closing}
-                done, _ = await asyncio.wait(waiting, timeout=SSE_KEEPALIVE,
-                                             return_when=asyncio.FIRST_COMPLETED)
+            await out.write(f"retry: {SSE_RETRY_MS}\n: maculad\n\n".encode())
+            while True:
+                done, _ = await asyncio.wait({nxt}, timeout=SSE_KEEPALIVE)
                 if nxt in done:
                     event = nxt.result()
                     nxt = asyncio.ensure_future(anext(stream))
-                    await self._write(resp, f"data: {json.dumps(event, default=str)}\n\n".encode())
-                elif not done:
-                    await self._write(resp, b": keep-alive\n\n")
-        except TimeoutError:
+                    await out.write(f"data: {json.dumps(event, default=str)}\n\n".encode())
+                else:
+                    await out.write(b": keep-alive\n\n")
+        except WriteTimeout:
             self._metrics.web_sse_dropped.labels(reason="slow").inc()
             log.info("web_stream_cut", reason=f"the client read nothing for {WRITE_TIMEOUT:g}s")
-            if request.transport is not None:
-                request.transport.abort()
-        except (ConnectionError, StopAsyncIteration):
+            raise
+        except StopAsyncIteration:
             pass
         finally:
-            for fut in (nxt, closing):
-                fut.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                    await fut
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await nxt
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
-            self._streams -= 1
-            self._metrics.web_sse_clients.set(self._streams)
-        return resp
-
-    @staticmethod
-    async def _write(resp: web.StreamResponse, chunk: bytes) -> None:
-        await asyncio.wait_for(resp.write(chunk), WRITE_TIMEOUT)
-
