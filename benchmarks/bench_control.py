@@ -33,7 +33,6 @@ from pathlib import Path
 from maculad.config import ControlConfig
 from maculad.control.server import ControlServer
 from maculad.observability.metrics import Metrics
-from maculad.core.tasks import TaskOwner
 from tests.support.control_target import TableTarget
 import uvloop
 
@@ -41,7 +40,7 @@ async def main():
     m = Metrics()
     srv = ControlServer(config=ControlConfig(socket=Path(sys.argv[2])),
                         target=TableTarget(config_path=Path(sys.argv[1])), metrics=m)
-    await srv.start(TaskOwner(metrics=m, on_fatal=lambda n, e: None))
+    await srv.start()
     print("ready", flush=True)
     await asyncio.Event().wait()
 
