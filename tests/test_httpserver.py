@@ -303,6 +303,13 @@ def test_request_bodies(loop_factory: Any) -> None:
             status, _, _ = await exchange(r, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                                              b"zz\r\nhello\r\n")
             assert status == 400
+            # a client that waits for 100 Continue before it sends the body
+            reader, writer = await r.connect()
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"hello")
+            assert (await read_response(reader))[::2] == (200, b"hello")
+            writer.close()
             # a body the handler does not read: answered, then the connection closes
             reader, writer = await r.connect()
             writer.write(b"POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")

@@ -278,6 +278,8 @@ class _Body:
         limit = self._conn.limits.max_body
         if self._declared is not None and self._declared > limit:
             raise HTTPError(413, f"the request body is larger than {limit} bytes")
+        if self._conn.waiting_for_100_continue:
+            self._conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         chunks: list[bytes] = []
         size = 0
         try:
@@ -401,6 +403,10 @@ class _Connection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    @property
+    def waiting_for_100_continue(self) -> bool:
+        return bool(self._h11.they_are_waiting_for_100_continue)
 
     def send(self, event: Any) -> None:
         assert self._transport is not None
