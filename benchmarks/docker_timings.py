@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from maculad.config import LogConfig, parse_config  # noqa: E402
-from maculad.adapters.docker.api import AiodockerAPI, resolve_endpoint  # noqa: E402
+from maculad.adapters.docker.api import EngineAPI, resolve_endpoint  # noqa: E402
 from maculad.adapters.docker.model import ContainerEvent  # noqa: E402
 from maculad.app.docker_tier import DockerTier  # noqa: E402
 from maculad.core.events import EventBus  # noqa: E402
@@ -66,7 +66,7 @@ class EventLog:
         self.by_id: dict[str, list[ContainerEvent]] = defaultdict(list)
         self.changed = asyncio.Event()
 
-    async def run(self, api: AiodockerAPI, label: str) -> None:
+    async def run(self, api: EngineAPI, label: str) -> None:
         stream = await api.events(labels=[label])
         try:
             async for ev in stream:
@@ -139,7 +139,7 @@ async def main(rounds: int, routes_n: int, spacing: float) -> None:
                 gone.setdefault(n, now)
 
     routes.add_listener(on_table)
-    api = AiodockerAPI(endpoint=resolve_endpoint(None))
+    api = EngineAPI(endpoint=resolve_endpoint(None))
     log = EventLog()
     ev_task = asyncio.create_task(log.run(api, label))
     await tier.start(owner)

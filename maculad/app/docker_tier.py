@@ -25,7 +25,7 @@ import structlog
 
 from maculad.config import Config
 from maculad.control.protocol import DockerStatus
-from maculad.adapters.docker.api import AiodockerAPI, DockerAPI, resolve_endpoint
+from maculad.adapters.docker.api import EngineAPI, DockerAPI, resolve_endpoint
 from maculad.adapters.docker.compose import ComposeBringUp
 from maculad.adapters.docker.inventory import DockerInventory
 from maculad.core.events import EventBus
@@ -53,7 +53,7 @@ class DockerTier:
     ) -> None:
         self._config = config
         self.endpoint = resolve_endpoint(config.docker.host)
-        self.api: DockerAPI = api if api is not None else AiodockerAPI(endpoint=self.endpoint)
+        self.api: DockerAPI = api if api is not None else EngineAPI(endpoint=self.endpoint)
         self.inventory = DockerInventory(api=self.api, metrics=metrics, labels=(*config.docker.labels, *labels))
         self.supervisor = ContainerSupervisor(
             inventory=self.inventory, api=self.api, config=config.docker, metrics=metrics, events=events,

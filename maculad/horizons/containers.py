@@ -36,7 +36,7 @@ import structlog
 
 from maculad.config import Config, DNSConfig, ProxyConfig
 from maculad.dns.server import DNSServer
-from maculad.adapters.docker.api import AiodockerAPI, DockerAPI, DockerAPIError, DockerUnavailable, resolve_endpoint
+from maculad.adapters.docker.api import EngineAPI, DockerAPI, DockerAPIError, DockerUnavailable, resolve_endpoint
 from maculad.horizons.plan import (
     DNS_PORT,
     HORIZON_CONTAINERS,
@@ -112,7 +112,7 @@ class ContainerHorizon:
         self._metrics = metrics
         self._own_api = api is None and config.docker.enabled
         self._api: DockerAPI | None = api if api is not None else (
-            AiodockerAPI(endpoint=resolve_endpoint(config.docker.host)) if config.docker.enabled else None)
+            EngineAPI(endpoint=resolve_endpoint(config.docker.host)) if config.docker.enabled else None)
         self._upstreams_of = upstreams
         self._front = front
         self.address: str | None = None

@@ -38,7 +38,7 @@ from maculad.config import Config
 from maculad.core.events import EventBus
 from maculad.core.fsutil import atomic_write
 from maculad.observability.metrics import Metrics
-from maculad.adapters.docker.api import AiodockerAPI, resolve_endpoint
+from maculad.adapters.docker.api import EngineAPI, resolve_endpoint
 from maculad.adapters.docker.nodes import KIND_NETWORK, EngineNodes, Node, NodeDocker, NodeDockerError
 from maculad.pki.leaves import LeafStore
 from maculad.pki.secret import REF as SECRET_REF
@@ -134,7 +134,7 @@ class ClusterSupervisor:
             binary=kc.binary, timeout=max(600.0, kc.ready_timeout)
         )
         self._docker: NodeDocker = docker if docker is not None else EngineNodes(
-            api=AiodockerAPI(endpoint=resolve_endpoint(config.docker.host)))
+            api=EngineAPI(endpoint=resolve_endpoint(config.docker.host)))
         self._owns_docker = docker is None
         self._kube_open: KubeOpener = kube if kube is not None else KubeSession.open
         self._clock = clock

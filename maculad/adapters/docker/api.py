@@ -1,36 +1,42 @@
-"""The one Docker engine client: the `DockerAPI` protocol and `AiodockerAPI`, its adapter.
+"""The one Docker engine client: the `DockerAPI` protocol and `EngineAPI`, its adapter.
 
-Everything maculad asks of the engine goes through `AiodockerAPI`, the only
-module importing aiodocker. The inventory and the container supervisor see it
-through `DockerAPI` (version, list, inspect, events, networks, start/stop/restart); the
-kind cluster supervisor through `NodeDocker` (`adapters.docker.nodes`), a thin
-view over the same client that adds the raw list, unpause, network connect and
-archive upload calls below. Failures are mapped onto three exceptions:
-`DockerUnavailable` (no engine at the endpoint: connection refused, socket
-missing, timed out), `ContainerNotFound` (404) and `DockerAPIError` (any other
-answer the engine refused, with its message).
+Everything maculad asks of the engine goes through `EngineAPI`, which speaks the
+engine's HTTP API over the adapters' one HTTP client (`adapters.http`). The
+inventory and the container supervisor see it through `DockerAPI` (version,
+list, inspect, events, networks, start/stop/restart); the kind cluster
+supervisor through `NodeDocker` (`adapters.docker.nodes`), a thin view over the
+same client that adds the raw list, unpause, network connect and archive upload
+calls below. Failures are mapped onto three exceptions: `DockerUnavailable` (no
+engine at the endpoint: connection refused, socket missing, timed out, a broken
+or malformed answer), `ContainerNotFound` (404) and `DockerAPIError` (any other
+4xx/5xx, with the engine's `message`).
 
 The endpoint comes from `docker.host` in the config, else `DOCKER_HOST`, else
-the default socket. The client is built without touching the socket, so a
-missing engine is an error of the first call, never of start-up.
+the default socket; a tcp:// endpoint uses TLS as the docker CLI does
+(`DOCKER_TLS_VERIFY`: verify against `DOCKER_CERT_PATH`/ca.pem; `DOCKER_TLS`:
+encrypt only; cert.pem/key.pem there as the client certificate). Versioned
+calls go to `/v{ApiVersion}` from one `GET /version` per client, asked again
+after the engine was unavailable (it may have been upgraded meanwhile). The
+client is built without touching the socket, so a missing engine is an error
+of the first call, never of start-up.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any, NoReturn, Protocol
-
 from urllib.parse import quote
 
-import aiodocker
-import aiohttp
-
 from maculad.adapters.docker.model import ContainerEvent, ContainerInfo, parse_event, parse_inspect
+from maculad.adapters.http import Endpoint, HTTPClient, HTTPUnavailable, Response, Stream
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+#: the longest event line read from the engine (an event is a few KiB)
+MAX_EVENT_LINE = 1024 * 1024
 
 #: Container events maculad reacts to (exec_* fire on every health check and are left out).
 WATCHED_ACTIONS: tuple[str, ...] = (
@@ -98,6 +104,40 @@ def resolve_endpoint(configured: str | None) -> str:
     return ep
 
 
+def tls_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
+    """The TLS context for a tcp:// engine, as the docker CLI builds it from the environment; None: plain.
+
+    ValueError names the file that is missing or unusable.
+    """
+    verify = bool(env.get("DOCKER_TLS_VERIFY"))
+    if not verify and not env.get("DOCKER_TLS"):
+        return None
+    certs = Path(env.get("DOCKER_CERT_PATH") or Path(env.get("HOME") or Path.home()) / ".docker")
+    ca, cert, key = certs / "ca.pem", certs / "cert.pem", certs / "key.pem"
+    try:
+        if verify:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cert.exists() and key.exists():
+            ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"the Docker TLS files in {certs} (DOCKER_CERT_PATH) are not usable: {exc}") from None
+    return ctx
+
+
+def engine_client(endpoint: str, *, timeout: float, env: Mapping[str, str]) -> HTTPClient:
+    """The HTTP client for `endpoint` (unix://, tcp:// with the docker CLI's TLS variables, http(s)://)."""
+    ctx = tls_context(env) if not endpoint.startswith("unix:") else None
+    default_port = 2376 if ctx is not None else 2375
+    ep = Endpoint.parse(endpoint, default_port=default_port)
+    if ctx is not None and ep.scheme == "http":
+        ep = Endpoint("https", ep.host, ep.port, "")
+    return HTTPClient(ep, ssl=ctx if ep.scheme == "https" else None, timeout=timeout, connect_timeout=5.0)
+
+
 def _filters(labels: Sequence[str], **more: Sequence[str]) -> str:
     f: dict[str, list[str]] = {k: list(v) for k, v in more.items() if v}
     if labels:
@@ -105,84 +145,100 @@ def _filters(labels: Sequence[str], **more: Sequence[str]) -> str:
     return json.dumps(f)
 
 
-class _AiodockerEvents:
-    def __init__(self, stack: AsyncExitStack, response: aiohttp.ClientResponse) -> None:
-        self._stack = stack
-        self._response = response
+def _engine_message(resp: Response) -> str:
+    """The engine's `{"message": ...}`, else the start of the body as text."""
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])
+    return resp.body[:500].decode("utf-8", "replace").strip() or f"HTTP {resp.status} {resp.reason}"
+
+
+class _EngineEvents:
+    def __init__(self, api: EngineAPI, stream: Stream) -> None:
+        self._api = api
+        self._stream = stream
 
     async def __aiter__(self) -> AsyncIterator[ContainerEvent]:
-        while True:
-            try:
-                line = await self._response.content.readline()
-            except (aiohttp.ClientError, OSError) as exc:
-                raise DockerUnavailable(f"event stream broke: {exc}") from exc
-            if not line:
-                return  # the engine closed the stream (it stopped or restarts)
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                ev = parse_event(data)
-                if ev is not None:
-                    yield ev
+        try:
+            async for line in self._stream.lines(max_line=MAX_EVENT_LINE):
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(data, dict):
+                    ev = parse_event(data)
+                    if ev is not None:
+                        yield ev
+        except HTTPUnavailable as exc:
+            self._api._forget_version()
+            raise DockerUnavailable(f"event stream broke: {exc}") from None
+        # the body ended: the engine closed the stream (it stopped or restarts)
 
     async def close(self) -> None:
-        self._response.close()
-        await self._stack.aclose()
+        await self._stream.close()
 
 
-class AiodockerAPI:
-    """`DockerAPI` over aiodocker; one HTTP client per instance."""
+class EngineAPI:
+    """`DockerAPI` over the engine's HTTP API; one HTTP client (a small keep-alive pool) per instance."""
 
-    def __init__(self, *, endpoint: str, request_timeout: float = 30.0) -> None:
+    def __init__(self, *, endpoint: str, request_timeout: float = 30.0, env: Mapping[str, str] | None = None) -> None:
         self.endpoint = endpoint
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=5.0)
-        self._client: aiodocker.Docker | None = None
+        self._timeout = request_timeout
+        self._env = env
+        self._client: HTTPClient | None = None
+        self._prefix: str | None = None  # "/v1.47": from GET /version
 
-    def _docker(self) -> aiodocker.Docker:
+    def _http(self) -> HTTPClient:
         if self._client is None:
             try:
-                self._client = aiodocker.Docker(url=self.endpoint, timeout=self._timeout)
+                self._client = engine_client(self.endpoint, timeout=self._timeout,
+                                             env=os.environ if self._env is None else self._env)
             except ValueError as exc:
                 raise DockerUnavailable(f"bad Docker endpoint {self.endpoint!r}: {exc}") from exc
         return self._client
 
-    async def _call(self, path: str, *, method: str = "GET", params: dict[str, Any] | None = None,
-                    versioned: bool = True, timeout: float | None = None, data: Any = None,
+    def _forget_version(self) -> None:
+        self._prefix = None
+
+    async def _versioned(self, path: str) -> str:
+        if self._prefix is None:
+            data = await self._call("version", versioned=False)
+            api_version = data.get("ApiVersion") if isinstance(data, dict) else None
+            if not isinstance(api_version, str) or not api_version:
+                raise DockerAPIError(0, "version: the engine named no ApiVersion")
+            self._prefix = f"/v{quote(api_version, safe='.')}"
+        return f"{self._prefix}/{path}"
+
+    def _unavailable(self, exc: HTTPUnavailable) -> NoReturn:
+        self._forget_version()  # the engine may come back as another version
+        raise DockerUnavailable(f"Docker engine at {self.endpoint} did not answer: {exc}") from None
+
+    async def _call(self, path: str, *, method: str = "GET", params: dict[str, str] | None = None,
+                    versioned: bool = True, timeout: float | None = None, data: bytes | None = None,
                     headers: Mapping[str, str] | None = None) -> Any:
-        docker = self._docker()
-        kw: dict[str, Any] = {}
-        if data is not None:
-            kw["data"] = data
-        if headers is not None:
-            kw["headers"] = headers
-        if timeout is not None:
-            kw["timeout"] = aiohttp.ClientTimeout(total=timeout, connect=5.0)
+        client = self._http()
+        target = await self._versioned(path) if versioned else f"/{path}"
         try:
-            async with docker._query(path, method=method, params=params, versioned_api=versioned,
-                                     **kw) as resp:
-                body = await resp.read()
-        except aiodocker.DockerError as exc:
-            self._raise(exc)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise DockerUnavailable(f"Docker engine at {self.endpoint} did not answer: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-        if not body:
+            resp = await client.request(method, target, params=params, headers=headers, body=data, timeout=timeout)
+        except HTTPUnavailable as exc:
+            self._unavailable(exc)
+        if resp.status >= 400:
+            self._raise(resp.status, _engine_message(resp))
+        if not resp.body:
             return None
         try:
-            return json.loads(body)
+            return resp.json()
         except ValueError:
             return None
 
-    def _raise(self, exc: aiodocker.DockerError) -> NoReturn:
-        status = int(exc.status)
-        msg = str(exc.message)
-        if status == 900:
-            raise DockerUnavailable(msg) from exc
+    @staticmethod
+    def _raise(status: int, msg: str) -> NoReturn:
         if status == 404:
-            raise ContainerNotFound(msg) from exc
-        raise DockerAPIError(status, msg) from exc
+            raise ContainerNotFound(msg)
+        raise DockerAPIError(status, msg)
 
     async def version(self) -> Mapping[str, Any]:
         data = await self._call("version", versioned=False, timeout=10.0)
@@ -203,20 +259,22 @@ class AiodockerAPI:
         return parse_inspect(data)
 
     async def events(self, *, labels: Sequence[str] = ()) -> EventStream:
-        docker = self._docker()
-        stack = AsyncExitStack()
+        client = self._http()
         params = {"filters": _filters(labels, type=["container"], event=WATCHED_ACTIONS)}
+        target = await self._versioned("events")
         try:
-            resp = await stack.enter_async_context(docker._query(
-                "events", params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=5.0),
-            ))
-        except aiodocker.DockerError as exc:
-            await stack.aclose()
-            self._raise(exc)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            await stack.aclose()
-            raise DockerUnavailable(f"Docker engine at {self.endpoint}: {type(exc).__name__}: {exc}") from exc
-        return _AiodockerEvents(stack, resp)
+            stream = await client.stream("GET", target, params=params)
+        except HTTPUnavailable as exc:
+            self._unavailable(exc)
+        if stream.status >= 400:
+            try:
+                body = await stream.read()
+            except HTTPUnavailable as exc:
+                self._unavailable(exc)
+            finally:
+                await stream.close()
+            self._raise(stream.status, _engine_message(Response(stream.status, stream.reason, stream.headers, body)))
+        return _EngineEvents(self, stream)
 
     async def networks(self) -> list[Any]:
         data = await self._call("networks")
@@ -258,7 +316,8 @@ class AiodockerAPI:
 
     async def network_connect(self, network: str, container: str) -> None:
         await self._call(f"networks/{quote(network, safe='')}/connect", method="POST",
-                         data=json.dumps({"Container": container}), headers={"Content-Type": "application/json"})
+                         data=json.dumps({"Container": container}).encode(),
+                         headers={"Content-Type": "application/json"})
 
     async def put_archive(self, container: str, path: str, archive: bytes) -> None:
         """Extract a tar `archive` at `path` inside `container`."""

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from maculad.adapters.docker.api import AiodockerAPI, ContainerNotFound, DockerAPIError, DockerUnavailable
+from maculad.adapters.docker.api import EngineAPI, ContainerNotFound, DockerAPIError, DockerUnavailable
 
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"
@@ -134,9 +134,9 @@ class NodeDocker(Protocol):
 
 
 class EngineNodes:
-    """`NodeDocker` over the one Docker client (`AiodockerAPI`); every engine error → `NodeDockerError`."""
+    """`NodeDocker` over the one Docker client (`EngineAPI`); every engine error → `NodeDockerError`."""
 
-    def __init__(self, *, api: AiodockerAPI, owns_api: bool = True) -> None:
+    def __init__(self, *, api: EngineAPI, owns_api: bool = True) -> None:
         self._api = api
         self._owns_api = owns_api
 
