@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from maculad.adapters.http import MAX_HEAD, Endpoint, HTTPClient, HTTPUnavailable, Response
+from maculad.adapters.http import (
+    MAX_HEAD,
+    Endpoint,
+    HTTPClient,
+    HTTPTimeout,
+    HTTPTooLarge,
+    HTTPUnavailable,
+    Response,
+)
 from tests.support.rawhttp import Handler, RawServer, keepalive
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -358,9 +366,9 @@ async def test_oversized_head_is_unavailable() -> None:
     srv, client = await serve(keepalive(big + b"\r\n"))
     try:
         assert len(big) > MAX_HEAD
-        with pytest.raises(HTTPUnavailable, match="malformed answer"):
+        with pytest.raises(HTTPTooLarge, match=f"head .*exceeds {MAX_HEAD} bytes"):
             await client.request("GET", "/")
-        with pytest.raises(HTTPUnavailable, match="malformed answer"):
+        with pytest.raises(HTTPTooLarge, match=f"head .*exceeds {MAX_HEAD} bytes"):
             await client.stream("GET", "/")
     finally:
         await client.close()
@@ -387,10 +395,10 @@ async def test_oversized_body_is_unavailable(framing: str) -> None:
     srv = RawServer(handler)
     client = HTTPClient(await srv.tcp(), max_body=1500)
     try:
-        with pytest.raises(HTTPUnavailable, match="exceeds 1500 bytes"):
+        with pytest.raises(HTTPTooLarge, match="exceeds 1500 bytes"):
             await client.request("GET", "/")
         stream = await client.stream("GET", "/")
-        with pytest.raises(HTTPUnavailable, match="exceeds 1500 bytes"):
+        with pytest.raises(HTTPTooLarge, match="exceeds 1500 bytes"):
             await stream.read()
     finally:
         await client.close()
@@ -403,7 +411,7 @@ async def test_oversized_line_is_unavailable() -> None:
     try:
         stream = await client.stream("GET", "/")
         got = []
-        with pytest.raises(HTTPUnavailable, match="line exceeds 100 bytes"):
+        with pytest.raises(HTTPTooLarge, match="line exceeds 100 bytes"):
             async for line in stream.lines(max_line=100):
                 got.append(line)
         assert got == [b"fine"]
@@ -432,9 +440,9 @@ async def test_server_that_never_answers_times_out() -> None:
 
     srv, client = await serve(handler)
     try:
-        with pytest.raises(HTTPUnavailable, match=r"no answer to GET /slow within 0\.2 s"):
+        with pytest.raises(HTTPTimeout, match=r"no answer to GET /slow within 0\.2 s"):
             await client.request("GET", "/slow", timeout=0.2)
-        with pytest.raises(HTTPUnavailable, match=r"no answer to GET /watch within 0\.2 s"):
+        with pytest.raises(HTTPTimeout, match=r"no answer to GET /watch within 0\.2 s"):
             await client.stream("GET", "/watch", timeout=0.2)
     finally:
         await client.close()

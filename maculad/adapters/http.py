@@ -16,7 +16,8 @@ this module owns the sockets, the time limits, the size limits and the pool.
 - Every failure to get an answer — refused, socket missing, reset, timed out,
   TLS failure, a malformed or oversized answer (head > 64 KiB, body >
   `max_body`, a streamed line > `max_line`) — is `HTTPUnavailable`, whose
-  message names the endpoint and the cause. An answer with any status is a
+  message names the endpoint and the cause (`HTTPTimeout` and `HTTPTooLarge`
+  are the two kinds an adapter may want to tell apart). An answer with any status is a
   `Response`: what a status means is the adapter's business.
 - Keep-alive: at most `max_idle` idle connections are kept and reused; one the
   server closed is dropped, and an idempotent request (GET/HEAD/PUT/DELETE) that
@@ -127,6 +128,14 @@ class HTTPUnavailable(Exception):
     """No (complete, well-formed, bounded) answer from the server; the message names endpoint and cause."""
 
 
+class HTTPTimeout(HTTPUnavailable):
+    """No connection, or no (complete) answer, within the time limit."""
+
+
+class HTTPTooLarge(HTTPUnavailable):
+    """The answer exceeds a bound: head > 64 KiB, body > `max_body`, a streamed line > `max_line`."""
+
+
 def _freeze_headers(items: list[tuple[bytes, bytes]]) -> Mapping[str, str]:
     out: dict[str, str] = {}
     for name_b, value_b in items:
@@ -152,10 +161,22 @@ class Response:
 class _Broken(Exception):
     """A connection failed; `answered`: whether any byte of the answer had arrived."""
 
-    def __init__(self, cause: str, *, answered: bool) -> None:
+    def __init__(self, cause: str, *, answered: bool, too_large: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
         self.answered = answered
+        self.too_large = too_large
+
+    def public(self, endpoint: Endpoint, prefix: str = "") -> HTTPUnavailable:
+        cls = HTTPTooLarge if self.too_large else HTTPUnavailable
+        return cls(f"{endpoint}: {prefix}{self.cause}")
+
+
+def _protocol_error(exc: h11.RemoteProtocolError, *, answered: bool) -> _Broken:
+    if exc.error_status_hint == 431:  # h11's max_incomplete_event_size
+        return _Broken(f"the answer's head (or a chunk header) exceeds {MAX_HEAD} bytes", answered=answered,
+                       too_large=True)
+    return _Broken(f"malformed answer: {exc}", answered=answered)
 
 
 def _describe(exc: BaseException) -> str:
@@ -207,7 +228,7 @@ class _Conn:
             try:
                 ev = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                raise _Broken(f"malformed answer: {exc}", answered=self.answered) from None
+                raise _protocol_error(exc, answered=self.answered) from None
             if ev is h11.NEED_DATA:
                 try:
                     data = await self.reader.read(_READ_SIZE)
@@ -220,7 +241,7 @@ class _Conn:
                 try:
                     self.h11.receive_data(data)
                 except h11.RemoteProtocolError as exc:
-                    raise _Broken(f"malformed answer: {exc}", answered=self.answered) from None
+                    raise _protocol_error(exc, answered=self.answered) from None
                 continue
             if isinstance(ev, h11.ConnectionClosed):
                 raise _Broken("the server closed the connection", answered=self.answered)
@@ -262,7 +283,7 @@ class Stream:
                 if self._closed:
                     return None
                 await self.close()
-                raise HTTPUnavailable(f"{self._client.endpoint}: the stream broke: {exc.cause}") from None
+                raise exc.public(self._client.endpoint, "the stream broke: ") from None
             if isinstance(ev, h11.Data):
                 if ev.data:
                     return bytes(ev.data)
@@ -290,7 +311,7 @@ class Stream:
                 pos = buf.find(b"\n")
             if (pos if pos >= 0 else len(buf)) > max_line:
                 await self.close()
-                raise HTTPUnavailable(f"{self._client.endpoint}: a streamed line exceeds {max_line} bytes")
+                raise HTTPTooLarge(f"{self._client.endpoint}: a streamed line exceeds {max_line} bytes")
 
     async def read(self) -> bytes:
         """The rest of the body; HTTPUnavailable beyond the client's `max_body`."""
@@ -300,7 +321,7 @@ class Stream:
             size += len(chunk)
             if size > self._client.max_body:
                 await self.close()
-                raise HTTPUnavailable(f"{self._client.endpoint}: the answer exceeds {self._client.max_body} bytes")
+                raise HTTPTooLarge(f"{self._client.endpoint}: the answer exceeds {self._client.max_body} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -348,7 +369,7 @@ class HTTPClient:
             async with asyncio.timeout(limit):
                 return await self._request(method, req, body)
         except TimeoutError:
-            raise HTTPUnavailable(f"{self.endpoint}: no answer to {method} {path} within {limit:g} s") from None
+            raise HTTPTimeout(f"{self.endpoint}: no answer to {method} {path} within {limit:g} s") from None
 
     async def stream(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
                      headers: Mapping[str, str] | None = None, body: bytes | None = None,
@@ -365,11 +386,11 @@ class HTTPClient:
         except TimeoutError:
             if conn is not None:
                 conn.close()
-            raise HTTPUnavailable(f"{self.endpoint}: no answer to {method} {path} within {limit:g} s") from None
+            raise HTTPTimeout(f"{self.endpoint}: no answer to {method} {path} within {limit:g} s") from None
         except _Broken as exc:
             assert conn is not None
             conn.close()
-            raise HTTPUnavailable(f"{self.endpoint}: {exc.cause}") from None
+            raise exc.public(self.endpoint) from None
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -421,7 +442,7 @@ class HTTPClient:
                 else:
                     reader, writer = await asyncio.open_connection(ep.host, ep.port, limit=_READ_SIZE)
         except TimeoutError:
-            raise HTTPUnavailable(f"{ep}: no connection within {self.connect_timeout:g} s") from None
+            raise HTTPTimeout(f"{ep}: no connection within {self.connect_timeout:g} s") from None
         except FileNotFoundError:
             raise HTTPUnavailable(f"{ep}: the socket {ep.path} does not exist") from None
         except PermissionError:
@@ -475,7 +496,7 @@ class HTTPClient:
                     if isinstance(ev, h11.Data):
                         size += len(ev.data)
                         if size > self.max_body:
-                            raise HTTPUnavailable(f"{self.endpoint}: the answer exceeds {self.max_body} bytes")
+                            raise HTTPTooLarge(f"{self.endpoint}: the answer exceeds {self.max_body} bytes")
                         parts.append(bytes(ev.data))
                 done = True
             except _Broken as exc:
@@ -483,7 +504,7 @@ class HTTPClient:
                     conn.close()
                     conn, reused = None, False  # the server closed it while idle: once more, on a new one
                     continue
-                raise HTTPUnavailable(f"{self.endpoint}: {exc.cause}") from None
+                raise exc.public(self.endpoint) from None
             finally:
                 if conn is not None:
                     if done:
