@@ -5,17 +5,17 @@ zone's RRsets. PowerDNS's replies are untrusted input: a body larger than
 `MAX_BODY`, one that is not JSON, or a status maculad does not expect becomes
 a `PowerDNSError` with a `kind` and a message a person can act on — never an
 exception of another type. A missing zone is `ZoneMissing` so the caller can
-create it. The API key is sent only in the header and never logged.
+create it. The API key is sent only in the header and never logged. The HTTP
+is the adapters' one client (`adapters.http`, a keep-alive pool of up to 4).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, Literal
 from urllib.parse import quote
 
-import aiohttp
+from maculad.adapters.http import Endpoint, HTTPClient, HTTPTimeout, HTTPTooLarge, HTTPUnavailable
 
 #: the largest reply read from PowerDNS (a 1,000-route zone lists in well under 1 MiB)
 MAX_BODY = 32 * 1024 * 1024
@@ -40,19 +40,21 @@ class PowerDNSAPI:
     """One server of one PowerDNS API endpoint; `requests` counts calls by (method, result)."""
 
     def __init__(self, *, api: str, api_key: str, server_id: str, timeout: float) -> None:
-        self.base = f"{api.rstrip('/')}/api/v1/servers/{quote(server_id, safe='')}"
+        self._api = api.rstrip("/")
+        self._path = f"/api/v1/servers/{quote(server_id, safe='')}"
+        self.base = self._api + self._path
         self._key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = timeout
+        self._client: HTTPClient | None = None
         self.requests: dict[tuple[str, str], int] = {}
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     def _zone_url(self, zone: str) -> str:
-        return f"{self.base}/zones/{quote(zone.rstrip('.') + '.', safe='')}"
+        return f"{self._path}/zones/{quote(zone.rstrip('.') + '.', safe='')}"
 
     async def get_zone(self, zone: str) -> Any:
         """The zone with its RRsets (parsed JSON, shape unchecked); ZoneMissing when it does not exist."""
@@ -65,7 +67,7 @@ class PowerDNSAPI:
     async def create_zone(self, zone: str, *, nameservers: tuple[str, ...]) -> None:
         z = zone.rstrip(".") + "."
         body = {"name": z, "kind": "Native", "nameservers": [n.rstrip(".") + "." for n in nameservers]}
-        status, reply = await self._call("POST", f"{self.base}/zones", body)
+        status, reply = await self._call("POST", f"{self._path}/zones", body)
         if status == 409:  # created meanwhile by someone else: fine
             return
         self._expect(status, reply, (201, 204), f"creating zone {zone}")
@@ -82,37 +84,29 @@ class PowerDNSAPI:
         key = (method, result)
         self.requests[key] = self.requests.get(key, 0) + 1
 
-    async def _call(self, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=4),
-                headers={"X-API-Key": self._key, "Accept": "application/json"},
-            )
+    def _http(self) -> HTTPClient:
+        if self._client is None:
+            self._client = HTTPClient(Endpoint.parse(self._api), timeout=self._timeout, max_body=MAX_BODY,
+                                      headers={"X-API-Key": self._key, "Accept": "application/json"}, max_idle=4)
+        return self._client
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
         try:
-            async with self._session.request(method, url, data=data, headers=headers) as resp:
-                status = resp.status
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        break
-                    chunks.append(chunk)
-                raw = b"".join(chunks)
-        except TimeoutError:
+            resp = await self._http().request(method, path, headers=headers, body=data)
+        except HTTPTimeout:
             self._count(method, "timeout")
             raise PowerDNSError("unreachable", f"PowerDNS API at {self.base} did not answer in time") from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except HTTPTooLarge:
+            self._count(method, "error")
+            raise PowerDNSError("format", f"PowerDNS sent more than {MAX_BODY} bytes for {method} "
+                                          f"{self._api}{path}") from None
+        except (HTTPUnavailable, ValueError) as exc:  # ValueError: a bad API URL, or a key no header can carry
             self._count(method, "error")
             raise PowerDNSError("unreachable",
                                 f"PowerDNS API at {self.base} is unreachable: {exc or type(exc).__name__}") from None
-        except asyncio.CancelledError:
-            raise
-        if size > MAX_BODY:
-            self._count(method, "error")
-            raise PowerDNSError("format", f"PowerDNS sent more than {MAX_BODY} bytes for {method} {url}")
+        status, raw = resp.status, resp.body
         self._count(method, str(status))
         if status == 401:
             raise PowerDNSError("auth", "PowerDNS refused the API key (401 Unauthorized): check "
