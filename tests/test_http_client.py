@@ -420,6 +420,21 @@ async def test_oversized_line_is_unavailable() -> None:
         await srv.close()
 
 
+async def test_short_body_is_unavailable_not_truncated() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: RawServer) -> None:
+        await srv.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+
+    srv, client = await serve(handler)
+    try:
+        with pytest.raises(HTTPUnavailable, match="closed the connection in the middle of the answer"):
+            await client.request("GET", "/")
+    finally:
+        await client.close()
+        await srv.close()
+
+
 async def test_malformed_answer_is_unavailable() -> None:
     srv, client = await serve(keepalive(b"SMTP ready\r\n\r\n"))
     try:
@@ -455,8 +470,9 @@ async def test_refused_and_missing_socket(tmp_path: Path) -> None:
     port = s.getsockname()[1]
     s.close()
     client = HTTPClient(Endpoint.parse(f"tcp://127.0.0.1:{port}"))
-    with pytest.raises(HTTPUnavailable, match=rf"http://127\.0\.0\.1:{port}: connection refused"):
+    with pytest.raises(HTTPUnavailable, match=rf"http://127\.0\.0\.1:{port}: connection refused") as err:
         await client.request("GET", "/")
+    assert err.value.cause == "connection refused"  # for an adapter naming the server its own way
     missing = tmp_path / "no.sock"
     client = HTTPClient(Endpoint.parse(f"unix://{missing}"))
     with pytest.raises(HTTPUnavailable, match=f"unix://{missing}: the socket {missing} does not exist"):

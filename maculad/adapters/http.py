@@ -127,6 +127,11 @@ class Endpoint:
 class HTTPUnavailable(Exception):
     """No (complete, well-formed, bounded) answer from the server; the message names endpoint and cause."""
 
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
+        super().__init__(message)
+        #: the cause alone, for an adapter that names the server its own way
+        self.cause = message if cause is None else cause
+
 
 class HTTPTimeout(HTTPUnavailable):
     """No connection, or no (complete) answer, within the time limit."""
@@ -134,6 +139,10 @@ class HTTPTimeout(HTTPUnavailable):
 
 class HTTPTooLarge(HTTPUnavailable):
     """The answer exceeds a bound: head > 64 KiB, body > `max_body`, a streamed line > `max_line`."""
+
+
+def _fail(cls: type[HTTPUnavailable], endpoint: Endpoint, cause: str) -> HTTPUnavailable:
+    return cls(f"{endpoint}: {cause}", cause=cause)
 
 
 def _freeze_headers(items: list[tuple[bytes, bytes]]) -> Mapping[str, str]:
@@ -169,13 +178,15 @@ class _Broken(Exception):
 
     def public(self, endpoint: Endpoint, prefix: str = "") -> HTTPUnavailable:
         cls = HTTPTooLarge if self.too_large else HTTPUnavailable
-        return cls(f"{endpoint}: {prefix}{self.cause}")
+        return cls(f"{endpoint}: {prefix}{self.cause}", cause=self.cause)
 
 
-def _protocol_error(exc: h11.RemoteProtocolError, *, answered: bool) -> _Broken:
+def _protocol_error(exc: h11.RemoteProtocolError, *, answered: bool, eof: bool) -> _Broken:
     if exc.error_status_hint == 431:  # h11's max_incomplete_event_size
         return _Broken(f"the answer's head (or a chunk header) exceeds {MAX_HEAD} bytes", answered=answered,
                        too_large=True)
+    if eof:
+        return _Broken(f"the server closed the connection in the middle of the answer ({exc})", answered=answered)
     return _Broken(f"malformed answer: {exc}", answered=answered)
 
 
@@ -201,6 +212,7 @@ class _Conn:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.loop = asyncio.get_running_loop()
         self.answered = False  # any byte of the current answer received
+        self.eof = False  # the server closed its side
 
     def idle_ok(self) -> bool:
         """Still usable after sitting idle: same loop, not closed, nothing unsolicited sent by the server."""
@@ -228,20 +240,21 @@ class _Conn:
             try:
                 ev = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                raise _protocol_error(exc, answered=self.answered) from None
+                raise _protocol_error(exc, answered=self.answered, eof=self.eof) from None
             if ev is h11.NEED_DATA:
                 try:
                     data = await self.reader.read(_READ_SIZE)
                 except OSError as exc:
                     raise _Broken(_describe(exc), answered=self.answered) from None
-                if data:
-                    self.answered = True
-                elif not self.answered:
-                    raise _Broken("the server closed the connection without answering", answered=False)
+                if not data:
+                    self.eof = True
+                    if not self.answered:
+                        raise _Broken("the server closed the connection without answering", answered=False)
+                self.answered = True
                 try:
                     self.h11.receive_data(data)
                 except h11.RemoteProtocolError as exc:
-                    raise _protocol_error(exc, answered=self.answered) from None
+                    raise _protocol_error(exc, answered=self.answered, eof=self.eof) from None
                 continue
             if isinstance(ev, h11.ConnectionClosed):
                 raise _Broken("the server closed the connection", answered=self.answered)
@@ -311,7 +324,7 @@ class Stream:
                 pos = buf.find(b"\n")
             if (pos if pos >= 0 else len(buf)) > max_line:
                 await self.close()
-                raise HTTPTooLarge(f"{self._client.endpoint}: a streamed line exceeds {max_line} bytes")
+                raise _fail(HTTPTooLarge, self._client.endpoint, f"a streamed line exceeds {max_line} bytes")
 
     async def read(self) -> bytes:
         """The rest of the body; HTTPUnavailable beyond the client's `max_body`."""
@@ -321,7 +334,8 @@ class Stream:
             size += len(chunk)
             if size > self._client.max_body:
                 await self.close()
-                raise HTTPTooLarge(f"{self._client.endpoint}: the answer exceeds {self._client.max_body} bytes")
+                raise _fail(HTTPTooLarge, self._client.endpoint,
+                            f"the answer exceeds {self._client.max_body} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -369,7 +383,7 @@ class HTTPClient:
             async with asyncio.timeout(limit):
                 return await self._request(method, req, body)
         except TimeoutError:
-            raise HTTPTimeout(f"{self.endpoint}: no answer to {method} {path} within {limit:g} s") from None
+            raise _fail(HTTPTimeout, self.endpoint, f"no answer to {method} {path} within {limit:g} s") from None
 
     async def stream(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
                      headers: Mapping[str, str] | None = None, body: bytes | None = None,
@@ -386,7 +400,7 @@ class HTTPClient:
         except TimeoutError:
             if conn is not None:
                 conn.close()
-            raise HTTPTimeout(f"{self.endpoint}: no answer to {method} {path} within {limit:g} s") from None
+            raise _fail(HTTPTimeout, self.endpoint, f"no answer to {method} {path} within {limit:g} s") from None
         except _Broken as exc:
             assert conn is not None
             conn.close()
@@ -435,20 +449,22 @@ class HTTPClient:
                 if ep.scheme == "unix":
                     reader, writer = await asyncio.open_unix_connection(ep.path, limit=_READ_SIZE)
                 elif ep.scheme == "https":
-                    ctx = self._ssl if self._ssl is not None else _ssl.create_default_context()
+                    if self._ssl is None:  # the system's trust store, loaded once per client
+                        self._ssl = _ssl.create_default_context()
+                    ctx = self._ssl
                     reader, writer = await asyncio.open_connection(
                         ep.host, ep.port, ssl=ctx, server_hostname=self._server_hostname or ep.host,
                         limit=_READ_SIZE)
                 else:
                     reader, writer = await asyncio.open_connection(ep.host, ep.port, limit=_READ_SIZE)
         except TimeoutError:
-            raise HTTPTimeout(f"{ep}: no connection within {self.connect_timeout:g} s") from None
+            raise _fail(HTTPTimeout, ep, f"no connection within {self.connect_timeout:g} s") from None
         except FileNotFoundError:
-            raise HTTPUnavailable(f"{ep}: the socket {ep.path} does not exist") from None
+            raise _fail(HTTPUnavailable, ep, f"the socket {ep.path} does not exist") from None
         except PermissionError:
-            raise HTTPUnavailable(f"{ep}: permission denied") from None
+            raise _fail(HTTPUnavailable, ep, "permission denied") from None
         except (OSError, ValueError) as exc:  # ValueError: the TLS layer refusing the server's certificate
-            raise HTTPUnavailable(f"{ep}: {_describe(exc)}") from None
+            raise _fail(HTTPUnavailable, ep, _describe(exc)) from None
         self.connections_opened += 1
         return _Conn(reader, writer)
 
@@ -496,7 +512,7 @@ class HTTPClient:
                     if isinstance(ev, h11.Data):
                         size += len(ev.data)
                         if size > self.max_body:
-                            raise HTTPTooLarge(f"{self.endpoint}: the answer exceeds {self.max_body} bytes")
+                            raise _fail(HTTPTooLarge, self.endpoint, f"the answer exceeds {self.max_body} bytes")
                         parts.append(bytes(ev.data))
                 done = True
             except _Broken as exc:

@@ -104,8 +104,8 @@ class PowerDNSAPI:
                                           f"{self._api}{path}") from None
         except (HTTPUnavailable, ValueError) as exc:  # ValueError: a bad API URL, or a key no header can carry
             self._count(method, "error")
-            raise PowerDNSError("unreachable",
-                                f"PowerDNS API at {self.base} is unreachable: {exc or type(exc).__name__}") from None
+            cause = exc.cause if isinstance(exc, HTTPUnavailable) else str(exc)
+            raise PowerDNSError("unreachable", f"PowerDNS API at {self.base} is unreachable: {cause}") from None
         status, raw = resp.status, resp.body
         self._count(method, str(status))
         if status == 401:

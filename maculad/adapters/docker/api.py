@@ -174,7 +174,7 @@ class _EngineEvents:
                         yield ev
         except HTTPUnavailable as exc:
             self._api._forget_version()
-            raise DockerUnavailable(f"event stream broke: {exc}") from None
+            raise DockerUnavailable(f"the event stream from {self._api.endpoint} broke: {exc.cause}") from None
         # the body ended: the engine closed the stream (it stopped or restarts)
 
     async def close(self) -> None:
@@ -214,7 +214,7 @@ class EngineAPI:
 
     def _unavailable(self, exc: HTTPUnavailable) -> NoReturn:
         self._forget_version()  # the engine may come back as another version
-        raise DockerUnavailable(f"Docker engine at {self.endpoint} did not answer: {exc}") from None
+        raise DockerUnavailable(f"Docker engine at {self.endpoint} did not answer: {exc.cause}") from None
 
     async def _call(self, path: str, *, method: str = "GET", params: dict[str, str] | None = None,
                     versioned: bool = True, timeout: float | None = None, data: bytes | None = None,
