@@ -133,6 +133,10 @@ async def test_load_manifest_from_path_file_url_and_http(tmp_path: Path) -> None
     async def serve(request: web.Request) -> web.Response:
         if request.path == "/deploy.yaml":
             return web.Response(text=INGRESS_MANIFEST)
+        if request.path == "/releases/latest/deploy.yaml":  # as release download URLs do
+            raise web.HTTPFound("/deploy.yaml")
+        if request.path == "/loop":
+            raise web.HTTPFound("/loop")
         return web.Response(status=404)
 
     app = web.Application()
@@ -145,8 +149,12 @@ async def test_load_manifest_from_path_file_url_and_http(tmp_path: Path) -> None
     try:
         assert await load_manifest(f"http://127.0.0.1:{port}/deploy.yaml", base=tmp_path, timeout=5) == \
             INGRESS_MANIFEST
+        assert await load_manifest(f"http://127.0.0.1:{port}/releases/latest/deploy.yaml", base=tmp_path,
+                                   timeout=5) == INGRESS_MANIFEST
         with pytest.raises(ManifestError, match="HTTP 404"):
             await load_manifest(f"http://127.0.0.1:{port}/nope.yaml", base=tmp_path, timeout=5)
+        with pytest.raises(ManifestError, match="more than 5 redirects"):
+            await load_manifest(f"http://127.0.0.1:{port}/loop", base=tmp_path, timeout=5)
     finally:
         await runner.cleanup()
     with pytest.raises(ManifestError, match="cannot fetch"):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from maculad.config import parse_config
-from maculad.adapters.kube.client import close_api_client, new_api_client
+from maculad.adapters.kube.client import KubeSession
 from maculad.observability.metrics import Metrics
 from maculad.publishers.coredns import BEGIN, END, CoreDNSPublisher, CorefileError, apply_block, block
 from tests.support.fake_k8s import CONFIGMAPS, FakeKubeAPI
@@ -116,7 +116,7 @@ def puts(kube: FakeKubeAPI) -> int:
 async def test_created_left_alone_put_back_removed(tmp_path: Path, kube: FakeKubeAPI) -> None:
     kube.create(CONFIGMAPS, coredns_cm(KIND_COREFILE))
     pub, metrics = publisher(tmp_path, kube)
-    api = await new_api_client(kubeconfig=tmp_path / "kubeconfig", context=None)
+    api = KubeSession.for_context(tmp_path / "kubeconfig", None)
     try:
         await pub.reconcile(api)
         assert corefile(kube) == KIND_COREFILE + BLOCK
@@ -152,14 +152,14 @@ async def test_created_left_alone_put_back_removed(tmp_path: Path, kube: FakeKub
         await off.reconcile(api)
         assert puts(kube) == n
     finally:
-        await close_api_client(api)
+        await api.close()
 
 
 async def test_unknown_address_and_broken_markers_write_nothing(tmp_path: Path, kube: FakeKubeAPI) -> None:
     kube.create(CONFIGMAPS, coredns_cm(KIND_COREFILE + BEGIN + "\n"))
     pub, metrics = publisher(tmp_path, kube)
     waiting, _ = publisher(tmp_path, kube, address=None)
-    api = await new_api_client(kubeconfig=tmp_path / "kubeconfig", context=None)
+    api = KubeSession.for_context(tmp_path / "kubeconfig", None)
     try:
         await waiting.reconcile(api)
         assert waiting.status()["state"] == "waiting"
@@ -169,7 +169,7 @@ async def test_unknown_address_and_broken_markers_write_nothing(tmp_path: Path, 
         assert puts(kube) == 0
         assert metrics.registry.get_sample_value("maculad_coredns_block_applied") == 0
     finally:
-        await close_api_client(api)
+        await api.close()
 
 
 async def test_the_loop_keeps_the_block(tmp_path: Path, kube: FakeKubeAPI) -> None:

@@ -1,5 +1,6 @@
-"""The fake API server speaks what kubernetes-asyncio expects, and `maculad.adapters.kube.client`
-builds clients from real kubeconfig files (or explains why it cannot)."""
+"""The fake API server speaks what kubernetes-asyncio (the reference client, a test dependency only)
+expects, and `maculad.adapters.kube.client` reaches it from real kubeconfig files (or explains why
+it cannot)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
-from maculad.adapters.kube.client import KubeClientError, KubeSession, api_client, api_ready, new_api_client
+from maculad.adapters.kube.client import KubeClientError, KubeSession, api_ready
+from tests.support.k8s_reference import api_client
 from tests.support.fake_k8s import CONFIGMAPS, INGRESSES, FakeKubeAPI
 
 
@@ -45,12 +47,18 @@ def ingress_model(ns: str, name: str, *hosts: str) -> k8s.V1Ingress:
     )
 
 
-async def readyz(api: k8s.ApiClient, *, timeout: float = 5.0) -> bool:
-    ready, _why = await api_ready(KubeSession(api), timeout=timeout)
+async def readyz(kubeconfig: Path, context: str | None = None, *, timeout: float = 5.0) -> bool:
+    """maculad's own readiness check, through a fresh session for the kubeconfig."""
+    session = KubeSession.for_context(kubeconfig, context)
+    try:
+        ready, _why = await api_ready(session, timeout=timeout)
+    finally:
+        await session.close()
     return ready
 
 
-async def test_discovery_version_and_readyz(fake: FakeKubeAPI, api: k8s.ApiClient) -> None:
+async def test_discovery_version_and_readyz(fake: FakeKubeAPI, api: k8s.ApiClient, tmp_path: Path) -> None:
+    kc = tmp_path / "kubeconfig"  # the one the `api` fixture wrote
     version = await k8s.VersionApi(api).get_code()
     assert version.git_version.startswith("v1.")
     groups = await k8s.ApisApi(api).get_api_versions()
@@ -59,15 +67,15 @@ async def test_discovery_version_and_readyz(fake: FakeKubeAPI, api: k8s.ApiClien
     assert "ingresses" in [r.name for r in resources.resources]
     core = await k8s.CoreApi(api).get_api_versions()
     assert core.versions == ["v1"]
-    assert await readyz(api) is True
+    assert await readyz(kc) is True
     await fake.outage("503")
-    assert await readyz(api) is False
+    assert await readyz(kc) is False
     await fake.recover()
-    assert await readyz(api) is True
+    assert await readyz(kc) is True
     await fake.outage("refuse")
-    assert await readyz(api, timeout=2) is False
+    assert await readyz(kc, timeout=2) is False
     await fake.recover()
-    assert await readyz(api) is True
+    assert await readyz(kc) is True
 
 
 async def test_ingress_crud_and_status_errors(fake: FakeKubeAPI, api: k8s.ApiClient, tmp_path: Path) -> None:
@@ -244,26 +252,26 @@ async def test_tls_kubeconfig_with_inline_ca_and_insecure(tmp_path: Path) -> Non
         fake.create(INGRESSES, FakeKubeAPI.ingress_object("a", "s", ["s.macula.local"]))
         for insecure in (False, True):
             kc = fake.write_kubeconfig(tmp_path / f"kc-{insecure}", insecure=insecure)
+            assert await readyz(kc)
             async with api_client(kubeconfig=kc, context=None) as api:
-                assert await readyz(api)
                 listed = await k8s.NetworkingV1Api(api).list_ingress_for_all_namespaces()
                 assert [i.metadata.name for i in listed.items] == ["s"]
 
 
 async def test_kubeconfig_problems_are_clear_errors(fake: FakeKubeAPI, tmp_path: Path) -> None:
     with pytest.raises(KubeClientError, match="does not exist"):
-        await new_api_client(kubeconfig=tmp_path / "missing", context=None)
+        KubeSession.for_context(tmp_path / "missing", None)
     kc = fake.write_kubeconfig(tmp_path / "kubeconfig")
-    with pytest.raises(KubeClientError, match="kubeconfig"):
-        await new_api_client(kubeconfig=kc, context="no-such-context")
+    with pytest.raises(KubeClientError, match="no context named 'no-such-context'"):
+        KubeSession.for_context(kc, "no-such-context")
     bad = tmp_path / "bad"
     bad.write_text("{ this is: [not yaml")
-    with pytest.raises(KubeClientError, match="kubeconfig"):
-        await new_api_client(kubeconfig=bad, context=None)
+    with pytest.raises(KubeClientError, match="not YAML"):
+        KubeSession.for_context(bad, None)
     empty = tmp_path / "empty"
     empty.write_text("")
-    with pytest.raises(KubeClientError):
-        await new_api_client(kubeconfig=empty, context=None)
+    with pytest.raises(KubeClientError, match="not a kubeconfig"):
+        KubeSession.for_context(empty, None)
 
 
 async def test_selectors_and_namespaces(fake: FakeKubeAPI, api: k8s.ApiClient) -> None:

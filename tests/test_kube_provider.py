@@ -25,7 +25,6 @@ from structlog.testing import capture_logs
 
 from maculad.config import BackoffConfig, Config, KubernetesConfig, ProxyConfig
 from maculad.core.events import EventBus
-from maculad.adapters.kube.client import api_client
 from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
 from maculad.providers.kubernetes import KubernetesProvider
@@ -34,6 +33,7 @@ from maculad.routes.model import RouteSpec
 from maculad.core.net import Backend
 from maculad.routes.store import AllocationStore
 from maculad.core.tasks import Stage, TaskOwner
+from tests.support.k8s_reference import api_client
 from tests.support.fake_k8s import INGRESSES, FakeKubeAPI
 
 DOMAIN = "macula.local"
@@ -289,7 +289,7 @@ async def test_cut_streams_resume_from_the_last_version_without_relisting(fenv: 
     assert fake.count_requests("ingresses", watch=True) >= 3
     watches = [r for r in fake.requests if r.is_watch]
     assert all(r.query.get("resourceVersion") not in (None, "", "0") for r in watches)
-    assert all(r.query.get("allowWatchBookmarks") == "True" and r.query.get("timeoutSeconds") == "60"
+    assert all(r.query.get("allowWatchBookmarks") == "true" and r.query.get("timeoutSeconds") == "60"
                for r in watches)
     assert fenv.metric("maculad_kubernetes_reconnects_total") >= 2
     assert fenv.metric("maculad_kubernetes_relists_total") == 1

@@ -29,19 +29,14 @@ is reported in `status()` and the metrics, and retried.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 import structlog
-import aiohttp
 
 from maculad.config import Config
-from maculad.adapters.kube.client import KubeClientError, close_api_client, new_api_client
+from maculad.adapters.kube.client import KubeClientError, KubeSession, KubeTransport
 from maculad.observability.metrics import Metrics
-
-if TYPE_CHECKING:  # kubernetes-asyncio is loaded only when [kubernetes] is on (see adapters/kube/client.py)
-    from kubernetes_asyncio.client import ApiClient
 
 log = structlog.get_logger("maculad.publishers.coredns")
 
@@ -144,10 +139,9 @@ class CoreDNSPublisher:
 
     async def run(self) -> None:
         while True:
-            api: ApiClient | None = None
+            api: KubeSession | None = None
             try:
-                api = await new_api_client(kubeconfig=self._cfg.kubernetes.kubeconfig,
-                                           context=self._cfg.kubernetes.context)
+                api = KubeSession.for_context(self._cfg.kubernetes.kubeconfig, self._cfg.kubernetes.context)
                 while True:
                     await self.reconcile(api)
                     try:
@@ -159,10 +153,10 @@ class CoreDNSPublisher:
                 self._fail(str(exc))
             finally:
                 if api is not None:
-                    await close_api_client(api)
+                    await api.close()
             await asyncio.sleep(self._cfg.containers.coredns_interval)
 
-    async def reconcile(self, api: ApiClient) -> None:
+    async def reconcile(self, api: KubeTransport) -> None:
         """One read-compare-write round; never raises for API or content problems."""
         wanted = self._wanted()
         if wanted == "":
@@ -171,7 +165,7 @@ class CoreDNSPublisher:
             return
         path = f"/api/v1/namespaces/{NAMESPACE}/configmaps/{NAME}"
         try:
-            status, obj = await _call(api, "GET", path)
+            status, obj = await api.request("GET", path, timeout=10)
         except Exception as exc:  # connection refused, timeouts
             self._fail(f"reading {NAMESPACE}/{NAME}: {type(exc).__name__}: {exc}")
             return
@@ -197,7 +191,7 @@ class CoreDNSPublisher:
         action = "remove" if wanted is None else ("update" if current_block(corefile) else "add")
         body = {**obj, "data": {**data, KEY: new}}  # metadata.resourceVersion: a concurrent edit → 409
         try:
-            status, answer = await _call(api, "PUT", path, body)
+            status, answer = await api.request("PUT", path, body=body, timeout=10)
         except Exception as exc:
             status, answer = 0, f"{type(exc).__name__}: {exc}"
         if status != 200:
@@ -222,29 +216,3 @@ class CoreDNSPublisher:
         self._state = state
         self._last_error = why
         self._metrics.coredns_block.set(0)
-
-
-async def _call(api: ApiClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    """(HTTP status, decoded JSON body) of one API request; raises only for transport errors."""
-    try:
-        resp = await api.call_api(
-            path, method, header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"], _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(total=10),
-        )
-    except ApiException as exc:
-        try:
-            return int(exc.status or 0), json.loads(exc.body or "null")
-        except ValueError:
-            return int(exc.status or 0), exc.body
-    try:
-        raw = await resp.read()
-        status = int(resp.status)
-    finally:
-        resp.release()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode("utf-8", "replace")

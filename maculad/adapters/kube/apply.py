@@ -18,10 +18,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import yaml
 
+from maculad.adapters.http import Endpoint, HTTPClient, HTTPUnavailable
 from maculad.adapters.kube.client import KubeError, KubeTransport, status_message
 
 FIELD_MANAGER = "maculad"
@@ -190,20 +191,48 @@ def deployment_available(obj: Mapping[str, Any]) -> tuple[bool, str]:
 # --------------------------------------------------------------------------- I/O
 
 
+#: Redirects followed when a manifest is fetched (release download URLs redirect to their storage).
+MAX_REDIRECTS = 5
+#: The largest manifest fetched.
+MAX_MANIFEST = 16 * 1024 * 1024
+
+
+async def _fetch(source: str, *, timeout: float) -> bytes:
+    """GET an http(s) URL, following up to MAX_REDIRECTS redirects, all within `timeout`."""
+    url = source
+    try:
+        async with asyncio.timeout(timeout):
+            for _ in range(MAX_REDIRECTS + 1):
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.netloc:
+                    raise ManifestError(f"{source}: redirected to {url!r}, which is not an http(s) URL")
+                try:
+                    endpoint = Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
+                except ValueError as exc:
+                    raise ManifestError(f"{source}: {exc}") from None
+                client = HTTPClient(endpoint, max_body=MAX_MANIFEST, timeout=timeout, max_idle=0)
+                try:
+                    resp = await client.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+                finally:
+                    await client.close()
+                if resp.status in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                    url = urljoin(url, resp.headers["location"])
+                    continue
+                if resp.status != 200:
+                    raise ManifestError(f"{source}: HTTP {resp.status} {resp.reason}".rstrip())
+                return resp.body
+    except TimeoutError:
+        raise ManifestError(f"{source}: cannot fetch: no answer within {timeout:g} s") from None
+    except HTTPUnavailable as exc:
+        raise ManifestError(f"{source}: cannot fetch: {exc}") from None
+    raise ManifestError(f"{source}: more than {MAX_REDIRECTS} redirects")
+
+
 async def load_manifest(source: str, *, base: Path, timeout: float) -> str:
     """A manifest's text from an http(s) URL, a file:// URL or a path (relative to `base`)."""
     parts = urlsplit(source)
     if parts.scheme in ("http", "https"):
-        import aiohttp
-
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-                async with s.get(source) as resp:
-                    if resp.status != 200:
-                        raise ManifestError(f"{source}: HTTP {resp.status} {resp.reason or ''}".rstrip())
-                    data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ManifestError(f"{source}: cannot fetch: {type(exc).__name__}: {exc}") from None
+        data = await _fetch(source, timeout=timeout)
     else:
         if parts.scheme == "file":
             path = Path(parts.path)

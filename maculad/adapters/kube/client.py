@@ -1,82 +1,41 @@
-"""The one Kubernetes client: kubeconfig → `ApiClient`, the `KubeTransport` over it, `/readyz`.
+"""The one Kubernetes client: a kubeconfig context → `KubeSession`, the `KubeTransport` everyone uses.
 
-One place builds clients so the Ingress watch (`adapters.kube.ingresses`), the
-apply of manifests (`adapters.kube.apply`) and the kind cluster supervisor read
-kubeconfigs the same way: a path and an optional context
-(`None` → the file's current-context), `persist_config=False` (maculad never
-writes the user's kubeconfig). Every way loading can fail — a missing file, bad
-YAML, an unknown context, a broken certificate — becomes one `KubeClientError`
-with a readable reason, so callers log it and retry instead of crashing.
+One place builds sessions so the Ingress watch (`adapters.kube.ingresses`), the
+apply of manifests (`adapters.kube.apply`), the CoreDNS block and the kind
+cluster supervisor reach the API server the same way: `kubeconfig.py` resolves
+a path and an optional context (`None` → the file's current-context; the
+user's file is never written) into a `KubeTarget`, and the session speaks
+plain HTTP/1.1 to its server over the adapters' one HTTP client
+(`adapters.http`), with the context's CA, client certificate or bearer token.
+Every way loading can fail — a missing file, bad YAML, an unknown context, a
+credential plugin, a broken certificate — is one `KubeClientError` with a
+readable reason, so callers log it and retry instead of crashing; every way a
+request can fail to get an answer is a `KubeError`.
 
-The client is built fresh on each (re)connect: a recreated kind cluster comes
-back with a new port and new certificates in the same file. `KubeSession` is
-the `KubeTransport` (method, path, query, body → status and decoded body)
-that apply and the readiness check (`api_ready`, the one `/readyz` test) use.
+The session is built fresh on each (re)connect: a recreated kind cluster comes
+back with a new port and new certificates in the same file. `request` is the
+whole-answer call (method, path, query, body → status and decoded body);
+`stream` opens a watch whose JSON lines are read as they come. `api_ready` is
+the one `/readyz` test.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import structlog
 
-if TYPE_CHECKING:  # kubernetes-asyncio is ~60 MB of modules: loaded only once [kubernetes] is on
-    from kubernetes_asyncio.client import ApiClient
+from maculad.adapters.http import Endpoint, HTTPClient, HTTPUnavailable, Stream
+from maculad.adapters.kube.kubeconfig import KubeClientError, KubeTarget, load_kubeconfig, ssl_context
 
 log = structlog.get_logger("maculad.adapters.kube")
 
-
-class KubeClientError(Exception):
-    """The kubeconfig cannot give a usable client (reason in the message)."""
-
-
-async def new_api_client(*, kubeconfig: Path, context: str | None) -> ApiClient:
-    """An `ApiClient` for `context` of `kubeconfig`; the caller closes it (`close_api_client`)."""
-    # kubernetes-asyncio is imported here, not at the top: a daemon with [kubernetes] and [kind]
-    # off never loads it.
-    from kubernetes_asyncio.client import ApiClient, Configuration
-    from kubernetes_asyncio.config import ConfigException, load_kube_config
-
-    path = Path(kubeconfig).expanduser()
-    if not path.is_file():
-        raise KubeClientError(f"kubeconfig {path} does not exist")
-    configuration = Configuration()
-    try:
-        await load_kube_config(
-            config_file=str(path), context=context, client_configuration=configuration, persist_config=False
-        )
-    except ConfigException as exc:
-        raise KubeClientError(f"kubeconfig {path}: {exc}") from None
-    except (AssertionError, KeyError, TypeError, ValueError, OSError) as exc:
-        what = f"context {context!r}" if context else "its current context"
-        raise KubeClientError(f"kubeconfig {path}: cannot load {what}: {type(exc).__name__}: {exc}") from None
-    except Exception as exc:  # YAML errors and whatever else the loader lets through
-        raise KubeClientError(f"kubeconfig {path}: {type(exc).__name__}: {exc}") from None
-    try:
-        return ApiClient(configuration=configuration)
-    except (OSError, ValueError) as exc:  # e.g. an unreadable client certificate
-        raise KubeClientError(f"kubeconfig {path}: {type(exc).__name__}: {exc}") from None
-
-
-async def close_api_client(api: ApiClient) -> None:
-    try:
-        await api.close()
-    except Exception:  # closing must never fail a shutdown
-        log.debug("kube_client_close_failed", exc_info=True)
-
-
-@asynccontextmanager
-async def api_client(*, kubeconfig: Path, context: str | None) -> AsyncIterator[ApiClient]:
-    api = await new_api_client(kubeconfig=kubeconfig, context=context)
-    try:
-        yield api
-    finally:
-        await close_api_client(api)
+__all__ = ["KubeClientError", "KubeError", "KubeSession", "KubeTransport", "api_ready", "object_key",
+           "status_message"]
 
 
 def object_key(obj: Any) -> tuple[str, str] | None:
@@ -112,51 +71,76 @@ class KubeTransport(Protocol):
 
 
 class KubeSession:
-    """`KubeTransport` over kubernetes-asyncio's ApiClient for one kubeconfig context."""
+    """`KubeTransport` over the adapters' HTTP client, for one resolved kubeconfig context."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    def __init__(self, target: KubeTarget, *, timeout: float = 30.0) -> None:
+        parts = urlsplit(target.server)
+        try:
+            endpoint = Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
+        except ValueError as exc:
+            raise KubeClientError(f"kubeconfig {target.source}: server {target.server!r}: {exc}") from None
+        self.target = target
+        self._prefix = parts.path.rstrip("/")  # a server behind a path (a proxy) keeps its prefix
+        headers = {"Accept": "application/json", **target.headers()}
+        self._http = HTTPClient(endpoint, ssl=ssl_context(target), server_hostname=target.tls_server_name,
+                                timeout=timeout, headers=headers)
+
+    @classmethod
+    def for_context(cls, kubeconfig: Path, context: str | None) -> KubeSession:
+        """A session for `context` of `kubeconfig` (read now); `KubeClientError` when it gives none."""
+        return cls(load_kubeconfig(kubeconfig, context))
 
     @classmethod
     async def open(cls, kubeconfig: Path, context: str | None) -> KubeSession:
-        """A session for `context` of `kubeconfig`, built the same way as the Ingress provider's."""
+        """`for_context`, with a kubeconfig that gives no session reported as a `KubeError`."""
         try:
-            client = await new_api_client(kubeconfig=kubeconfig, context=context)
+            return cls.for_context(kubeconfig, context)
         except KubeClientError as exc:
             raise KubeError(str(exc)) from None
-        return cls(client)
+
+    def __str__(self) -> str:
+        return self.target.server
 
     async def request(
         self, method: str, path: str, *, query: Mapping[str, str] | None = None,
         body: Any = None, content_type: str = "application/json", timeout: float = 30.0,
     ) -> tuple[int, Any]:
-        import aiohttp
-
+        data = _encode(body)
+        headers = {"Content-Type": content_type} if data is not None else None
         try:
-            resp = await self._client.call_api(
-                path, method,
-                query_params=list((query or {}).items()),
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=timeout,
-            )
-            try:
-                raw = await resp.read()
-                status = resp.status
-            finally:
-                resp.release()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        text = raw.decode("utf-8", "replace")
+            resp = await self._http.request(method, self._prefix + path, params=query, headers=headers, body=data,
+                                            timeout=timeout)
+        except HTTPUnavailable as exc:
+            raise KubeError(f"{method} {path}: {exc}") from None
+        text = resp.body.decode("utf-8", "replace")
         try:
-            return status, json.loads(text)
+            return resp.status, json.loads(text)
         except ValueError:
-            return status, text
+            return resp.status, text
+
+    async def stream(self, path: str, *, query: Mapping[str, str] | None = None, timeout: float = 30.0) -> Stream:
+        """A GET whose body is read as it comes (a watch); returns once the status line arrived."""
+        try:
+            return await self._http.stream("GET", self._prefix + path, params=query, timeout=timeout)
+        except HTTPUnavailable as exc:
+            raise KubeError(f"GET {path}: {exc}") from None
 
     async def close(self) -> None:
-        await close_api_client(self._client)
+        try:
+            await self._http.close()
+        except Exception:  # closing must never fail a shutdown
+            log.debug("kube_client_close_failed", exc_info=True)
+
+
+def _encode(body: Any) -> bytes | None:
+    """A request body: bytes as they are, text as UTF-8, anything else as JSON (which YAML readers take too)."""
+    if body is None:
+        return None
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body).encode()
 
 
 def status_message(status: int, body: Any) -> str:

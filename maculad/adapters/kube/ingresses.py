@@ -1,8 +1,9 @@
 """The Ingress list/watch loop: networking.k8s.io/v1 Ingresses of all namespaces, kept in memory.
 
-The loop is the classic informer, driven by hand over kubernetes-asyncio's
-generated client (`list_ingress_for_all_namespaces`, `_preload_content=False`)
-so every wire-level case is ours to decide rather than `Watch`'s:
+The loop is the classic informer, driven by hand over the one Kubernetes
+client (`KubeSession`: `GET /apis/networking.k8s.io/v1/ingresses`, paged, and
+the same path with `watch=true` read line by line), so every wire-level case is
+ours to decide:
 
 1. **list** every Ingress in all namespaces (paged, `limit`/`continue`), keep
    them in memory keyed by (namespace, name) and remember the list's
@@ -36,25 +37,24 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+from typing import Any, Literal, TypedDict, cast
 
-import aiohttp
 import structlog
 
-from maculad.adapters.kube.client import KubeClientError, close_api_client, new_api_client, object_key
+from maculad.adapters.http import HTTPUnavailable
+from maculad.adapters.kube.client import KubeClientError, KubeSession, object_key
 from maculad.config import BackoffConfig, KubernetesConfig
 from maculad.core.backoff import Backoff
 from maculad.core.events import EventBus
 from maculad.observability.metrics import Metrics
-
-if TYPE_CHECKING:
-    from kubernetes_asyncio.client import ApiClient, NetworkingV1Api
 
 log = structlog.get_logger("maculad.adapters.kube.ingresses")
 
 IngressKey = tuple[str, str]
 EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
 DEFAULT_BACKOFF = BackoffConfig(initial=0.25, factor=2.0, cap=30.0)
+#: Every Ingress of every namespace (list and watch).
+PATH = "/apis/networking.k8s.io/v1/ingresses"
 
 
 class IngressWatchStatus(TypedDict):
@@ -150,7 +150,7 @@ class IngressWatch:
         backoff = Backoff(initial=cfg.initial, cap=cfg.cap, factor=cfg.factor, jitter=True)
         while True:
             try:
-                api = await new_api_client(kubeconfig=self._cfg.kubeconfig, context=self._cfg.context)
+                api = KubeSession.for_context(self._cfg.kubeconfig, self._cfg.context)
             except KubeClientError as exc:
                 self._failed(exc, backoff)
             else:
@@ -161,15 +161,12 @@ class IngressWatch:
                 except Exception as exc:
                     self._failed(exc, backoff)
                 finally:
-                    await close_api_client(api)
+                    await api.close()
             self._reconnects += 1
             self._metrics.k8s_reconnects.inc()
             await asyncio.sleep(backoff.next())
 
-    async def _session(self, api: ApiClient, backoff: Backoff) -> None:
-        from kubernetes_asyncio.client import NetworkingV1Api
-
-        net = NetworkingV1Api(api)
+    async def _session(self, net: KubeSession, backoff: Backoff) -> None:
         fresh_list = False
         while True:
             if self._rv is None:
@@ -185,18 +182,15 @@ class IngressWatch:
                 continue
             fresh_list = fresh_list and lines == 0
 
-    async def _relist(self, net: NetworkingV1Api) -> None:
+    async def _relist(self, net: KubeSession) -> None:
         items: list[Any] = []
         cont: str | None = None
         rv: str | None = None
         while True:
-            page_args: dict[str, Any] = {"_continue": cont} if cont else {}
-            resp = cast(aiohttp.ClientResponse, await net.list_ingress_for_all_namespaces(
-                limit=self._page_size, _preload_content=False,
-                _request_timeout=aiohttp.ClientTimeout(total=60, sock_connect=10), **page_args,
-            ))
+            query = {"limit": str(self._page_size), **({"continue": cont} if cont else {})}
             try:
-                body = await _json_body(resp)
+                status, answer = await net.request("GET", PATH, query=query, timeout=60)
+                body = _json_body(status, answer)
             except WatchGone:
                 if cont is None:
                     raise WatchBroken("list answered 410 Gone without a continue token") from None
@@ -232,20 +226,23 @@ class IngressWatch:
                  relists=self._relists)
         self._events.publish("kubernetes_relisted", ingresses=len(fresh), resource_version=rv, vanished=gone)
 
-    async def _watch(self, net: NetworkingV1Api, backoff: Backoff) -> int:
+    async def _watch(self, net: KubeSession, backoff: Backoff) -> int:
         """One watch request; returns (the lines read) when the server ends the stream cleanly."""
         started = time.monotonic()
         lines = 0
         assert self._rv is not None
-        resp = cast(aiohttp.ClientResponse, await net.list_ingress_for_all_namespaces(
-            watch=True, resource_version=self._rv, allow_watch_bookmarks=True,
-            timeout_seconds=self._cfg.watch_timeout, _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(
-                total=self._cfg.watch_timeout + self._cfg.stale_after + 30, sock_connect=10),
-        ))
+        resp = await net.stream(PATH, query={
+            "watch": "true", "resourceVersion": self._rv, "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(self._cfg.watch_timeout),
+        })
         try:
             if resp.status != 200:
-                await _json_body(resp)  # raises WatchGone / WatchBroken with the server's reason
+                raw = await resp.read()
+                try:
+                    answer: Any = json.loads(raw)
+                except ValueError:
+                    answer = raw.decode("utf-8", "replace")
+                _json_body(resp.status, answer)  # raises WatchGone / WatchBroken with the server's reason
             self._set_connected(True)
             loop = asyncio.get_running_loop()
             stale = self._cfg.stale_after
@@ -253,17 +250,8 @@ class IngressWatch:
                 # one deadline, pushed forward on every line: no task per read, so
                 # lines already buffered are consumed without yielding to the loop
                 async with asyncio.timeout(stale) as guard:
-                    while True:
-                        try:
-                            line = await resp.content.readline()
-                        except ValueError as exc:  # a line beyond aiohttp's buffer limit
-                            raise WatchBroken(f"watch line too long: {exc}") from None
+                    async for line in resp.lines(keepends=True):
                         guard.reschedule(loop.time() + stale)
-                        if not line:
-                            if lines == 0 and time.monotonic() - started < 1.0:
-                                raise WatchBroken("the watch ended at once without an event")
-                            log.debug("kubernetes_watch_ended", resource_version=self._rv, lines=lines)
-                            return lines
                         if not line.endswith(b"\n"):
                             raise WatchBroken("the stream ended in the middle of an event")
                         self._handle_line(line)
@@ -271,8 +259,14 @@ class IngressWatch:
                         backoff.reset()
             except TimeoutError:
                 raise WatchBroken(f"no event or bookmark for {stale:g}s: the stream is dead") from None
+            except HTTPUnavailable as exc:  # cut, reset, or a line beyond the bound
+                raise WatchBroken(str(exc)) from None
+            if lines == 0 and time.monotonic() - started < 1.0:
+                raise WatchBroken("the watch ended at once without an event")
+            log.debug("kubernetes_watch_ended", resource_version=self._rv, lines=lines)
+            return lines
         finally:
-            resp.close()
+            await resp.close()
 
     def _handle_line(self, line: bytes) -> None:
         try:
@@ -348,29 +342,21 @@ class IngressWatch:
             self._events.publish("kubernetes_disconnected", error=error, keeping_routes=self._keeping())
 
 
-async def _json_body(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    """The decoded JSON object of a non-streaming answer; raises for error statuses."""
-    try:
-        raw = await resp.read()
-    finally:
-        resp.release()
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = None
-    if resp.status == 410:
-        raise WatchGone(_status_message(body, raw))
-    if resp.status != 200:
-        raise WatchBroken(f"HTTP {resp.status}: {_status_message(body, raw)}")
+def _json_body(status: int, body: Any) -> dict[str, Any]:
+    """The JSON object of a non-streaming answer (decoded by the session); raises for error statuses."""
+    if status == 410:
+        raise WatchGone(_status_message(body))
+    if status != 200:
+        raise WatchBroken(f"HTTP {status}: {_status_message(body)}")
     if not isinstance(body, dict):
-        raise WatchBroken(f"the answer is not a JSON object: {raw[:120]!r}")
+        raise WatchBroken(f"the answer is not a JSON object: {str(body)[:120]!r}")
     return body
 
 
-def _status_message(body: Any, raw: bytes) -> str:
+def _status_message(body: Any) -> str:
     if isinstance(body, dict) and body.get("kind") == "Status":
         return f"{body.get('reason', '')}: {body.get('message', '')}".strip(": ")
-    return raw[:200].decode("utf-8", "replace")
+    return (body if isinstance(body, str) else json.dumps(body))[:200]
 
 
 def _str_or_none(v: Any) -> str | None:
