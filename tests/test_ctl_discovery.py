@@ -186,7 +186,7 @@ def test_usage_errors_are_exit_2() -> None:
 
 def test_maculactl_starts_without_the_daemons_dependencies() -> None:
     code = ("import sys; import maculad.ctl.main\n"
-            "heavy = {'aiohttp', 'aiodocker', 'kubernetes_asyncio', 'cryptography', 'structlog', 'dnslib'}\n"
+            "heavy = {'aiohttp', 'h11', 'uvloop', 'kubernetes_asyncio', 'cryptography', 'structlog', 'dnslib'}\n"
             "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert r.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ PROBE = """
 import sys
 import maculad.cli, maculad.app.daemon
 heavy = sorted({m.split(".")[0] for m in sys.modules}
-               & {"kubernetes_asyncio", "kubernetes", "aiodocker", "aiohttp", "cryptography"})
+               & {"kubernetes_asyncio", "kubernetes", "aiodocker", "aiohttp", "h11", "cryptography"})
 print(",".join(heavy))
 """
 

@@ -271,7 +271,8 @@ def test_one_client_from_two_event_loops() -> None:
 # ---------------------------------------------------------------------- streams
 
 
-async def test_stream_lines_across_chunk_boundaries() -> None:
+@pytest.mark.parametrize("keepends", [False, True])
+async def test_stream_lines_across_chunk_boundaries(keepends: bool) -> None:
     first_line_seen = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: RawServer) -> None:
@@ -293,10 +294,11 @@ async def test_stream_lines_across_chunk_boundaries() -> None:
         stream = await client.stream("GET", "/events")
         assert (stream.status, stream.headers["content-type"]) == (200, "application/json")
         lines = []
-        async for line in stream.lines():
+        async for line in stream.lines(keepends=keepends):
             lines.append(line)
             first_line_seen.set()
-        assert lines == [b"one", b"two", b"", b"three"]
+        # with keepends the last line shows that the body ended inside it
+        assert lines == ([b"one\n", b"two\n", b"\n", b"three"] if keepends else [b"one", b"two", b"", b"three"])
         await stream.close()
         await stream.close()
     finally:

@@ -304,9 +304,11 @@ class Stream:
                 self._done = True
         return None
 
-    async def lines(self, *, max_line: int = 16 * MiB) -> AsyncIterator[bytes]:
-        """The body split at b"\\n" (without it); ends with the body; HTTPUnavailable if a line exceeds `max_line`."""
+    async def lines(self, *, max_line: int = 16 * MiB, keepends: bool = False) -> AsyncIterator[bytes]:
+        """The body split at b"\\n" (without it, unless `keepends`: then a last line without one shows that the
+        body ended inside it); ends with the body; HTTPUnavailable if a line exceeds `max_line`."""
         buf = bytearray()
+        end = 1 if keepends else 0
         while True:
             chunk = await self._chunk()
             if chunk is None:
@@ -319,7 +321,7 @@ class Stream:
             while pos >= 0:
                 if pos > max_line:
                     break
-                yield bytes(buf[:pos])
+                yield bytes(buf[:pos + end])
                 del buf[:pos + 1]
                 pos = buf.find(b"\n")
             if (pos if pos >= 0 else len(buf)) > max_line:

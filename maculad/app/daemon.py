@@ -51,7 +51,7 @@ from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
 
-if TYPE_CHECKING:  # imported where they are built: DNS answers before aiohttp & co. are loaded
+if TYPE_CHECKING:  # imported where they are built: DNS answers before the rest is loaded
     import socket
 
     from maculad.app.docker_tier import DockerTier

@@ -6,6 +6,6 @@ text, and the commands are grouped by what they touch — `daemon_commands` (ask
 or tells the running daemon), `setup_commands` (this machine: /etc/hosts, the
 resolver, Docker's daemon.json, trust stores), `doctor_command` (checks both);
 `main` holds the parser, the exit codes and the entry point. Everything here
-starts without the daemon's dependencies (aiohttp, kubernetes-asyncio,
+starts without the daemon's dependencies (uvloop, h11, structlog, dnslib,
 cryptography); a command that needs one imports it itself.
 """
