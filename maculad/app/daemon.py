@@ -46,7 +46,6 @@ from maculad.observability import sdnotify
 from maculad.observability.metrics import Metrics
 from maculad.providers.static import config_routes
 from maculad.proxy.platform import AliasPlatform
-from maculad.proxy.relay import Relay
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.store import AllocationStore
 from maculad.routes.table import RouteTable
@@ -60,6 +59,7 @@ if TYPE_CHECKING:  # imported where they are built: DNS answers before the rest 
     from maculad.horizons.containers import ContainerHorizon
     from maculad.observability.http import MetricsServer
     from maculad.providers.kubernetes import KubernetesProvider
+    from maculad.proxy.relay import Relay
     from maculad.proxy.tls import Terminator
     from maculad.publishers.coredns import CoreDNSPublisher
     from maculad.publishers.powerdns_sync import PowerDNSPublisher
@@ -218,6 +218,8 @@ class Daemon:
                 log.error("tls_unavailable", reason=self.tls_error,
                           effect="routes with only an http backend get no https port")
             await _breathe()
+        from maculad.proxy.relay import Relay  # the data paths, after DNS answers
+
         self.relay = Relay(config=cfg.proxy, routes=self.table, metrics=self.metrics, tls=self.tls,
                            redirect_http=cfg.tls.redirect_http)
         await self.relay.start()
