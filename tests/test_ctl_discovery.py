@@ -48,10 +48,12 @@ def test_an_explicit_socket_is_the_only_one_tried_and_flags_beat_the_environment
     assert cands(env={"MACULAD_SOCKET": ""}) == cands()
 
 
-def test_defaults_for_a_user_then_the_system_and_for_root_only_the_system() -> None:
+def test_defaults_for_a_user_then_the_system_and_for_root_the_system_first() -> None:
     assert cands() == [("/home/ada/.local/state/maculad/maculad.sock", "as in config/maculad-user.toml"),
                        ("/run/maculad/maculad.sock", "system default")]
-    assert cands(euid=0) == [("/run/maculad/maculad.sock", "system default")]
+    # root: the system daemon first, then the one scripts/run.sh started as root
+    assert cands(euid=0) == [("/run/maculad/maculad.sock", "system default"),
+                             ("/home/ada/.local/state/maculad/maculad.sock", "as in config/maculad-user.toml")]
 
 
 def test_the_user_default_is_what_config_maculad_user_toml_says() -> None:

@@ -1,11 +1,12 @@
 """Which control socket `maculactl` talks to: the daemon wherever it was started.
 
 The candidates are pure (`candidates()`): `--socket PATH`, else `--config FILE`'s `control.socket`,
-else `$MACULAD_SOCKET` (each `~`-expanded, and then the only one tried); with none of them, as root the
-system socket (`ControlConfig`'s default), otherwise first the socket of `config/maculad-user.toml`
-(what `scripts/run.sh` starts) and then the system one. `locate()` connects to each in turn and
-takes the first that answers; when none does it raises `DaemonUnavailable` with one line that names
-every path tried, why each failed, and how to point `maculactl` elsewhere. A socket that exists but
+else `$MACULAD_SOCKET` (each `~`-expanded, and then the only one tried); with none of them, as root first
+the system socket (`ControlConfig`'s default) and then root's own socket of `config/maculad-user.toml`
+(what `scripts/run.sh` starts, run as root), otherwise those two the other way round. `locate()`
+connects to each in turn and takes the first that answers; when none does it raises
+`DaemonUnavailable` with one line that names every path tried, why each failed, and how to point
+`maculactl` elsewhere. A socket that exists but
 may not be opened is named as a permission problem, never as "not running".
 
 Standard library plus `maculad.config` (itself stdlib only), so `maculactl` starts fast.
@@ -75,9 +76,8 @@ def candidates(*, socket_opt: str | None, config_socket: str | None, config_file
     if env.get("MACULAD_SOCKET"):
         return (Candidate(expand(env["MACULAD_SOCKET"]), "MACULAD_SOCKET"),)
     system = Candidate(SYSTEM_SOCKET, "system default")
-    if euid == 0:
-        return (system,)
-    return (Candidate(expand(USER_SOCKET), "as in config/maculad-user.toml"), system)
+    user = Candidate(expand(USER_SOCKET), "as in config/maculad-user.toml")
+    return (system, user) if euid == 0 else (user, system)
 
 
 def config_socket(path: str) -> str:
