@@ -141,6 +141,9 @@ class TLSConfig:
     handshake_timeout: float = setting(10.0, 0.1, 600)
     #: Leaf certificates kept in memory (the disk cache holds one file per name).
     max_leaves: int = setting(4096, 1, 1_000_000)
+    #: Seconds the child that makes the CA and leaves may take (`python -m maculad.pki.sign`); beyond, it is
+    #: killed and the daemon signs in-process.
+    signer_timeout: float = setting(30.0, 0.01, 600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # imported where they are built: DNS answers before the rest 
     from maculad.control.server import ControlServer
     from maculad.horizons.containers import ContainerHorizon
     from maculad.observability.http import MetricsServer
+    from maculad.pki.signer import Signer
     from maculad.providers.kubernetes import KubernetesProvider
     from maculad.proxy.relay import Relay
     from maculad.proxy.tls import Terminator
@@ -85,6 +86,9 @@ WEB_TASKS: Final[tuple[TaskSpec[WebServer], ...]] = (
 )
 RELAY_TASKS: Final[tuple[TaskSpec[Relay], ...]] = (
     TaskSpec("proxy.reconcile", Stage.PROXY, lambda r: r.run),
+)
+SIGNER_TASKS: Final[tuple[TaskSpec[Signer], ...]] = (
+    TaskSpec("tls.signer", Stage.PROXY, lambda s: s.run),  # leaves signed in a child (pki/signer.py)
 )
 CONTAINERS_TASKS: Final[tuple[TaskSpec[ContainerHorizon], ...]] = (
     TaskSpec("containers.networks", Stage.PROXY, lambda h: h.run),  # also runs the relay on G
@@ -147,6 +151,7 @@ class Daemon:
         self.containers: ContainerHorizon | None = None
         self.tls: Terminator | None = None
         self.tls_error: str | None = None
+        self.signer: Signer | None = None
         self.docker: DockerTier | None = None
         self.kubernetes: KubernetesProvider | None = None
         self.coredns: CoreDNSPublisher | None = None
@@ -209,14 +214,8 @@ class Daemon:
         await self.start_metrics(cfg)
         await _breathe()
         self.tls, self.tls_error = None, "disabled (tls.enabled = false)"
-        if cfg.tls.enabled:  # the CA only for TLS; `cryptography` only to make it or issue a leaf (pki/root.py)
-            from maculad.proxy.tls import load_terminator
-
-            self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
-                                                       metrics=self.metrics)
-            if self.tls_error is not None:
-                log.error("tls_unavailable", reason=self.tls_error,
-                          effect="routes with only an http backend get no https port")
+        if cfg.tls.enabled:  # the CA only for TLS; `cryptography` only in the signer's child (pki/signer.py)
+            await self.start_tls(cfg)
             await _breathe()
         from maculad.proxy.relay import Relay  # the data paths, after DNS answers
 
@@ -316,6 +315,7 @@ class Daemon:
         await self._stop_part(self.dns, (), "dns")
         grace = self.config.proxy.drain_grace
         await self._stop_part(self.relay, RELAY_TASKS, "proxy", timeout=grace + STOP_TIMEOUT)
+        await self.owner.stop_for(SIGNER_TASKS)  # a running child is killed
         if self.relay is not None:
             self.metrics.horizon_up.labels(horizon="host").set(0)
         await self.stop_containers()
@@ -421,6 +421,10 @@ class Daemon:
         return ", ".join(parts)
 
     def _on_table(self, table: RouteTable) -> None:
+        if self.signer is not None:  # before the relay binds: its listeners leave these leaves to the child
+            from maculad.proxy.tls import leaf_names
+
+            self.signer.want(leaf_names(table, self.config.proxy, self.config.domain))
         self.events.publish("routes", version=table.version, routes=len(table.routes),
                             conflicts=len(table.conflicts))
 
@@ -484,6 +488,25 @@ class Daemon:
         else:
             log.error("reload_refused", result=result, error=error)
         return ControlError(status, error or "")
+
+    async def start_tls(self, cfg: Config) -> None:
+        """The CA and the terminator. A CA the root manifest does not vouch for (a first start, files changed)
+        is made or checked by the signer's child first, with the table's leaves (awaited: DNS answers
+        meanwhile); when the child fails, `open_ca` does it in-process as it always did."""
+        from maculad.pki.signer import Signer
+        from maculad.proxy.tls import leaf_names, load_terminator
+
+        signer = Signer(ca_dir=cfg.state_dir / "ca", domain=cfg.domain, metrics=self.metrics,
+                        timeout=cfg.tls.signer_timeout)
+        await signer.prepare(leaf_names(self.table.current, cfg.proxy, cfg.domain))
+        self.tls, self.tls_error = load_terminator(domain=cfg.domain, state_dir=cfg.state_dir, config=cfg.tls,
+                                                   metrics=self.metrics, signer=signer)
+        if self.tls_error is not None:
+            log.error("tls_unavailable", reason=self.tls_error,
+                      effect="routes with only an http backend get no https port")
+            return
+        self.signer = signer
+        self.owner.spawn_for(signer, SIGNER_TASKS)
 
     async def start_metrics(self, cfg: Config, *, sock: socket.socket | None = None) -> None:
         if cfg.metrics.listen is None:

@@ -99,7 +99,7 @@ class ReloadPlan:
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
     restart = [k for k in ("domain", "state_dir") if getattr(old, k) != getattr(new, k)]
-    restart += [f"tls.{k}" for k in ("enabled", "handshake_timeout", "max_leaves")
+    restart += [f"tls.{k}" for k in ("enabled", "handshake_timeout", "max_leaves", "signer_timeout")
                 if getattr(old.tls, k) != getattr(new.tls, k)]
     if old.control.socket != new.control.socket:
         restart.append("control.socket")

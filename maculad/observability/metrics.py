@@ -225,6 +225,11 @@ class Metrics:
         self.tls_ca_expiry = Gauge(
             f"{p}_tls_ca_expiry_timestamp_seconds", "When the local root CA expires (0: no CA loaded)", registry=r
         )
+        self.tls_signer_runs = Counter(
+            f"{p}_tls_signer_runs_total",
+            "Runs of the child that makes the CA and leaves (python -m maculad.pki.sign), by result "
+            "(ok, failed, timeout)", ["result"], registry=r,
+        )
         self.tls_redirects = Counter(
             f"{p}_tls_redirects_total", "Plain HTTP requests answered with a 308 to https", ["route"], registry=r
         )

@@ -11,7 +11,8 @@ names come only from routes the relay serves, so it is bounded by the table.
 A file on disk is first judged by the directory's manifest
 (`maculad.pki.manifest`, read once, then kept in memory): when its entry
 vouches for the file's bytes, names, root and dates, the leaf is used as it is
-and `cryptography` is not imported. Anything else goes through
+and `cryptography` is not imported (`vouched` answers only that way, for the
+signer: `maculad.pki.signer`). Anything else goes through
 `maculad.pki.ca` (imported then, with the CA's key via `LazyCA.loaded()`): the
 same checks and reasons as without a manifest, and the result is recorded.
 
@@ -104,11 +105,41 @@ class LeafStore:
                 leaf = self._load_or_issue(names, now, renewing=leaf is not None)
             except CAError as exc:
                 raise ValueError(f"the root cannot sign: {exc}") from None
-            self._mem[names] = leaf
-            self._mem.move_to_end(names)
-            while len(self._mem) > self.max_entries:
-                self._mem.popitem(last=False)
+            self._remember(names, leaf)
             return leaf
+
+    def vouched(self, names: tuple[str, ...]) -> Leaf | None:
+        """The leaf for `names` when it needs no `cryptography`: in memory and not due, or a file the manifest
+        vouches for (then kept in memory); else None (`get` would check or issue it)."""
+        if not names or not all(valid_name(n, self.ca.domain) for n in names):
+            return None
+        now = self._clock()
+        with self._lock:
+            leaf = self._mem.get(names)
+            if leaf is not None and leaf.not_after - now > RENEW_BEFORE:
+                return leaf
+            file = _file_name(names)
+            try:
+                raw = (self.directory / file).read_bytes()
+            except OSError:
+                return None
+            entry = self._vouched(file, raw, names, now)
+            if entry is None:
+                return None
+            leaf = _leaf(self.directory / file, entry)
+            self._remember(names, leaf)
+            return leaf
+
+    def refresh(self) -> None:
+        """Read the manifest again on next use: another process (`maculad.pki.sign`) recorded leaves in it."""
+        with self._lock:
+            self._manifest = None
+
+    def _remember(self, names: tuple[str, ...], leaf: Leaf) -> None:
+        self._mem[names] = leaf
+        self._mem.move_to_end(names)
+        while len(self._mem) > self.max_entries:
+            self._mem.popitem(last=False)
 
     def _vouched(self, file: str, raw: bytes, names: tuple[str, ...], now: dt.datetime) -> LeafEntry | None:
         if self._manifest is None:

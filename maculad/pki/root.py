@@ -72,7 +72,9 @@ class LazyCA:
         return f"LazyCA(domain={self.domain!r}, fingerprint={self.fingerprint!r}, loaded={self.is_loaded})"
 
 
-def _vouched(ca_dir: Path, domain: str, now: dt.datetime) -> LazyCA | None:
+def vouched(ca_dir: Path, domain: str, *, now: dt.datetime | None = None) -> LazyCA | None:
+    """The CA from the manifest alone when it vouches for `ca.pem` and `ca-key.pem` as they are now, else None."""
+    now = now or dt.datetime.now(dt.UTC)
     entry = manifest.read_root(ca_dir)
     if entry is None:
         return None
@@ -90,9 +92,9 @@ def open_ca(ca_dir: Path, domain: str, *, now: dt.datetime | None = None) -> tup
     """(the CA, whether it was created now): from the manifest when it vouches for the files, else through
     `ca.load_or_create` (which raises CAError or OSError as it always did)."""
     now = now or dt.datetime.now(dt.UTC)
-    vouched = _vouched(ca_dir, domain, now)
-    if vouched is not None:
-        return vouched, False
+    lazy = vouched(ca_dir, domain, now=now)
+    if lazy is not None:
+        return lazy, False
     from maculad.pki.ca import load_or_create
 
     ca, created = load_or_create(ca_dir, domain, now=now)

@@ -419,7 +419,7 @@ class Relay:
         e.attempts += 1
         if target.kind == "tls" and self._ctx.tls is not None:
             try:  # mint the route's leaf now rather than inside the first handshake
-                self._ctx.tls.server_context(target.route, target.h2c)
+                self._ctx.tls.premint(target.route, target.h2c)
             except (OSError, ValueError) as exc:
                 e.state = "failed"
                 e.last_error = f"no certificate for {target.route}: {exc}"

@@ -23,7 +23,10 @@ h2c. Leaf contexts are rebuilt when the store renews a leaf.
 Nothing here imports `cryptography`: `ssl` loads the leaf files itself, and the
 CA and leaves come through `maculad.pki.root.open_ca` and `LeafStore`, which
 import it only to make the CA or to check, issue or renew a leaf (a start whose
-certificates the manifest vouches for needs none of it).
+certificates the manifest vouches for needs none of it). The daemon's
+`maculad.pki.signer` makes the CA and the leaves `leaf_names` lists in a child
+process, so `LeafStore` finds them vouched; `premint` leaves a leaf on its way
+there to the child.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import structlog
 
@@ -44,8 +47,13 @@ from maculad.pki.leaves import Leaf, LeafStore
 from maculad.pki.policy import CAError, in_domain, valid_name
 from maculad.pki.root import open_ca
 from maculad.proxy import errorpage
-from maculad.proxy.spec import Target
+from maculad.proxy.spec import Target, desired_listeners
 from maculad.proxy.tcp import _CLOSED, _CONNECTING, _HANDSHAKE, _LINGER, _PAGE, HEAD_WAIT, ClientProtocol, _tune
+
+if TYPE_CHECKING:
+    from maculad.config import ProxyConfig
+    from maculad.pki.signer import Signer, SignerStatus
+    from maculad.routes.table import RouteTable
 
 log = structlog.get_logger("maculad.proxy")
 
@@ -59,6 +67,7 @@ class TLSStatus(TypedDict):
     fingerprint_sha256: NotRequired[str]
     expires: NotRequired[str]  # ISO 8601
     leaves_cached: NotRequired[int]
+    signer: NotRequired[SignerStatus]  # the child that makes the CA and leaves (maculad.pki.signer)
 
 CHUNK = 256 * 1024
 
@@ -128,11 +137,25 @@ def serves(route: str, name: str) -> bool:
     return name == route
 
 
+def default_name(route: str, domain: str) -> str:
+    """The certificate a client without SNI gets: the route's own, or the apex for a wildcard route."""
+    return domain if route.startswith("*.") else route
+
+
+def leaf_names(table: RouteTable, config: ProxyConfig, domain: str) -> list[tuple[str, ...]]:
+    """The leaves the relay signs for `table` when its listeners bind (`Terminator.premint`): one per route
+    whose https port is terminated here (`spec.desired_listeners`, kind "tls"), for its `default_name`."""
+    routes = {t.route for t in desired_listeners(table, config, terminating=True).values() if t.kind == "tls"}
+    return sorted({(default_name(r, domain),) for r in routes})
+
+
 class Terminator:
     """Certificates and server contexts for every terminated route."""
 
-    def __init__(self, *, store: LeafStore, metrics: Metrics, handshake_timeout: float = 10.0) -> None:
+    def __init__(self, *, store: LeafStore, metrics: Metrics, handshake_timeout: float = 10.0,
+                 signer: Signer | None = None) -> None:
         self.store = store
+        self.signer = signer
         self.metrics = metrics
         self.domain = store.ca.domain
         self.handshake_timeout = handshake_timeout
@@ -152,8 +175,17 @@ class Terminator:
         return ctx
 
     def default_name(self, route: str) -> str:
-        """The certificate a client without SNI gets: the route's own, or the apex for a wildcard route."""
-        return self.domain if route.startswith("*.") else route
+        return default_name(route, self.domain)
+
+    def premint(self, route: str, h2c: bool) -> None:
+        """When a listener binds: the route's context now rather than inside the first handshake; raises as
+        `server_context`. Left to the signer when it would load `cryptography` into the daemon while the
+        signer's child is about to sign that leaf (a handshake before then signs it in-process)."""
+        names = (self.default_name(route),)
+        if (self.signer is not None and not self.store.ca.is_loaded and self.signer.covers(names)
+                and self.store.vouched(names) is None):
+            return
+        self.server_context(route, h2c)
 
     def leaf_context(self, name: str, h2c: bool) -> ssl.SSLContext:
         leaf = self.store.get((name,))
@@ -223,7 +255,7 @@ class Terminator:
     def status(self) -> TLSStatus:
         """What `maculactl status` shows: the root's path, fingerprint and expiry, never its key."""
         ca = self.store.ca
-        return {
+        status: TLSStatus = {
             "enabled": True,
             "ca": str(ca.cert_path) if ca.cert_path else None,
             "fingerprint_sha256": ca.fingerprint,
@@ -231,12 +263,17 @@ class Terminator:
             "leaves_cached": len(self.store),
             "error": None,
         }
+        if self.signer is not None:
+            status["signer"] = self.signer.status()
+        return status
 
 
 def load_terminator(
-    *, domain: str, state_dir: Path, config: TLSConfig, metrics: Metrics
+    *, domain: str, state_dir: Path, config: TLSConfig, metrics: Metrics, signer: Signer | None = None
 ) -> tuple[Terminator | None, str | None]:
-    """The terminator over `<state_dir>/ca/` (made on first start), or None and why not (TLS is enabled)."""
+    """The terminator over `<state_dir>/ca/` (made on first start), or None and why not (TLS is enabled).
+    With a `signer`, its child made the CA already when it could (`Signer.prepare`), so `open_ca` finds it
+    vouched; the signer gets the store."""
     try:
         ca, created = open_ca(state_dir / "ca", domain)
     except (CAError, OSError) as exc:
@@ -247,7 +284,9 @@ def load_terminator(
     metrics.tls_ca_expiry.set(ca.not_after.timestamp())
     store = LeafStore(ca=ca, directory=state_dir / "ca" / "leaves", max_entries=config.max_leaves,
                       on_issue=lambda reason: metrics.tls_leaves_issued.labels(reason=reason).inc())
-    return Terminator(store=store, metrics=metrics, handshake_timeout=config.handshake_timeout), None
+    if signer is not None:
+        signer.attach(store)
+    return Terminator(store=store, metrics=metrics, handshake_timeout=config.handshake_timeout, signer=signer), None
 
 
 class TlsClientProtocol(ClientProtocol):
@@ -420,5 +459,5 @@ class RedirectProtocol(ClientProtocol):
         self._linger()
 
 
-__all__ = ["REASONS", "RedirectProtocol", "Target", "Terminator", "TlsClientProtocol", "failure_reason",
-           "load_terminator", "serves"]
+__all__ = ["REASONS", "RedirectProtocol", "Target", "Terminator", "TlsClientProtocol", "default_name",
+           "failure_reason", "leaf_names", "load_terminator", "serves"]
