@@ -51,10 +51,10 @@ def test_the_kubernetes_parts_need_no_kubernetes_or_http_library() -> None:
 
 
 @pytest.mark.parametrize("tls", [False, True])
-def test_the_running_daemon_maps_cryptography_only_when_it_terminates_tls(tmp_path: Path, tls: bool) -> None:
-    """`maculad run` itself on a fresh state directory: its memory map holds cryptography's native library
-    exactly when TLS is on (the CA is made). A restart on a state whose certificates are all good maps it
-    no more: tests/test_pki_lazy.py."""
+def test_the_running_daemon_maps_no_cryptography_with_or_without_tls(tmp_path: Path, tls: bool) -> None:
+    """`maculad run` itself on a fresh state directory: its memory map holds no cryptography's native
+    library, TLS on or off (with TLS on, the signer's child makes the CA: tests/test_pki_signer.py). A
+    restart on a state whose certificates are all good maps it no more: tests/test_pki_lazy.py."""
     text, ports = base_config(tmp_path, extra=f"[tls]\nenabled = {str(tls).lower()}\n")
     cfg = tmp_path / "maculad.toml"
     cfg.write_text(text)
@@ -65,4 +65,6 @@ def test_the_running_daemon_maps_cryptography_only_when_it_terminates_tls(tmp_pa
         maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
     finally:
         d.stop()
-    assert ("cryptography/hazmat/bindings/_rust" in maps) == tls, d.logs()
+    assert "cryptography/hazmat/bindings/_rust" not in maps, d.logs()
+    if tls:  # the CA is there all the same
+        assert (tmp_path / "state" / "ca" / "ca.pem").exists() and d.logs().count("tls_signer_ran") == 1

@@ -3,8 +3,10 @@
 The manifest rule is pure (good, missing, corrupt, hash mismatch, due, other names, another root);
 `open_ca` and `LeafStore` fall back to the `cryptography` checks for anything the manifest does not vouch
 for (and repair it); a process that cannot import `cryptography` still serves a state it vouches for; and
-the real daemon, restarted on its own state directory, maps no `_rust.abi3.so` while TLS verifies against
-the local root, until a reload adds a name that needs a new leaf."""
+the real daemon maps no `_rust.abi3.so` while TLS verifies against the local root: on a first start the
+signer's child makes the CA and the route's leaf, a wildcard route's new SNI name is signed in-process
+(cryptography mapped then), and a restart on that state maps it no more, also when a reload adds a name
+(its leaf comes from the child: tests/test_pki_signer.py has the rest)."""
 
 from __future__ import annotations
 
@@ -327,9 +329,11 @@ http = "127.0.0.1:{apps.port}"
         first = Maculad(cfg, log=tmp_path / "first.log").start()
         try:
             first.wait_ready(ports["metrics"])
-            assert _maps_cryptography(first), first.logs()  # a fresh state: the CA and leaves are made
+            assert not _maps_cryptography(first), first.logs()  # a fresh state: the child made the CA and leaves
             assert "grafana" in _handshake(GRAFANA_IP, ports["https"], "grafana.macula.local", cafile)
+            assert not _maps_cryptography(first), first.logs()
             assert "apps" in _handshake(APEX_IP, ports["https"], "x.apps.macula.local", cafile)
+            assert _maps_cryptography(first)  # a wildcard route's SNI name: signed in the handshake, in-process
         finally:
             assert first.stop() == 0, first.logs()
 
@@ -352,8 +356,10 @@ http = "127.0.0.1:{apps.port}"
                 except OSError:
                     return ""
 
+            wait_until(lambda: metric(ports["metrics"], "maculad_tls_signer_runs_total", result="ok") >= 1,
+                       "the signer's run for the reloaded route")
             assert "loki" in wait_until(served, "the reloaded route's https answer")
-            assert _maps_cryptography(second)  # its leaf had to be issued
+            assert not _maps_cryptography(second), second.logs()  # its leaf was issued by the child
             assert metric(ports["metrics"], "maculad_tls_leaves_issued_total", reason="new") == 1
             assert "grafana" in _handshake(GRAFANA_IP, ports["https"], "grafana.macula.local", cafile)
         finally:
