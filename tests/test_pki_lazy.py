@@ -28,7 +28,9 @@ from maculad.pki.leaves import LeafStore
 from maculad.pki.manifest import LeafEntry, RootEntry, leaf_problem, root_problem
 from maculad.pki.root import open_ca
 from tests.support.daemon import Maculad, TaggedHTTP, base_config, wait_until
+from tests.support.tls import maps_cryptography
 from tests.support.tls import metric
+from tests.support.tls import verified_get as _handshake
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 FP_A = ":".join(["AA"] * 32)
@@ -287,21 +289,9 @@ def test_a_vouched_state_needs_no_cryptography_and_a_new_name_does(tmp_path: Pat
 # -- the real daemon
 
 
-def _handshake(ip: str, port: int, name: str, cafile: Path) -> str:
-    """A verified TLS handshake with SNI `name`, then one request: the backend's answer."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection((ip, port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=name) as tls:
-        tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-    return data.decode(errors="replace")
-
-
 def _maps_cryptography(d: Maculad) -> bool:
     assert d.proc is not None
-    return "cryptography/hazmat/bindings/_rust.abi3.so" in Path(f"/proc/{d.proc.pid}/maps").read_text()
+    return maps_cryptography(d.proc.pid)
 
 
 GRAFANA_IP, APEX_IP, LOKI_IP = "127.0.10.61", "127.0.10.62", "127.0.10.63"

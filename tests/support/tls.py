@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import threading
 import urllib.request
@@ -89,3 +90,21 @@ def metric(port: int, name: str, **labels: str) -> float:
 
 def ca_paths(state_dir: Path) -> tuple[Path, Path]:
     return state_dir / "ca" / "ca.pem", state_dir / "ca" / "ca-key.pem"
+
+
+def verified_get(ip: str, port: int, name: str, cafile: Path) -> str:
+    """A TLS handshake with SNI `name` verified against `cafile`, then one request: the backend's answer."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection((ip, port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def maps_cryptography(pid: int | None) -> bool:
+    """Whether the process has cryptography's native library mapped (/proc/PID/maps)."""
+    assert pid is not None
+    return "cryptography/hazmat/bindings/_rust.abi3.so" in Path(f"/proc/{pid}/maps").read_text()
