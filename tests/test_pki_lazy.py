@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
-import socket
 import ssl
 import subprocess
 import sys
