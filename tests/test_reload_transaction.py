@@ -198,7 +198,8 @@ def test_readyz_fails_while_a_configured_listener_does_not_serve(tmp_path: Path)
             except OSError:
                 return None
 
-        _code, body = wait_until(lambda: (r := readyz()) is not None and r[0] == 503 and "proxy" in r[1] and r,
+        # "proxy: not started" while the daemon starts (the signer's child makes the CA first), then the bind
+        _code, body = wait_until(lambda: (r := readyz()) is not None and r[0] == 503 and "cannot bind" in r[1] and r,
                                 "/readyz to report the listener")
         assert f"cannot bind 127.0.10.251:{ports['http']}/tcp" in body and "address already in use" in body
         st = json.loads(maculactl(tmp_path, "status", "--json")[1])
