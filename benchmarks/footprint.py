@@ -6,7 +6,7 @@ Scenarios (the real `maculad run` each time):
 
 * `user`: `config/maculad-user.toml` as shipped (Docker on, Kubernetes off), only its ports,
   state_dir and control socket moved to free/private places (one state dir for all rounds: round 1
-  is a first start, which makes the CA and the leaves, the later rounds are restarts);
+  is a first start, whose signer child makes the CA and the leaves, the later rounds are restarts);
 * `all`: the same plus every source on and 1,000 routes: Docker (a private dockerd, so the
   daemon supervises nobody else's containers), Kubernetes (tests/support/fake_k8s.py's API
   server in its own process, serving enough Ingresses to make 1,000 routes in total), and
@@ -456,8 +456,8 @@ def run_scenario(sc: Scenario, work: Path, rounds: int, window: float, settle: f
           f"dnsmasq {d.rss_mb:.1f} MB; nginx {n.rss_mb:.1f} MB; maculad/(dnsmasq+nginx) "
           f"{ratio(m.rss_mb, d.rss_mb + n.rss_mb)}")
     if len(rows) > 1:  # round 1 starts on an empty state dir; the later ones restart on what it made
-        print(f"   RSS, first start / restarts   maculad {rows[0]['maculad'].rss_mb:.1f} MB (makes the CA and the "
-              f"leaves: cryptography loaded) / median {statistics.median(r['maculad'].rss_mb for r in rows[1:]):.1f}"
+        print(f"   RSS, first start / restarts   maculad {rows[0]['maculad'].rss_mb:.1f} MB (CA and "
+              f"leaves by the signer's child) / median {statistics.median(r['maculad'].rss_mb for r in rows[1:]):.1f}"
               " MB (the certificates on disk are used as they are)")
     print(f"   idle wake-ups/s               maculad {spread(lambda r: r['maculad'].wakeups, '{:.2f}')}; "
           f"dnsmasq {d.wakeups:.2f}; nginx {n.wakeups:.2f}; maculad/(dnsmasq+nginx) "
