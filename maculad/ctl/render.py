@@ -172,7 +172,7 @@ def clock(ts: float | None, *, now: float) -> str:
 
 
 #: Keys whose numbers are epoch seconds, and keys whose numbers are seconds of duration.
-EPOCH_KEYS = frozenset({"time", "last_sync", "last_attempt", "failing_since"})
+EPOCH_KEYS = frozenset({"time", "last_sync", "last_attempt", "failing_since", "last_run"})
 DURATION_KEYS = frozenset({"retry_in", "next_attempt_in"})
 
 
