@@ -9,7 +9,8 @@ import asyncio
 import datetime as dt
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,16 @@ from tests.support.rawhttp import Handler, RawServer, keepalive
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-async def serve(handler: Handler) -> tuple[RawServer, HTTPClient]:
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[tuple[RawServer, HTTPClient]]:
+    """A raw server on a free port and a client for it; both closed after the block."""
     srv = RawServer(handler)
-    ep = await srv.tcp()
-    return srv, HTTPClient(ep, timeout=5.0)
+    client = HTTPClient(await srv.tcp(), timeout=5.0)
+    try:
+        yield srv, client
+    finally:
+        await client.close()
+        await srv.close()
 
 
 async def until(cond: Callable[[], bool]) -> None:
@@ -47,10 +54,9 @@ async def until(cond: Callable[[], bool]) -> None:
 
 
 async def test_content_length_headers_query_and_request_body() -> None:
-    srv, client = await serve(keepalive(
+    async with serving(keepalive(
         b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-Twice: a\r\nx-twice: b\r\n"
-        b"Content-Type: text/plain\r\n\r\nhello"))
-    try:
+        b"Content-Type: text/plain\r\n\r\nhello")) as (srv, client):
         resp = await client.request("post", "/v1/things", params={"filters": '{"label": ["a b=c&d"]}', "all": "1"},
                                     headers={"X-Api-Key": "k"}, body=b'{"x": 1}')
         assert (resp.status, resp.reason, resp.body) == (201, "Created", b"hello")
@@ -64,9 +70,6 @@ async def test_content_length_headers_query_and_request_body() -> None:
         assert seen["x-api-key"] == "k"
         assert seen["content-length"] == "8"
         assert body == b'{"x": 1}'
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_chunked_body_in_separate_writes() -> None:
@@ -81,13 +84,9 @@ async def test_chunked_body_in_separate_writes() -> None:
         await writer.drain()
         await srv.next_request(reader)
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (_srv, client):
         resp = await client.request("GET", "/json")
         assert resp.json() == {"a": [1, 2]}
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_close_delimited_body_and_no_reuse_after_it() -> None:
@@ -96,14 +95,10 @@ async def test_close_delimited_body_and_no_reuse_after_it() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
         await writer.drain()
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (srv, client):
         assert (await client.request("GET", "/")).body == b"until the end"
         assert (await client.request("GET", "/")).body == b"until the end"
         assert srv.connections == 2
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_head_and_204_have_no_body() -> None:
@@ -115,44 +110,32 @@ async def test_head_and_204_have_no_body() -> None:
                 writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
             await writer.drain()
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (srv, client):
         head = await client.request("HEAD", "/")
         assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "1000")
         assert (await client.request("DELETE", "/x")).status == 204
         assert srv.connections == 1
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_bad_json_is_value_error() -> None:
-    srv, client = await serve(keepalive(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnope"))
-    try:
+    async with serving(keepalive(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnope")) as (_srv, client):
         resp = await client.request("GET", "/")
         with pytest.raises(ValueError):
             resp.json()
         assert Response(200, "OK", {}, b"\xff").status == 200
         with pytest.raises(ValueError):
             Response(200, "OK", {}, b"\xff\xfe").json()
-    finally:
-        await client.close()
-        await srv.close()
 
 
 # ---------------------------------------------------------------------- keep-alive
 
 
 async def test_keepalive_reuses_one_connection() -> None:
-    srv, client = await serve(keepalive(OK))
-    try:
+    async with serving(keepalive(OK)) as (srv, client):
         for _ in range(5):
             assert (await client.request("GET", "/")).body == b"ok"
         assert srv.connections == 1
         assert client.connections_opened == 1
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_at_most_max_idle_connections_are_kept() -> None:
@@ -186,15 +169,11 @@ async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
         writer.write(OK)  # keep-alive by HTTP/1.1 default, but the server closes right after
         await writer.drain()
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (srv, client):
         await client.request("GET", "/")
         await until(lambda: srv.finished == 1 and client._idle[0].reader.at_eof())
         assert (await client.request("POST", "/")).body == b"ok"  # not retried: the closed one was not used
         assert srv.connections == 2
-    finally:
-        await client.close()
-        await srv.close()
 
 
 def closes_on_second_request() -> Handler:
@@ -209,41 +188,29 @@ def closes_on_second_request() -> Handler:
 
 
 async def test_idempotent_request_is_retried_once_on_a_new_connection() -> None:
-    srv, client = await serve(closes_on_second_request())
-    try:
+    async with serving(closes_on_second_request()) as (srv, client):
         await client.request("GET", "/")
         assert (await client.request("PUT", "/again", body=b"x")).body == b"ok"
         assert srv.connections == 2
         assert [r[0].split(b" ")[0] for r in srv.requests] == [b"GET", b"PUT", b"PUT"]
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_post_is_not_retried() -> None:
-    srv, client = await serve(closes_on_second_request())
-    try:
+    async with serving(closes_on_second_request()) as (srv, client):
         await client.request("GET", "/")
         with pytest.raises(HTTPUnavailable, match="closed the connection without answering"):
             await client.request("POST", "/create")
         assert srv.connections == 1
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_fresh_connection_closed_without_answer_is_not_retried() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: RawServer) -> None:
         await srv.next_request(reader)
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (srv, client):
         with pytest.raises(HTTPUnavailable, match=r"http://127\.0\.0\.1:\d+: the server closed"):
             await client.request("GET", "/")
         assert srv.connections == 1
-    finally:
-        await client.close()
-        await srv.close()
 
 
 def test_one_client_from_two_event_loops() -> None:
@@ -289,8 +256,7 @@ async def test_stream_lines_across_chunk_boundaries(keepends: bool) -> None:
         await writer.drain()
         await srv.next_request(reader)
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (_srv, client):
         stream = await client.stream("GET", "/events")
         assert (stream.status, stream.headers["content-type"]) == (200, "application/json")
         lines = []
@@ -301,22 +267,15 @@ async def test_stream_lines_across_chunk_boundaries(keepends: bool) -> None:
         assert lines == ([b"one\n", b"two\n", b"\n", b"three"] if keepends else [b"one", b"two", b"", b"three"])
         await stream.close()
         await stream.close()
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_stream_uses_its_own_connection_and_read_returns_the_rest() -> None:
-    srv, client = await serve(keepalive(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello\nworld"))
-    try:
+    async with serving(keepalive(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello\nworld")) as (srv, client):
         await client.request("GET", "/")
         stream = await client.stream("GET", "/")
         assert await stream.read() == b"hello\nworld"
         await stream.close()
         assert srv.connections == 2
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_stream_broken_mid_body_is_unavailable() -> None:
@@ -325,17 +284,13 @@ async def test_stream_broken_mid_body_is_unavailable() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nok\n\n\r\n3\r\nha")
         await writer.drain()
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (_srv, client):
         stream = await client.stream("GET", "/")
         got = []
         with pytest.raises(HTTPUnavailable, match="the stream broke"):
             async for line in stream.lines():
                 got.append(line)
         assert got == [b"ok", b""]
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_client_close_ends_an_open_stream() -> None:
@@ -345,8 +300,7 @@ async def test_client_close_ends_an_open_stream() -> None:
         await writer.drain()
         await reader.read()
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (srv, client):
         stream = await client.stream("GET", "/")
         lines = stream.lines()
         assert await anext(lines) == b"a"
@@ -355,9 +309,6 @@ async def test_client_close_ends_an_open_stream() -> None:
         await client.close()
         assert await pending is None
         await until(lambda: srv.finished == 1)  # the client closed the connection
-    finally:
-        await client.close()
-        await srv.close()
 
 
 # ---------------------------------------------------------------------- bounds
@@ -365,16 +316,12 @@ async def test_client_close_ends_an_open_stream() -> None:
 
 async def test_oversized_head_is_unavailable() -> None:
     big = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(200))
-    srv, client = await serve(keepalive(big + b"\r\n"))
-    try:
+    async with serving(keepalive(big + b"\r\n")) as (_srv, client):
         assert len(big) > MAX_HEAD
         with pytest.raises(HTTPTooLarge, match=f"head .*exceeds {MAX_HEAD} bytes"):
             await client.request("GET", "/")
         with pytest.raises(HTTPTooLarge, match=f"head .*exceeds {MAX_HEAD} bytes"):
             await client.stream("GET", "/")
-    finally:
-        await client.close()
-        await srv.close()
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "close"])
@@ -408,18 +355,14 @@ async def test_oversized_body_is_unavailable(framing: str) -> None:
 
 
 async def test_oversized_line_is_unavailable() -> None:
-    srv, client = await serve(keepalive(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1005\r\n\r\nfine\n" + b"y" * 1000))
-    try:
+    async with serving(keepalive(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1005\r\n\r\nfine\n" + b"y" * 1000)) as (_srv, client):
         stream = await client.stream("GET", "/")
         got = []
         with pytest.raises(HTTPTooLarge, match="line exceeds 100 bytes"):
             async for line in stream.lines(max_line=100):
                 got.append(line)
         assert got == [b"fine"]
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_short_body_is_unavailable_not_truncated() -> None:
@@ -428,23 +371,15 @@ async def test_short_body_is_unavailable_not_truncated() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         await writer.drain()
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (_srv, client):
         with pytest.raises(HTTPUnavailable, match="closed the connection in the middle of the answer"):
             await client.request("GET", "/")
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_malformed_answer_is_unavailable() -> None:
-    srv, client = await serve(keepalive(b"SMTP ready\r\n\r\n"))
-    try:
+    async with serving(keepalive(b"SMTP ready\r\n\r\n")) as (_srv, client):
         with pytest.raises(HTTPUnavailable, match="malformed answer"):
             await client.request("GET", "/")
-    finally:
-        await client.close()
-        await srv.close()
 
 
 # ---------------------------------------------------------------------- no answer
@@ -455,15 +390,11 @@ async def test_server_that_never_answers_times_out() -> None:
         await srv.next_request(reader)
         await reader.read()
 
-    srv, client = await serve(handler)
-    try:
+    async with serving(handler) as (_srv, client):
         with pytest.raises(HTTPTimeout, match=r"no answer to GET /slow within 0\.2 s"):
             await client.request("GET", "/slow", timeout=0.2)
         with pytest.raises(HTTPTimeout, match=r"no answer to GET /watch within 0\.2 s"):
             await client.stream("GET", "/watch", timeout=0.2)
-    finally:
-        await client.close()
-        await srv.close()
 
 
 async def test_refused_and_missing_socket(tmp_path: Path) -> None:
