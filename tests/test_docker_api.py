@@ -22,7 +22,7 @@ from maculad.adapters.docker.api import (
     engine_client,
 )
 from tests.support.docker import DockerScope, docker_cli, wait_for
-from tests.support.rawhttp import RawServer
+from tests.support.rawhttp import RawServer, send_chunks
 
 SLEEP = ("sleep", "100000")
 
@@ -128,12 +128,9 @@ class FakeEngine:
                              b"Content-Length: 21\r\n\r\nthe engine fell over\n")
             elif path.startswith(f"/v{self.api_version}/events"):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                for line in self.events:
-                    writer.write(b"%x\r\n%s\r\n" % (len(line), line))
-                    await writer.drain()
+                await send_chunks(writer, self.events, end=self.end != "break")
                 if self.end == "break":
                     return
-                writer.write(b"0\r\n\r\n")
             else:
                 writer.write(b'HTTP/1.1 404 Not Found\r\nContent-Length: 30\r\n\r\n{"message": "page not found"}\n')
             await writer.drain()

@@ -24,7 +24,7 @@ from maculad.adapters.http import (
     HTTPUnavailable,
     Response,
 )
-from tests.support.rawhttp import Handler, RawServer, keepalive
+from tests.support.rawhttp import Handler, RawServer, keepalive, send_chunks
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -76,12 +76,7 @@ async def test_chunked_body_in_separate_writes() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: RawServer) -> None:
         await srv.next_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for part in (b'{"a":', b' [1, 2]', b"}"):
-            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
-            await writer.drain()
-            await asyncio.sleep(0)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        await send_chunks(writer, (b'{"a":', b' [1, 2]', b"}"), pause=True)
         await srv.next_request(reader)
 
     async with serving(handler) as (_srv, client):
@@ -248,12 +243,7 @@ async def test_stream_lines_across_chunk_boundaries(keepends: bool) -> None:
         writer.write(b"6\r\none\ntw\r\n")
         await writer.drain()
         await first_line_seen.wait()
-        for part in (b"o\n\nthr", b"ee"):
-            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
-            await writer.drain()
-            await asyncio.sleep(0)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        await send_chunks(writer, (b"o\n\nthr", b"ee"), pause=True)
         await srv.next_request(reader)
 
     async with serving(handler) as (_srv, client):

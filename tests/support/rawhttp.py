@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from maculad.adapters.http import Endpoint
@@ -80,6 +80,20 @@ class RawServer:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def send_chunks(writer: asyncio.StreamWriter, parts: Iterable[bytes], *, end: bool = True,
+                      pause: bool = False) -> None:
+    """Each part as one chunk of a chunked body (drained, and with `pause` a loop pass between them so
+    they arrive apart); with `end` the last chunk follows."""
+    for part in parts:
+        writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+        await writer.drain()
+        if pause:
+            await asyncio.sleep(0)
+    if end:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
 
 def keepalive(answer: bytes) -> Handler:
