@@ -271,6 +271,43 @@ def test_first_byte_and_idle_timeouts(tmp_path: Path) -> None:
             echo.close()
 
 
+def test_a_long_lived_connection_is_counted_exactly_and_still_times_out_when_idle(tmp_path: Path) -> None:
+    """Past its first chunks a relayed connection is piped and the kernel counts its bytes: /metrics
+    shows exactly what went through, while it is open and after, and the idle timeout still sees it."""
+    echo = Holder(echo=True)
+    pg_port = free_port("127.0.0.1", udp_too=False)
+    text, ports = base_config(tmp_path)
+    text = text.replace("drain_grace = 1.0\n", "drain_grace = 1.0\nidle_timeout = 2.0\n")
+    text += f'[[route]]\nname = "pg"\nip = "127.0.10.233"\ntcp = {{ {pg_port} = "127.0.0.1:{echo.port}" }}\n'
+    cfg = tmp_path / "maculad.toml"
+    cfg.write_text(text)
+    d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    labels = {"route": "pg.macula.local", "port": str(pg_port), "proto": "tcp"}
+    try:
+        d.wait_ready(ports["metrics"])
+        pg = socket.create_connection(("127.0.10.233", pg_port), timeout=10)
+        sent = 0
+        for i in range(500):  # far more round trips than the relay takes through Python
+            msg = bytes([i % 251]) * (1 + (i * 7919) % 30_000)
+            pg.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += pg.recv(len(msg) - len(got))
+            assert got == msg
+            sent += len(msg)
+        assert metric(ports, "maculad_proxy_bytes_total", direction="in", **labels) == sent
+        assert metric(ports, "maculad_proxy_bytes_total", direction="out", **labels) == sent
+        assert closed_by_peer(pg)  # then nothing either way for idle_timeout: closed by the relay
+        pg.close()
+        assert metric(ports, "maculad_proxy_timeouts_total", reason="idle", **labels) == 1
+        assert metric(ports, "maculad_proxy_bytes_total", direction="in", **labels) == sent
+        assert metric(ports, "maculad_proxy_bytes_total", direction="out", **labels) == sent
+        assert "Traceback" not in d.logs() and "Fatal error" not in d.logs()
+    finally:
+        d.stop()
+        echo.close()
+
+
 # --------------------------------------------------------------------------- DNS over TCP
 
 

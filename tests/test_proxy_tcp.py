@@ -225,6 +225,56 @@ async def scenario_slow_reader(tmp_path: Path) -> None:
         await server.wait_closed()
 
 
+async def scenario_piped_echo(tmp_path: Path) -> None:
+    """A connection that outlives `PIPE_AFTER` chunks is piped (each side's chunks go straight to the other
+    transport's write) and its byte counts come from the kernel: every byte still arrives in order, and
+    the counts are exact, both while it is open and after it closed."""
+    async with TcpEcho(b"pg") as echo, running_relay(
+        tmp_path, lambda c: route("pg", c, tcp=[(dead_port(), echo.backend)])
+    ) as h:
+        port = next(pm.port for pm in h.routes.current.routes[0].ports)
+        ip = h.ip("pg")
+        labels = {"route": "pg.macula.local", "port": str(port), "proto": "tcp"}
+        r, w = await asyncio.open_connection(ip, port)
+        assert await asyncio.wait_for(r.readline(), 10) == b"pg\n"
+        sent = 0
+        for i in range(3 * tcp_mod.PIPE_AFTER):
+            msg = pattern(1 + (i * 997) % 40_000, seed=i)
+            w.write(msg)
+            sent += len(msg)
+            assert await asyncio.wait_for(r.readexactly(len(msg)), 10) == msg
+        conns = h.connections()
+        assert [c.piped for c in conns] == [True]
+        h.relay.flush_metrics()
+        assert h.sample("maculad_proxy_bytes_total", direction="in", **labels) == sent
+        assert h.sample("maculad_proxy_bytes_total", direction="out", **labels) == sent + len(b"pg\n")
+        big = pattern(8 * MB, seed=77)  # and a burst much larger than the buffers, through the pipe
+        w.write(big)
+        assert await asyncio.wait_for(r.readexactly(len(big)), 30) == big
+        w.write_eof()
+        assert await asyncio.wait_for(r.read(), 10) == b""  # the echo closes when we do
+        w.close()
+        await wait_for(lambda: h.listener(ip, port)["conns"] == 0, what="connection closed")
+        assert h.sample("maculad_proxy_bytes_total", direction="in", **labels) == sent + len(big)
+        assert h.sample("maculad_proxy_bytes_total", direction="out", **labels) == sent + len(big) + len(b"pg\n")
+
+
+async def scenario_short_connection_is_counted_in_python(tmp_path: Path) -> None:
+    """A connection of a few chunks never pipes: counted exactly without asking the kernel."""
+    async with TcpEcho(b"pg") as echo, running_relay(
+        tmp_path, lambda c: route("pg", c, tcp=[(dead_port(), echo.backend)])
+    ) as h:
+        port = next(pm.port for pm in h.routes.current.routes[0].ports)
+        ip = h.ip("pg")
+        r, w = await asyncio.open_connection(ip, port)
+        assert await asyncio.wait_for(r.readline(), 10) == b"pg\n"
+        w.write(b"SELECT 1")
+        assert await asyncio.wait_for(r.readexactly(8), 10) == b"SELECT 1"
+        conns = h.connections()
+        assert [(c.piped, c.bytes_in, c.backend.bytes_out if c.backend else None) for c in conns] == [(False, 8, 11)]
+        w.close()
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -244,9 +294,43 @@ async def test_slow_reader_bounded_buffers(tmp_path: Path) -> None:
     await scenario_slow_reader(tmp_path)
 
 
+async def test_piped_connection(tmp_path: Path) -> None:
+    await scenario_piped_echo(tmp_path)
+
+
+async def test_short_connection_is_not_piped(tmp_path: Path) -> None:
+    await scenario_short_connection_is_counted_in_python(tmp_path)
+
+
+def test_only_a_write_into_a_just_closed_peer_is_kept_out_of_the_log() -> None:
+    client = tcp_mod.ClientProtocol.__new__(tcp_mod.ClientProtocol)
+    backend = tcp_mod.BackendProtocol.__new__(tcp_mod.BackendProtocol)
+    pipe = tcp_mod._Pipe(client, lambda data: None)
+    race = RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+    assert tcp_mod.relay_race({"protocol": backend, "exception": race})
+    assert tcp_mod.relay_race({"protocol": pipe, "exception": race})
+    assert not tcp_mod.relay_race({"protocol": backend, "exception": ValueError("a bug")})
+    assert not tcp_mod.relay_race({"protocol": client, "exception": race})  # the Python path catches its own
+    assert not tcp_mod.relay_race({"message": "Task exception was never retrieved", "exception": race})
+
+    loop = asyncio.new_event_loop()
+    try:
+        seen: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+        tcp_mod.quiet_relay_race(loop)
+        tcp_mod.quiet_relay_race(loop)  # once per loop: not a chain of two
+        loop.call_exception_handler({"message": "race", "protocol": pipe, "exception": race})
+        other = {"message": "other", "exception": ValueError("a bug")}
+        loop.call_exception_handler(other)
+        assert seen == [other]
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize(
-    "scenario", [scenario_http_host_intact, scenario_large_body, scenario_half_close, scenario_slow_reader],
-    ids=["http", "20mb", "half-close", "slow-reader"],
+    "scenario", [scenario_http_host_intact, scenario_large_body, scenario_half_close, scenario_slow_reader,
+                 scenario_piped_echo, scenario_short_connection_is_counted_in_python],
+    ids=["http", "20mb", "half-close", "slow-reader", "piped", "short"],
 )
 def test_scenarios_on_uvloop(tmp_path: Path, scenario: Any) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

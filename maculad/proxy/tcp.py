@@ -9,6 +9,22 @@ buffered meanwhile (uvloop starts reading right after `connection_made`
 whatever the protocol asked, so a first chunk that arrives anyway is kept and
 reading is paused again; that is at most one chunk).
 
+The pipe: where the kernel counts a socket's bytes (Linux, `TCP_INFO`) and the
+client side is plain bytes (not TLS terminated here), a connection that has
+relayed `PIPE_AFTER` chunks is piped (`ClientProtocol.pipe`): `data_received` of
+each side becomes the other transport's `write` (the backend protocol's
+attribute, and a `_Pipe` set as the client transport's protocol), so a chunk
+goes from one socket to the other without a Python frame, which was most of the
+relay's own CPU per request. A short connection (a request or two) never gets
+there and so never pays for reading the kernel's counts. From then on the byte
+counts are the sockets' `tcpi_bytes_received`, read (`ClientProtocol.sample`) by
+the sweep, the metrics flush and every close the relay makes itself, and never
+from a transport that is closing (its descriptor may already belong to another
+socket): a piped connection reset by a peer loses at most what moved since the
+last read. The one race this leaves, a chunk read in the same loop iteration as its
+peer transport closed, makes uvloop abort the reading side (what the relay does
+anyway) and report a RuntimeError, which `quiet_relay_race` keeps out of the log.
+
 Flow control: both transports have a bounded write buffer (`HIGH_WATER`);
 when one fills, its protocol's `pause_writing` pauses *reading* on the other
 side, and `resume_writing` resumes it. A slow reader therefore costs at most
@@ -44,8 +60,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import structlog
 
@@ -74,6 +92,66 @@ _CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED, _HANDSHAKE = range(6)
 _TIMED_OUT = "connect timed out"
 
 
+#: `struct tcp_info`'s `tcpi_bytes_received` (Linux 4.1 and later): its offset, and the length asked for.
+_RECEIVED_AT = 128
+_INFO_LEN = 136
+#: `tcpi_state`s in which the peer's FIN has arrived: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING; and CLOSE,
+#: where a socket that had sent its own FIN goes when the peer's comes (or after a reset: see `received`).
+_FIN_RECEIVED = frozenset({6, 8, 9, 11})
+_CLOSE = 7
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
+#: Whether the kernel counts the bytes, so the relay can pipe without counting in Python.
+KERNEL_COUNTS = _TCP_INFO is not None
+#: Chunks (both ways) a connection relays through Python before it is piped.
+PIPE_AFTER = 64
+
+
+def received(transport: Any, eof: bool) -> int | None:
+    """The bytes the kernel received on `transport`'s socket, None while unknown: a transport that is
+    closing (its descriptor may already be closed and reused), or a platform without `TCP_INFO`.
+    `eof`: the loop has reported the peer's FIN, which tells a CLOSE after a FIN from one after a reset."""
+    if _TCP_INFO is None or transport is None or transport.is_closing():
+        return None
+    sock = transport.get_extra_info("socket")  # built once per transport and cached by the loop
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_LEN)
+    except OSError:
+        return None
+    if len(info) < _INFO_LEN:
+        return None
+    # the peer's FIN takes a sequence number, which the kernel counts as received: not a byte
+    fin = info[0] in _FIN_RECEIVED or (eof and info[0] == _CLOSE)
+    return int.from_bytes(info[_RECEIVED_AT:_INFO_LEN], sys.byteorder) - fin
+
+
+def quiet_relay_race(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep the pipe's one expected race out of the loop's error log (see the module docstring); every
+    other report goes to the handler that was there before, or the loop's default. Once per loop."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "relay_race", False):
+        return
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if relay_race(context):
+            log.debug("proxy_write_to_closed_peer", error=str(context.get("exception")))
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    handler.relay_race = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
+def relay_race(context: dict[str, Any]) -> bool:
+    """Whether a loop exception report is a piped chunk written into a peer transport that had just closed."""
+    return (isinstance(context.get("protocol"), (BackendProtocol, _Pipe))
+            and isinstance(context.get("exception"), RuntimeError))
+
+
 def _tune(transport: asyncio.BaseTransport) -> None:
     """Bounded write buffers. (uvloop and asyncio already set TCP_NODELAY on every TCP transport;
     asking for the socket object here would cost extra system calls on every connection.)"""
@@ -84,26 +162,34 @@ def _tune(transport: asyncio.BaseTransport) -> None:
 class BackendProtocol(asyncio.Protocol):
     """The backend side of one relayed connection."""
 
-    __slots__ = ("bytes_out", "client", "eof", "peer_write", "transport")
+    __slots__ = ("bytes_out", "client", "data_received", "eof", "peer_write", "transport")
+
+    #: the backend's chunks go to: the client transport's own write (piped), or `_relay` (counted here)
+    data_received: Callable[[bytes], None]  # type: ignore[assignment]  # an attribute: the loop calls the target
 
     def __init__(self, client: ClientProtocol) -> None:
         self.client = client
         self.transport: Any = None
-        self.peer_write: Any = None
+        self.peer_write = client.client_writer()
+        self.data_received = self._relay
         self.bytes_out = 0
         self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         _tune(transport)
-        self.peer_write = self.client.client_writer()
 
-    def data_received(self, data: bytes) -> None:
+    def _relay(self, data: bytes) -> None:
         self.bytes_out += len(data)
         try:
             self.peer_write(data)
         except RuntimeError:  # the client transport closed in this very loop iteration
             self.transport.close()
+            return
+        c = self.client
+        c.budget -= 1
+        if not c.budget:
+            c.pipe()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -136,7 +222,34 @@ class BackendProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         c = self.client
         if c.state != _CLOSED and c.transport is not None and not c.transport.is_closing():
+            c.sample()
             c.transport.close()
+
+
+class _Pipe:
+    """The client transport's protocol while a piped connection relays: `data_received` is the backend
+    transport's write; the rest of the protocol is the connection's own."""
+
+    __slots__ = ("conn", "data_received")
+
+    def __init__(self, conn: ClientProtocol, write: Callable[[bytes], None]) -> None:
+        self.conn = conn
+        self.data_received = write
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # the transport is already made
+        pass
+
+    def eof_received(self) -> bool:
+        return self.conn.eof_received()
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -147,12 +260,14 @@ class ClientProtocol(asyncio.Protocol):
         "_f_out",
         "active_at",
         "backend",
+        "budget",
         "bytes_in",
         "client_eof",
         "head",
         "listener",
         "peer_write",
         "pending",
+        "piped",
         "reason",
         "seen",
         "state",
@@ -163,8 +278,14 @@ class ClientProtocol(asyncio.Protocol):
         "transport",
     )
 
+    #: whether this kind of connection pipes where the kernel counts (TLS terminated here does not)
+    PIPES: ClassVar[bool] = True
+
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
+        self.piped = False
+        #: chunks left before `pipe` (never reaches 0 where the connection does not pipe)
+        self.budget = PIPE_AFTER if KERNEL_COUNTS and self.PIPES else -1
         self.stats = listener.stats
         self.target = listener.target  # a changed backend only affects new connections
         self.transport: Any = None
@@ -281,6 +402,7 @@ class ClientProtocol(asyncio.Protocol):
             self.timer = None
         b = self.backend
         if b is not None and b.transport is not None and not b.transport.is_closing():
+            self.sample()
             b.transport.close()
         self.listener.closed(self)
 
@@ -294,19 +416,46 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.write_eof()
 
     def close_both(self) -> None:
+        self.sample()
         b = self.backend
         if b is not None and not b.transport.is_closing():
             b.transport.close()
         if not self.transport.is_closing():
             self.transport.close()
 
+    def pipe(self) -> None:
+        """Relayed `PIPE_AFTER` chunks: from now on each transport's chunks go straight to the other's
+        write, and the kernel counts the bytes (see the module docstring)."""
+        b = self.backend
+        if self.state != _RELAY or b is None or self.transport.is_closing() or b.transport.is_closing():
+            return
+        self.piped = True
+        b.data_received = self.transport.write
+        b.transport.set_protocol(b)  # the loop keeps the bound data_received: hand it the new one
+        self.transport.set_protocol(_Pipe(self, b.transport.write))
+
+    def sample(self) -> None:
+        """A piped connection: bring the byte counts up to what its two sockets have received."""
+        if not self.piped:
+            return
+        n = received(self.transport, self.client_eof)
+        if n is not None and n > self.bytes_in:
+            self.bytes_in = n
+        b = self.backend
+        if b is not None:
+            n = received(b.transport, b.eof)
+            if n is not None and n > b.bytes_out:
+                b.bytes_out = n
+
     def traffic(self) -> int:
         """Bytes relayed so far, both ways (what the listener's sweep watches)."""
+        self.sample()
         b = self.backend
         return self.bytes_in + (b.bytes_out if b is not None else 0)
 
     def heard(self) -> bool:
         """Whether the client has sent anything yet."""
+        self.sample()
         return self.bytes_in > 0 or bool(self.pending) or bool(self.head)
 
     def time_out(self) -> None:
@@ -318,6 +467,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drain grace over (or the relay stops): drop both sides now."""
+        self.sample()
         b = self.backend
         if b is not None and b.transport is not None:
             b.transport.abort()
@@ -333,6 +483,10 @@ class ClientProtocol(asyncio.Protocol):
                 self.peer_write(data)
             except RuntimeError:  # the backend transport closed in this very loop iteration
                 self.transport.close()
+                return
+            self.budget -= 1
+            if not self.budget:
+                self.pipe()
             return
         if self.state == _CONNECTING:  # see the module docstring: keep it, stop reading
             if self.pending is None:
@@ -437,6 +591,7 @@ class ClientProtocol(asyncio.Protocol):
     # -- accounting
 
     def flush(self) -> None:
+        self.sample()
         stats = self.stats
         d = self.bytes_in - self._f_in
         if d:
@@ -485,6 +640,7 @@ class TcpListener:
                 return RedirectProtocol(self)
             return ClientProtocol(self)
 
+        quiet_relay_race(self.loop)
         # create_server calls listen() again: without `backlog` it would be asyncio's 100
         self._server = await self.loop.create_server(factory, sock=sock, backlog=BACKLOG)
 

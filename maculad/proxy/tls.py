@@ -293,6 +293,7 @@ class TlsClientProtocol(ClientProtocol):
     """A relayed connection whose client side is TLS terminated here."""
 
     __slots__ = ("hello", "incoming", "outgoing", "sslobj", "terminator")
+    PIPES = False  # the client side's bytes are decrypted and encrypted here
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.hello = False  # any handshake byte from the client yet (the first-byte timeout)

@@ -26,6 +26,7 @@ from maculad.observability.metrics import Metrics
 from maculad.providers.base import port_maps
 from maculad.proxy.relay import Planner, Relay
 from maculad.proxy.spec import desired_listeners
+from maculad.proxy.tcp import TcpListener
 from maculad.proxy.platform import Argv, LoopbackPlatform
 from maculad.routes.manager import RouteTableManager
 from maculad.routes.model import RouteSpec
@@ -117,6 +118,10 @@ class RelayHarness:
             if entry["ip"] == ip and entry["port"] == port and entry["proto"] == proto:
                 return dict(entry)
         raise AssertionError(f"no listener {ip}:{port}/{proto} in {self.relay.status()}")
+
+    def connections(self) -> list[Any]:
+        """The relay's open TCP connections (its `ClientProtocol`s), over every listener."""
+        return [c for e in self.relay._entries.values() if isinstance(e.impl, TcpListener) for c in e.impl.conns]
 
     def sample(self, name: str, **labels: str) -> float:
         """A sample of the relay's metrics; the relay metrics' `horizon` label is `host` unless given."""
