@@ -20,7 +20,8 @@ nginx's default); the value used is printed. Kernel socket buffers are the defau
 
 Small requests: `wrk -c 32 -t 2 -d 10s`, req/s per round and the median.
 Large bodies: `wrk -c 4 -t 2` on the 100 MB file, MB/s per round and the
-median. Prints both figures and the ratio maculad / nginx, plus the CPU time
+median. Prints both figures and the ratio maculad / nginx (and the ratio of each round's
+back-to-back pair, which other load on the machine moves less than the medians), plus the CPU time
 each proxy process spent per small request (utime + stime from /proc), which
 is less sensitive than req/s to other load on a shared 2-core machine. Not
 part of the test suite; needs nginx, libnginx-mod-stream and wrk.
@@ -255,6 +256,9 @@ http = "127.0.0.1:{backend_port}"
               f"{m_mbps['maculad'] / m_mbps['nginx-stream']:8.2f}")
         print(f"{'proxy CPU us/request':24s}{m_cpu['maculad']:14.1f}{m_cpu['nginx-stream']:14.1f}"
               f"{m_cpu['maculad'] / m_cpu['nginx-stream']:8.2f}   (lower is better)")
+        per_round = [m / n for m, n in zip(rps["maculad"], rps["nginx-stream"], strict=True)]
+        print("req/s ratio per round (each pair back to back): "
+              + " ".join(f"{r:.2f}" for r in per_round) + f"; median {statistics.median(per_round):.2f}")
         print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         if daemon.poll() is not None:
             raise SystemExit(f"maculad exited early with {daemon.returncode}")
