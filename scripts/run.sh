@@ -29,6 +29,10 @@ else
   echo "$want" > "$stamp"
 fi
 
+# bytecode for every module now, not at each start: where Python may not write it (PYTHONDONTWRITEBYTECODE,
+# a checkout the service cannot write) every start would compile the sources again (~50 ms of start-up)
+.venv/bin/python -m compileall -q maculad
+
 # maculactl where the shell finds it: a link in ~/.local/bin (never over a file that is not a link)
 bin_dir="${MACULAD_BIN_DIR:-$HOME/.local/bin}"
 ctl="$PWD/.venv/bin/maculactl"

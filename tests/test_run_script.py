@@ -1,6 +1,7 @@
 """`scripts/run.sh` in a copy of the checkout: the first run installs into .venv and links
 maculactl into ~/.local/bin; the second run must not run pip at all (a `pip` that records being
-called and fails replaces the venv's, and the package index is unreachable) and answers DNS.
+called and fails replaces the venv's, and the package index is unreachable) and answers DNS. The
+install leaves bytecode for every module (with PYTHONDONTWRITEBYTECODE set, only run.sh can have).
 
 Both runs use their own config on free ports (`run.sh --config`), a private HOME, and stop the
 daemon they started (run.sh execs maculad, so its pid is the daemon's).
@@ -54,6 +55,7 @@ def checkout() -> Iterator[Checkout]:
     c.dns_port = ports["dns"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "MACULAD_"))}
     env["HOME"] = str(c.home)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # so the bytecode found afterwards is run.sh's own doing
     env["PATH"] = f"{base_python.parent}:/usr/local/bin:/usr/bin:/bin"
     cache = Path(os.path.expanduser("~/.cache/pip"))
     if cache.is_dir():
@@ -110,6 +112,11 @@ def test_run_sh_installs_once_links_maculactl_and_starts_without_the_network(che
     assert os.readlink(link) == str(c.src / ".venv" / "bin" / "maculactl")
     assert f"run.sh: linked {link} -> {c.src / '.venv' / 'bin' / 'maculactl'}" in first
     assert f'add it: export PATH="{link.parent}:$PATH"' in first  # ~/.local/bin is not on this PATH
+    # every module compiled by the install, so no start compiles sources (Python may not write bytecode)
+    tag = sys.implementation.cache_tag
+    sources = sorted((c.src / "maculad").rglob("*.py"))
+    missing = [p for p in sources if not (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists()]
+    assert sources and not missing, missing[:5]
 
     # the second start: no pip, no index; a pip that is called leaves a mark and fails
     marker = c.dir / "pip-was-called"
