@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 import ssl
+import struct
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -259,6 +260,48 @@ async def scenario_piped_echo(tmp_path: Path) -> None:
         assert h.sample("maculad_proxy_bytes_total", direction="out", **labels) == sent + len(big) + len(b"pg\n")
 
 
+async def scenario_piped_client_reset(tmp_path: Path) -> None:
+    """A piped connection whose client resets it while the backend streams: both sides are closed, the
+    counts stay, and nothing reaches the loop's error handler (the write into the just-closed client
+    is the one race the pipe leaves, and only that report is dropped)."""
+    loop = asyncio.get_running_loop()
+    reports: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
+    hoses: list[Firehose] = []
+
+    def make() -> Firehose:
+        hoses.append(Firehose(1024 * MB))
+        return hoses[-1]
+
+    server = await loop.create_server(make, "127.0.0.1", 0)
+    be = Backend("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        async with running_relay(tmp_path, lambda c: route("fh", c, tcp=[(dead_port(), be)])) as h:
+            port = next(pm.port for pm in h.routes.current.routes[0].ports)
+            ip = h.ip("fh")
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (ip, port))
+            got = 0
+            while got < 48 * MB:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 256 * 1024), 20)
+                assert chunk
+                got += len(chunk)
+            assert [c.piped for c in h.connections()] == [True]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST, with the backend still pushing
+            await wait_for(lambda: h.listener(ip, port)["conns"] == 0, what="both sides closed")
+            await wait_for(lambda: hoses[0].transport.is_closing(), what="backend connection closed")
+            labels = {"route": "fh.macula.local", "port": str(port), "proto": "tcp"}
+            assert h.sample("maculad_proxy_bytes_total", direction="out", **labels) >= got
+        assert reports == []
+    finally:
+        server.close()
+        for hose in hoses:
+            hose.transport.abort()
+        await server.wait_closed()
+
+
 async def scenario_short_connection_is_counted_in_python(tmp_path: Path) -> None:
     """A connection of a few chunks never pipes: counted exactly without asking the kernel."""
     async with TcpEcho(b"pg") as echo, running_relay(
@@ -298,6 +341,10 @@ async def test_piped_connection(tmp_path: Path) -> None:
     await scenario_piped_echo(tmp_path)
 
 
+async def test_piped_connection_reset_by_its_client(tmp_path: Path) -> None:
+    await scenario_piped_client_reset(tmp_path)
+
+
 async def test_short_connection_is_not_piped(tmp_path: Path) -> None:
     await scenario_short_connection_is_counted_in_python(tmp_path)
 
@@ -329,8 +376,8 @@ def test_only_a_write_into_a_just_closed_peer_is_kept_out_of_the_log() -> None:
 
 @pytest.mark.parametrize(
     "scenario", [scenario_http_host_intact, scenario_large_body, scenario_half_close, scenario_slow_reader,
-                 scenario_piped_echo, scenario_short_connection_is_counted_in_python],
-    ids=["http", "20mb", "half-close", "slow-reader", "piped", "short"],
+                 scenario_piped_echo, scenario_piped_client_reset, scenario_short_connection_is_counted_in_python],
+    ids=["http", "20mb", "half-close", "slow-reader", "piped", "piped-reset", "short"],
 )
 def test_scenarios_on_uvloop(tmp_path: Path, scenario: Any) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
