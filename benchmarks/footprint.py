@@ -450,7 +450,7 @@ def run_scenario(sc: Scenario, work: Path, rounds: int, window: float, settle: f
         return f"{a / b:.1f}×" if b > 0 else "n/a (0)"
 
     m, d, n = quiet["maculad"], quiet["dnsmasq"], quiet["nginx"]
-    print(f"-- {sc.name}, quietest round (least maculad CPU) and spread over rounds:")
+    print(f"-- {sc.name}, quietest round (least maculad CPU in the idle window) and spread over rounds:")
     print(f"   start-up to first DNS answer  maculad {spread(lambda r: r['start'] * 1000, '{:.0f} ms')}; "
           f"dnsmasq {spread(lambda r: r['dnsmasq_start'] * 1000, '{:.0f} ms')}")
     print(f"   CPU until the first answer    maculad {spread(lambda r: r['start_cpu'] * 1000, '{:.0f} ms')}")
