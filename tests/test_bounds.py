@@ -193,15 +193,21 @@ def test_doctor_warns_when_the_hard_limit_keeps_the_daemon_low(tmp_path: Path) -
 # --------------------------------------------------------------------------- relay connections
 
 
-def test_backlog_and_connection_cap(tmp_path: Path) -> None:
+def echo_route(tmp_path: Path, name: str, proxy_setting: str) -> tuple[Maculad, Holder, int, dict[str, int]]:
+    """The daemon started with one plain TCP route `name` on 127.0.10.233 to an echo `Holder`, and one
+    `[proxy]` setting line: (daemon, echo, the route's port, the config's ports)."""
     echo = Holder(echo=True)
     port = free_port("127.0.0.1", udp_too=False)
     text, ports = base_config(tmp_path)
-    text = text.replace("drain_grace = 1.0\n", "drain_grace = 1.0\nmax_connections = 3\n")
-    text += f'[[route]]\nname = "echo"\nip = "127.0.10.233"\ntcp = {{ {port} = "127.0.0.1:{echo.port}" }}\n'
+    text = text.replace("drain_grace = 1.0\n", f"drain_grace = 1.0\n{proxy_setting}\n")
+    text += f'[[route]]\nname = "{name}"\nip = "127.0.10.233"\ntcp = {{ {port} = "127.0.0.1:{echo.port}" }}\n'
     cfg = tmp_path / "maculad.toml"
     cfg.write_text(text)
-    d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    return Maculad(cfg, log=tmp_path / "maculad.log").start(), echo, port, ports
+
+
+def test_backlog_and_connection_cap(tmp_path: Path) -> None:
+    d, echo, port, ports = echo_route(tmp_path, "echo", "max_connections = 3")
     try:
         d.wait_ready(ports["metrics"])
         # the listen backlog is the relay's 1024, not asyncio's default 100 (ss: Send-Q of a listener)
@@ -274,14 +280,7 @@ def test_first_byte_and_idle_timeouts(tmp_path: Path) -> None:
 def test_a_long_lived_connection_is_counted_exactly_and_still_times_out_when_idle(tmp_path: Path) -> None:
     """Past its first chunks a relayed connection is piped and the kernel counts its bytes: /metrics
     shows exactly what went through, while it is open and after, and the idle timeout still sees it."""
-    echo = Holder(echo=True)
-    pg_port = free_port("127.0.0.1", udp_too=False)
-    text, ports = base_config(tmp_path)
-    text = text.replace("drain_grace = 1.0\n", "drain_grace = 1.0\nidle_timeout = 2.0\n")
-    text += f'[[route]]\nname = "pg"\nip = "127.0.10.233"\ntcp = {{ {pg_port} = "127.0.0.1:{echo.port}" }}\n'
-    cfg = tmp_path / "maculad.toml"
-    cfg.write_text(text)
-    d = Maculad(cfg, log=tmp_path / "maculad.log").start()
+    d, echo, pg_port, ports = echo_route(tmp_path, "pg", "idle_timeout = 2.0")
     labels = {"route": "pg.macula.local", "port": str(pg_port), "proto": "tcp"}
     try:
         d.wait_ready(ports["metrics"])

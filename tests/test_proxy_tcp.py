@@ -321,32 +321,14 @@ async def scenario_short_connection_is_counted_in_python(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- the tests
 
 
-async def test_http_through_relay_keeps_host(tmp_path: Path) -> None:
-    await scenario_http_host_intact(tmp_path)
+SCENARIOS = [scenario_http_host_intact, scenario_large_body, scenario_half_close, scenario_slow_reader,
+             scenario_piped_echo, scenario_piped_client_reset, scenario_short_connection_is_counted_in_python]
+SCENARIO_IDS = ["http", "20mb", "half-close", "slow-reader", "piped", "piped-reset", "short"]
 
 
-async def test_20mb_body_both_directions(tmp_path: Path) -> None:
-    await scenario_large_body(tmp_path)
-
-
-async def test_half_close_both_ways(tmp_path: Path) -> None:
-    await scenario_half_close(tmp_path)
-
-
-async def test_slow_reader_bounded_buffers(tmp_path: Path) -> None:
-    await scenario_slow_reader(tmp_path)
-
-
-async def test_piped_connection(tmp_path: Path) -> None:
-    await scenario_piped_echo(tmp_path)
-
-
-async def test_piped_connection_reset_by_its_client(tmp_path: Path) -> None:
-    await scenario_piped_client_reset(tmp_path)
-
-
-async def test_short_connection_is_not_piped(tmp_path: Path) -> None:
-    await scenario_short_connection_is_counted_in_python(tmp_path)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
+async def test_scenarios_on_asyncio(tmp_path: Path, scenario: Any) -> None:
+    await scenario(tmp_path)
 
 
 def test_only_a_write_into_a_just_closed_peer_is_kept_out_of_the_log() -> None:
@@ -374,11 +356,7 @@ def test_only_a_write_into_a_just_closed_peer_is_kept_out_of_the_log() -> None:
         loop.close()
 
 
-@pytest.mark.parametrize(
-    "scenario", [scenario_http_host_intact, scenario_large_body, scenario_half_close, scenario_slow_reader,
-                 scenario_piped_echo, scenario_piped_client_reset, scenario_short_connection_is_counted_in_python],
-    ids=["http", "20mb", "half-close", "slow-reader", "piped", "piped-reset", "short"],
-)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
 def test_scenarios_on_uvloop(tmp_path: Path, scenario: Any) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(scenario(tmp_path), 60))
