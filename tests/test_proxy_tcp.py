@@ -127,7 +127,7 @@ async def scenario_half_close(tmp_path: Path) -> None:
     be = Backend("127.0.0.1", server.sockets[0].getsockname()[1])
     try:
         async with running_relay(tmp_path, lambda c: route("hc", c, tcp=[(dead_port(), be)])) as h:
-            port = next(pm.port for pm in h.routes.current.routes[0].ports)
+            port = h.route_port()
             ip = h.ip("hc")
             payload = pattern(3 * MB, seed=9)
             r, w = await asyncio.open_connection(ip, port)
@@ -233,7 +233,7 @@ async def scenario_piped_echo(tmp_path: Path) -> None:
     async with TcpEcho(b"pg") as echo, running_relay(
         tmp_path, lambda c: route("pg", c, tcp=[(dead_port(), echo.backend)])
     ) as h:
-        port = next(pm.port for pm in h.routes.current.routes[0].ports)
+        port = h.route_port()
         ip = h.ip("pg")
         labels = {"route": "pg.macula.local", "port": str(port), "proto": "tcp"}
         r, w = await asyncio.open_connection(ip, port)
@@ -277,7 +277,7 @@ async def scenario_piped_client_reset(tmp_path: Path) -> None:
     be = Backend("127.0.0.1", server.sockets[0].getsockname()[1])
     try:
         async with running_relay(tmp_path, lambda c: route("fh", c, tcp=[(dead_port(), be)])) as h:
-            port = next(pm.port for pm in h.routes.current.routes[0].ports)
+            port = h.route_port()
             ip = h.ip("fh")
             sock = socket.socket()
             sock.setblocking(False)
@@ -307,7 +307,7 @@ async def scenario_short_connection_is_counted_in_python(tmp_path: Path) -> None
     async with TcpEcho(b"pg") as echo, running_relay(
         tmp_path, lambda c: route("pg", c, tcp=[(dead_port(), echo.backend)])
     ) as h:
-        port = next(pm.port for pm in h.routes.current.routes[0].ports)
+        port = h.route_port()
         ip = h.ip("pg")
         r, w = await asyncio.open_connection(ip, port)
         assert await asyncio.wait_for(r.readline(), 10) == b"pg\n"

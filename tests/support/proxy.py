@@ -119,6 +119,10 @@ class RelayHarness:
                 return dict(entry)
         raise AssertionError(f"no listener {ip}:{port}/{proto} in {self.relay.status()}")
 
+    def route_port(self) -> int:
+        """The first port of the first route (a plain TCP route's own port)."""
+        return next(pm.port for pm in self.routes.current.routes[0].ports)
+
     def connections(self) -> list[Any]:
         """The relay's open TCP connections (its `ClientProtocol`s), over every listener."""
         return [c for e in self.relay._entries.values() if isinstance(e.impl, TcpListener) for c in e.impl.conns]
