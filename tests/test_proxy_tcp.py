@@ -331,6 +331,28 @@ async def test_scenarios_on_asyncio(tmp_path: Path, scenario: Any) -> None:
     await scenario(tmp_path)
 
 
+async def test_a_connection_the_kernel_does_not_count_is_never_piped(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where TCP_INFO gives no byte count, piping would freeze the counts (and the idle sweep would then
+    close a busy connection): such a connection stays on the counting path, exact."""
+    monkeypatch.setattr(tcp_mod, "received", lambda transport, eof: None)
+    async with TcpEcho(b"pg") as echo, running_relay(
+        tmp_path, lambda c: route("pg", c, tcp=[(dead_port(), echo.backend)])
+    ) as h:
+        r, w = await asyncio.open_connection(h.ip("pg"), h.route_port())
+        assert await asyncio.wait_for(r.readline(), 10) == b"pg\n"
+        sent = 0
+        for i in range(3 * tcp_mod.PIPE_AFTER):
+            msg = pattern(1 + i * 101, seed=i)
+            w.write(msg)
+            sent += len(msg)
+            assert await asyncio.wait_for(r.readexactly(len(msg)), 10) == msg
+        [conn] = h.connections()
+        assert conn.piped is False and conn.budget < 0
+        assert (conn.bytes_in, conn.backend.bytes_out) == (sent, sent + len(b"pg\n"))
+        w.close()
+
+
 def test_only_a_write_into_a_just_closed_peer_is_kept_out_of_the_log() -> None:
     client = tcp_mod.ClientProtocol.__new__(tcp_mod.ClientProtocol)
     backend = tcp_mod.BackendProtocol.__new__(tcp_mod.BackendProtocol)

@@ -16,7 +16,9 @@ each side becomes the other transport's `write` (the backend protocol's
 attribute, and a `_Pipe` set as the client transport's protocol), so a chunk
 goes from one socket to the other without a Python frame, which was most of the
 relay's own CPU per request. A short connection (a request or two) never gets
-there and so never pays for reading the kernel's counts. From then on the byte
+there and so never pays for reading the kernel's counts; a connection whose
+sockets the kernel does not count (no `TCP_INFO` answer, a short one) is never
+piped, so its counts and its idle timeout stay right. From then on the byte
 counts are the sockets' `tcpi_bytes_received`, read (`ClientProtocol.sample`) by
 the sweep, the metrics flush and every close the relay makes itself, and never
 from a transport that is closing (its descriptor may already belong to another
@@ -428,6 +430,9 @@ class ClientProtocol(asyncio.Protocol):
         write, and the kernel counts the bytes (see the module docstring)."""
         b = self.backend
         if self.state != _RELAY or b is None or self.transport.is_closing() or b.transport.is_closing():
+            return
+        if received(self.transport, self.client_eof) is None or received(b.transport, b.eof) is None:
+            self.budget = -1  # this kernel does not count these sockets' bytes: keep counting them here
             return
         self.piped = True
         b.data_received = self.transport.write
