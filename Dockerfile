@@ -42,8 +42,12 @@ RUN apt-get update \
         --home-dir /var/lib/maculad --shell /usr/sbin/nologin maculad
 
 COPY . /src
-RUN pip install /src \
- && rm -rf /src \
+# gcc builds the relay's pump (maculad/proxy/_pump.c) and leaves with the sources
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && pip install /src \
+ && apt-get purge -y --auto-remove gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/* /src \
  && setcap cap_net_bind_service=+ep "$(readlink -f "$(command -v python3)")" \
  && install -d -o maculad -g maculad -m 0750 /var/lib/maculad \
  && install -d -o maculad -g maculad -m 0755 /run/maculad

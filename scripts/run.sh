@@ -7,22 +7,30 @@
 #   maculactl status
 # Pass another config with: scripts/run.sh --config PATH
 #
-# pip runs only when .venv is missing or pyproject.toml / requirements.lock changed since the last
+# pip runs only when .venv is missing or pyproject.toml / setup.py / requirements.lock changed since the last
 # install (their checksum is kept in .venv/.maculad-installed), so once installed it starts with no
 # network. maculactl is linked into ~/.local/bin (MACULAD_BIN_DIR overrides the directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
-fi
-
 stamp=.venv/.maculad-installed
-want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml setup.py requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ -x .venv/bin/python ] && [ -x .venv/bin/maculad ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-  echo "run.sh: maculad is already installed in .venv (pyproject.toml and requirements.lock unchanged)"
+  echo "run.sh: maculad is already installed in .venv (pyproject.toml, setup.py and requirements.lock unchanged)"
 else
+  # Python 3.11+ with venv; on Linux a C compiler and Python's headers for the relay's pump (maculad/proxy/_pump.c)
+  need=()
+  python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null || need+=(python3 python3-venv)
+  if [ "$(uname -s)" = Linux ]; then
+    command -v gcc >/dev/null || need+=(gcc libc6-dev)
+    python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
+      2>/dev/null || need+=(python3-dev)
+  fi
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "run.sh: installing ${need[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
   echo "run.sh: installing maculad into .venv"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e .

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian/Ubuntu machine, then run them.
-#   Debian packages: Python venv, Docker engine, dig, dnsperf, dnsmasq, nginx (stream), wrk, busybox-static,
+#   Debian packages: Python venv, a C compiler and Python's headers (the relay's pump), Docker engine, dig, dnsperf, dnsmasq, nginx (stream), wrk, busybox-static,
 #                    PowerDNS (pdns-server + pdns-backend-sqlite3; the tests run their own pdns_server)
 #                    chromium + chromium-driver (the status page's browser tests), libnss3-tools (certutil: NSS trust)
 #   Services:        dockerd (started in the background when none answers)
@@ -12,7 +12,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 log() { printf '\n=== %s\n' "$*"; }
 
-PACKAGES=(python3 python3-venv python3-dev gcc docker.io bind9-dnsutils dnsperf dnsmasq-base nginx
+PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev docker.io bind9-dnsutils dnsperf dnsmasq-base nginx
           libnginx-mod-stream wrk busybox-static openssl iproute2 procps util-linux systemd ca-certificates
           pdns-server pdns-backend-sqlite3 sqlite3 chromium chromium-driver libnss3-tools)
 missing=()
