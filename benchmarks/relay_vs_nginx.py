@@ -12,11 +12,13 @@ file. In front of it, in one session and alternating run by run:
   proxy_buffer_size B; } }` with `worker_processes` 1 (or `--workers auto`).
 
 The same buffers on both sides: nginx stream holds one buffer of `proxy_buffer_size`
-per direction (default 16k) and reads into it; maculad reads up to 256,000 bytes at a
-time (uvloop's receive buffer) and writes each chunk straight on, queueing at most
-`HIGH_WATER` (maculad/proxy/tcp.py, 512 KiB) per direction before it stops reading the
-other side. So B is `HIGH_WATER` unless `--nginx-buffer` says otherwise (e.g. `16k` for
-nginx's default); the value used is printed. Kernel socket buffers are the defaults for both.
+per direction (default 16k) and reads into it; maculad's pump (every connection past its
+first 64 chunks, i.e. all of wrk's keep-alive connections) reads up to `HIGH_WATER`
+(maculad/proxy/tcp.py, 512 KiB) at a time and holds at most that per direction that the
+other side has not taken (the first chunks go through uvloop: reads of up to 256,000 bytes,
+at most `HIGH_WATER` queued). So B is `HIGH_WATER` unless `--nginx-buffer` says otherwise
+(e.g. `16k` for nginx's default); the value used is printed. Kernel socket buffers are the
+defaults for both; both serve from one thread (nginx `worker_processes 1`, maculad's event loop).
 
 Small requests: `wrk -c 32 -t 2 -d 10s`, req/s per round and the median.
 Large bodies: `wrk -c 4 -t 2` on the 100 MB file, MB/s per round and the

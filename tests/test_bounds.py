@@ -278,8 +278,9 @@ def test_first_byte_and_idle_timeouts(tmp_path: Path) -> None:
 
 
 def test_a_long_lived_connection_is_counted_exactly_and_still_times_out_when_idle(tmp_path: Path) -> None:
-    """Past its first chunks a relayed connection is piped and the kernel counts its bytes: /metrics
-    shows exactly what went through, while it is open and after, and the idle timeout still sees it."""
+    """Past its first chunks a relayed connection is piped (the relay's pump moves and counts its bytes):
+    /metrics shows exactly what went through and that it is piped, while it is open and after, and the
+    idle timeout still sees it."""
     d, echo, pg_port, ports = echo_route(tmp_path, "pg", "idle_timeout = 2.0")
     labels = {"route": "pg.macula.local", "port": str(pg_port), "proto": "tcp"}
     try:
@@ -296,9 +297,11 @@ def test_a_long_lived_connection_is_counted_exactly_and_still_times_out_when_idl
             sent += len(msg)
         assert metric(ports, "maculad_proxy_bytes_total", direction="in", **labels) == sent
         assert metric(ports, "maculad_proxy_bytes_total", direction="out", **labels) == sent
+        assert metric(ports, "maculad_proxy_piped_connections", horizon="host") == 1
         assert closed_by_peer(pg)  # then nothing either way for idle_timeout: closed by the relay
         pg.close()
         assert metric(ports, "maculad_proxy_timeouts_total", reason="idle", **labels) == 1
+        assert metric(ports, "maculad_proxy_piped_connections", horizon="host") == 0
         assert metric(ports, "maculad_proxy_bytes_total", direction="in", **labels) == sent
         assert metric(ports, "maculad_proxy_bytes_total", direction="out", **labels) == sent
         assert "Traceback" not in d.logs() and "Fatal error" not in d.logs()

@@ -172,6 +172,11 @@ class Metrics:
             "first_byte: the client sent nothing within proxy.first_byte_timeout)",
             ["horizon", "route", "port", "proto", "reason"], registry=r,
         )
+        self.proxy_piped = Gauge(
+            f"{p}_proxy_piped_connections",
+            "Relayed TCP connections open now whose bytes the relay's pump moves (past their first chunks)",
+            ["horizon"], registry=r,
+        )
         self.proxy_listeners = Gauge(
             f"{p}_proxy_listeners", "Relay listeners, by state (serving, failed)", ["horizon", "state"], registry=r
         )

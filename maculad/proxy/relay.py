@@ -249,6 +249,7 @@ class Relay:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+        self._ctx.pumps.shutdown()  # every connection is closed by now; this closes the pump's epoll descriptor
         staged, self._staged = self._staged, {}
         self.discard(staged)
         await self._platform.remove_all()
@@ -519,10 +520,11 @@ class Relay:
     # -- metrics
 
     def flush_metrics(self) -> None:
-        """Export byte counts of open connections (closed ones flush themselves)."""
+        """Export byte counts of open connections (closed ones flush themselves), and how many are piped."""
         for e in [*self._entries.values(), *self._draining]:
             if e.impl is not None:
                 e.impl.flush()
+        self._metrics.proxy_piped.labels(horizon=self.horizon).set(len(self._ctx.pumps))
 
     def _set_gauges(self) -> None:
         counts = {s: 0 for s in STATES}

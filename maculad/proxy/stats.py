@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from maculad.config import ProxyConfig
 from maculad.core.net import Backend
 from maculad.observability.metrics import Metrics
+from maculad.proxy.pump import Pumps
 
 if TYPE_CHECKING:
     from maculad.proxy.tls import Terminator
@@ -32,7 +33,7 @@ LOG_EVERY = 10.0
 class Context:
     """Read by every listener per connection or session; the relay swaps `config` on reload."""
 
-    __slots__ = ("apex", "config", "metrics", "redirect_http", "tls")
+    __slots__ = ("apex", "config", "metrics", "pumps", "redirect_http", "tls")
 
     def __init__(self, *, config: ProxyConfig, metrics: Metrics, tls: Terminator | None = None,
                  redirect_http: bool = False, apex: tuple[str, Backend] | None = None) -> None:
@@ -43,6 +44,8 @@ class Context:
         #: TLS termination (None: no CA, routes with only an http backend get no https port).
         self.tls = tls
         self.redirect_http = redirect_http
+        #: the relay's piped connections (pump.py), shut down by the relay's stop
+        self.pumps = Pumps()
 
 class _Null:
     """A metric child that records nothing (a listener that routes per connection has no route)."""

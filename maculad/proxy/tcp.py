@@ -9,29 +9,24 @@ buffered meanwhile (uvloop starts reading right after `connection_made`
 whatever the protocol asked, so a first chunk that arrives anyway is kept and
 reading is paused again; that is at most one chunk).
 
-The pipe: where the kernel counts a socket's bytes (Linux, `TCP_INFO`) and the
-client side is plain bytes (not TLS terminated here), a connection that has
-relayed `PIPE_AFTER` chunks is piped (`ClientProtocol.pipe`): `data_received` of
-each side becomes the other transport's `write` (the backend protocol's
-attribute, and a `_Pipe` set as the client transport's protocol), so a chunk
-goes from one socket to the other without a Python frame, which was most of the
-relay's own CPU per request. A short connection (a request or two) never gets
-there and so never pays for reading the kernel's counts; a connection whose
-sockets the kernel does not count (no `TCP_INFO` answer, a short one) is never
-piped, so its counts and its idle timeout stay right. From then on the byte
-counts are the sockets' `tcpi_bytes_received`, read (`ClientProtocol.sample`) by
-the sweep, the metrics flush and every close the relay makes itself, and never
-from a transport that is closing (its descriptor may already belong to another
-socket): a piped connection reset by a peer loses at most what moved since the
-last read. The one race this leaves, a chunk read in the same loop iteration as its
-peer transport closed, makes uvloop abort the reading side (what the relay does
-anyway) and report a RuntimeError, which `quiet_relay_race` keeps out of the log.
+The pipe: a plain connection (not TLS terminated here) that has relayed
+`PIPE_AFTER` chunks between chunks of a connection open both ways, with
+nothing queued in either transport, is piped (`ClientProtocol.pipe`): its two
+sockets go to the relay's C pump (pump.py, `_pump.c`), the transports let go
+of their descriptors, and from then on the pump moves and counts its bytes on
+the loop's own thread, with one Python call per batch of ready sockets instead
+of one per chunk (that per-chunk machinery was most of the relay's own CPU per
+request). The counts (`sample`), the unsent bytes and every close go through
+the pump; timeouts, drain and the listener's bounds treat a piped connection
+like any other. A short connection (a request or two) never gets there and so
+pays nothing for it; where the pump is not built, no connection pipes.
 
 Flow control: both transports have a bounded write buffer (`HIGH_WATER`);
 when one fills, its protocol's `pause_writing` pauses *reading* on the other
 side, and `resume_writing` resumes it. A slow reader therefore costs at most
 one buffer per direction, the rest stays in kernel socket buffers and
-ultimately throttles the sender.
+ultimately throttles the sender. The pump keeps the same bound (one read of
+`HIGH_WATER` at most per direction).
 
 Half-close: EOF from one side becomes `write_eof` on the other while the other
 direction stays open; the connection closes when both sides have sent EOF or
@@ -61,22 +56,21 @@ cleanly.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-import sys
 import time
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import structlog
 
-from maculad.proxy import errorpage
+from maculad.proxy import errorpage, pump
 from maculad.proxy.spec import ListenerSpec, Target
 from maculad.proxy.stats import Context, ListenerStats, classify
 
 log = structlog.get_logger("maculad.proxy")
 
 #: Bytes a transport may buffer before the opposite side stops reading.
-HIGH_WATER = 512 * 1024
+HIGH_WATER = pump.BUFFER
 LOW_WATER = 128 * 1024
 #: Seconds a refused client has to read our answer / FIN before the socket is closed.
 LINGER = 2.0
@@ -89,69 +83,24 @@ SWEEP_MAX = 2.0
 #: Target kinds on which the client speaks first, so the first-byte timeout applies.
 CLIENT_FIRST = frozenset({"http", "tls", "by-host", "by-sni"})
 
-_CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED, _HANDSHAKE = range(6)
+_CONNECTING, _RELAY, _PAGE, _LINGER, _CLOSED, _HANDSHAKE, _PIPED = range(7)
 #: `reason` while the connect timer has fired and the connect is being cancelled
 _TIMED_OUT = "connect timed out"
 
 
-#: `struct tcp_info`'s `tcpi_bytes_received` (Linux 4.1 and later): its offset, and the length asked for.
-_RECEIVED_AT = 128
-_INFO_LEN = 136
-#: `tcpi_state`s in which the peer's FIN has arrived: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING; and CLOSE,
-#: where a socket that had sent its own FIN goes when the peer's comes (or after a reset: see `received`).
-_FIN_RECEIVED = frozenset({6, 8, 9, 11})
-_CLOSE = 7
-_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
-#: Whether the kernel counts the bytes, so the relay can pipe without counting in Python.
-KERNEL_COUNTS = _TCP_INFO is not None
 #: Chunks (both ways) a connection relays through Python before it is piped.
 PIPE_AFTER = 64
 
 
-def received(transport: Any, eof: bool) -> int | None:
-    """The bytes the kernel received on `transport`'s socket, None while unknown: a transport that is
-    closing (its descriptor may already be closed and reused), or a platform without `TCP_INFO`.
-    `eof`: the loop has reported the peer's FIN, which tells a CLOSE after a FIN from one after a reset."""
-    if _TCP_INFO is None or transport is None or transport.is_closing():
-        return None
-    sock = transport.get_extra_info("socket")  # built once per transport and cached by the loop
+def _dup(transport: Any) -> int | None:
+    """A descriptor of its own for `transport`'s socket (the pump's), None when there is none to have."""
+    sock = transport.get_extra_info("socket")
     if sock is None:
         return None
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_LEN)
-    except OSError:
+        return os.dup(sock.fileno())
+    except OSError:  # out of descriptors: stay on the Python path
         return None
-    if len(info) < _INFO_LEN:
-        return None
-    # the peer's FIN takes a sequence number, which the kernel counts as received: not a byte
-    fin = info[0] in _FIN_RECEIVED or (eof and info[0] == _CLOSE)
-    return int.from_bytes(info[_RECEIVED_AT:_INFO_LEN], sys.byteorder) - fin
-
-
-def quiet_relay_race(loop: asyncio.AbstractEventLoop) -> None:
-    """Keep the pipe's one expected race out of the loop's error log (see the module docstring); every
-    other report goes to the handler that was there before, or the loop's default. Once per loop."""
-    previous = loop.get_exception_handler()
-    if getattr(previous, "relay_race", False):
-        return
-
-    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if relay_race(context):
-            log.debug("proxy_write_to_closed_peer", error=str(context.get("exception")))
-            return
-        if previous is not None:
-            previous(lp, context)
-        else:
-            lp.default_exception_handler(context)
-
-    handler.relay_race = True  # type: ignore[attr-defined]
-    loop.set_exception_handler(handler)
-
-
-def relay_race(context: dict[str, Any]) -> bool:
-    """Whether a loop exception report is a piped chunk written into a peer transport that had just closed."""
-    return (isinstance(context.get("protocol"), (BackendProtocol, _Pipe))
-            and isinstance(context.get("exception"), RuntimeError))
 
 
 def _tune(transport: asyncio.BaseTransport) -> None:
@@ -164,16 +113,12 @@ def _tune(transport: asyncio.BaseTransport) -> None:
 class BackendProtocol(asyncio.Protocol):
     """The backend side of one relayed connection."""
 
-    __slots__ = ("bytes_out", "client", "data_received", "eof", "peer_write", "transport")
-
-    #: the backend's chunks go to: the client transport's own write (piped), or `_relay` (counted here)
-    data_received: Callable[[bytes], None]  # type: ignore[assignment]  # an attribute: the loop calls the target
+    __slots__ = ("bytes_out", "client", "eof", "peer_write", "transport")
 
     def __init__(self, client: ClientProtocol) -> None:
         self.client = client
         self.transport: Any = None
         self.peer_write = client.client_writer()
-        self.data_received = self._relay
         self.bytes_out = 0
         self.eof = False
 
@@ -181,7 +126,7 @@ class BackendProtocol(asyncio.Protocol):
         self.transport = transport
         _tune(transport)
 
-    def _relay(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
         self.bytes_out += len(data)
         try:
             self.peer_write(data)
@@ -223,35 +168,8 @@ class BackendProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         c = self.client
-        if c.state != _CLOSED and c.transport is not None and not c.transport.is_closing():
-            c.sample()
+        if c.state != _CLOSED and c.state != _PIPED and c.transport is not None and not c.transport.is_closing():
             c.transport.close()
-
-
-class _Pipe:
-    """The client transport's protocol while a piped connection relays: `data_received` is the backend
-    transport's write; the rest of the protocol is the connection's own."""
-
-    __slots__ = ("conn", "data_received")
-
-    def __init__(self, conn: ClientProtocol, write: Callable[[bytes], None]) -> None:
-        self.conn = conn
-        self.data_received = write
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # the transport is already made
-        pass
-
-    def eof_received(self) -> bool:
-        return self.conn.eof_received()
-
-    def pause_writing(self) -> None:
-        self.conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.conn.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.connection_lost(exc)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -269,7 +187,8 @@ class ClientProtocol(asyncio.Protocol):
         "listener",
         "peer_write",
         "pending",
-        "piped",
+        "piped_at",
+        "pump_id",
         "reason",
         "seen",
         "state",
@@ -285,9 +204,12 @@ class ClientProtocol(asyncio.Protocol):
 
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
-        self.piped = False
+        #: the pump's id for this connection once piped, else -1
+        self.pump_id = -1
+        #: (bytes_in, bytes_out) when it was piped: the pump counts from there
+        self.piped_at = (0, 0)
         #: chunks left before `pipe` (never reaches 0 where the connection does not pipe)
-        self.budget = PIPE_AFTER if KERNEL_COUNTS and self.PIPES else -1
+        self.budget = PIPE_AFTER if pump.AVAILABLE and self.PIPES else -1
         self.stats = listener.stats
         self.target = listener.target  # a changed backend only affects new connections
         self.transport: Any = None
@@ -306,6 +228,11 @@ class ClientProtocol(asyncio.Protocol):
         #: the byte count the listener's last sweep saw, and when it last moved (loop time)
         self.seen = 0
         self.active_at = 0.0
+
+    @property
+    def piped(self) -> bool:
+        """Whether the connection was handed to the pump (it may have closed since)."""
+        return self.pump_id >= 0
 
     # -- lifecycle
 
@@ -393,19 +320,21 @@ class ClientProtocol(asyncio.Protocol):
         self._backend_failed(human)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state == _CLOSED:
+        if self.state == _CLOSED or self.state == _PIPED:  # piped: the transport gave its socket to the pump
             return
         self.state = _CLOSED
         if self.task is not None:
             self.task.cancel()
             self.task = None
+        b = self.backend
+        if b is not None and b.transport is not None and not b.transport.is_closing():
+            b.transport.close()
+        self._closed()
+
+    def _closed(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        b = self.backend
-        if b is not None and b.transport is not None and not b.transport.is_closing():
-            self.sample()
-            b.transport.close()
         self.listener.closed(self)
 
     # -- the client side's byte stream (TlsClientProtocol encrypts it)
@@ -418,7 +347,9 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.write_eof()
 
     def close_both(self) -> None:
-        self.sample()
+        if self.state == _PIPED:
+            self._unpipe()
+            return
         b = self.backend
         if b is not None and not b.transport.is_closing():
             b.transport.close()
@@ -426,31 +357,62 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.close()
 
     def pipe(self) -> None:
-        """Relayed `PIPE_AFTER` chunks: from now on each transport's chunks go straight to the other's
-        write, and the kernel counts the bytes (see the module docstring)."""
+        """Relayed `PIPE_AFTER` chunks: hand both sockets to the relay's pump (pump.py), which moves their
+        bytes from now on. Only between chunks of a connection open both ways with nothing queued in
+        either transport; otherwise it is tried again `PIPE_AFTER` chunks later (or never, half-closed)."""
         b = self.backend
-        if self.state != _RELAY or b is None or self.transport.is_closing() or b.transport.is_closing():
+        t = self.transport
+        if self.state != _RELAY or b is None or self.client_eof or b.eof or t.is_closing() or b.transport.is_closing():
+            self.budget = -1
             return
-        if received(self.transport, self.client_eof) is None or received(b.transport, b.eof) is None:
-            self.budget = -1  # this kernel does not count these sockets' bytes: keep counting them here
+        if t.get_write_buffer_size() or b.transport.get_write_buffer_size():
+            self.budget = PIPE_AFTER
             return
-        self.piped = True
-        b.data_received = self.transport.write
-        b.transport.set_protocol(b)  # the loop keeps the bound data_received: hand it the new one
-        self.transport.set_protocol(_Pipe(self, b.transport.write))
+        client_fd = _dup(t)
+        backend_fd = _dup(b.transport) if client_fd is not None else None
+        if client_fd is None or backend_fd is None:
+            if client_fd is not None:
+                os.close(client_fd)
+            self.budget = -1
+            return
+        try:
+            self.pump_id = self.listener.ctx.pumps.take(self.listener.loop, client_fd, backend_fd, self._pipe_ended)
+        except (OSError, RuntimeError) as exc:
+            log.warning("proxy_pipe_failed", listener=self.listener.spec.address, error=str(exc))
+            self.budget = -1
+            return
+        self.state = _PIPED
+        self.piped_at = (self.bytes_in, b.bytes_out)
+        # the transports close their own descriptors; the sockets stay open through the pump's
+        t.abort()
+        b.transport.abort()
+
+    def _pipe_ended(self, err: int) -> None:
+        """The pump finished the connection: both ways at EOF (0) or a socket's error."""
+        if err:
+            log.debug("proxy_piped_connection_error", listener=self.listener.spec.address, error=os.strerror(err))
+        self._unpipe()
+
+    def _unpipe(self) -> None:
+        """Close a piped connection: its sockets, and its place in the listener."""
+        if self.state != _PIPED:
+            return
+        self._count(self.listener.ctx.pumps.close(self.pump_id))
+        self.state = _CLOSED
+        self._closed()
+
+    def _count(self, counts: tuple[int, int] | None) -> None:
+        if counts is None:  # the pump has let it go already: the counts stay as last read
+            return
+        base_in, base_out = self.piped_at
+        self.bytes_in = base_in + counts[0]
+        assert self.backend is not None
+        self.backend.bytes_out = base_out + counts[1]
 
     def sample(self) -> None:
-        """A piped connection: bring the byte counts up to what its two sockets have received."""
-        if not self.piped:
-            return
-        n = received(self.transport, self.client_eof)
-        if n is not None and n > self.bytes_in:
-            self.bytes_in = n
-        b = self.backend
-        if b is not None:
-            n = received(b.transport, b.eof)
-            if n is not None and n > b.bytes_out:
-                b.bytes_out = n
+        """A piped connection: bring the byte counts up to what the pump has moved."""
+        if self.state == _PIPED:
+            self._count(self.listener.ctx.pumps.counts(self.pump_id))
 
     def traffic(self) -> int:
         """Bytes relayed so far, both ways (what the listener's sweep watches)."""
@@ -472,7 +434,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drain grace over (or the relay stops): drop both sides now."""
-        self.sample()
+        if self.state == _PIPED:
+            self._unpipe()
+            return
         b = self.backend
         if b is not None and b.transport is not None:
             b.transport.abort()
@@ -610,6 +574,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._f_out = b.bytes_out
 
     def buffered(self) -> int:
+        if self.state == _PIPED:
+            return self.listener.ctx.pumps.pending(self.pump_id)
         n = 0
         if self.transport is not None and not self.transport.is_closing():
             n += self.transport.get_write_buffer_size()
@@ -645,7 +611,6 @@ class TcpListener:
                 return RedirectProtocol(self)
             return ClientProtocol(self)
 
-        quiet_relay_race(self.loop)
         # create_server calls listen() again: without `backlog` it would be asyncio's 100
         self._server = await self.loop.create_server(factory, sock=sock, backlog=BACKLOG)
 
