@@ -30,9 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import structlog
 
 from maculad import __version__
-from maculad.horizons.plan import HTTP_PORT as G_HTTP_PORT
 from maculad.app import reload as reloading
-from maculad.app.facade import ControlFacade
 from maculad.app.health import Health, probe_dns, probe_target, verdict
 from maculad.app.reload import apex, own_addresses, peer_args
 from maculad.config import Config, ConfigError
@@ -231,6 +229,7 @@ class Daemon:
         await _breathe()
         await self.start_powerdns(cfg)
         await _breathe()
+        from maculad.app.facade import ControlFacade
         from maculad.control.server import ControlServer
 
         self.control = ControlServer(config=cfg.control, target=ControlFacade(self), metrics=self.metrics)
@@ -532,6 +531,8 @@ class Daemon:
     async def start_web(self, cfg: Config, *, sock: socket.socket | None = None) -> None:
         if not cfg.web.enabled:
             return
+        from maculad.app.facade import ControlFacade
+        from maculad.horizons.plan import HTTP_PORT as G_HTTP_PORT
         from maculad.web.server import WebServer
 
         self.web = WebServer(source=ControlFacade(self), domain=cfg.domain, listen=cfg.web_listen, metrics=self.metrics,

@@ -33,9 +33,9 @@ from maculad.core.net import Backend, tcp_listen_socket
 from maculad.dns.server import StagedListener
 from maculad.observability.logging import configure_logging
 from maculad.providers.static import config_routes
-from maculad.proxy.spec import ListenerSpec
 
 if TYPE_CHECKING:
+    from maculad.proxy.spec import ListenerSpec
     from maculad.app.daemon import Daemon
 
 

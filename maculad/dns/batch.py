@@ -82,7 +82,10 @@ def available() -> bool:
     if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        try:  # glibc's name: no `ldconfig -p` child (find_library runs one) on the way to the first answer
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         for fn in (libc.recvmmsg, libc.sendmmsg):
             fn.restype = ctypes.c_int
         libc.recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
