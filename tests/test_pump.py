@@ -40,7 +40,9 @@ class Rig:
     """client <-> [c | pump | b] <-> backend: the pump holds the middle two sockets."""
 
     def __init__(self, bufsize: int = 64 * 1024, burst: int = 16) -> None:
-        self.pump = pump_mod.Pump(bufsize, burst)  # type: ignore[misc]
+        self.finished: list[tuple[int, int]] = []
+        self.more = 0
+        self.pump = pump_mod.Pump(bufsize, burst, self.finished.extend, self._more)  # type: ignore[misc]
         self.client, c = tcp_pair()
         b, self.backend = tcp_pair()
         for s in (c, b):
@@ -48,17 +50,20 @@ class Rig:
         self.cid = self.pump.add(os.dup(c.fileno()), os.dup(b.fileno()))
         c.close()
         b.close()
-        self.finished: list[tuple[int, int]] = []
+
+    def _more(self) -> None:
+        self.more += 1
 
     def run(self, until: float = 0.05) -> None:
         """Run the pump whenever its epoll descriptor is readable, for `until` seconds."""
         end = time.monotonic() + until
         while (left := end - time.monotonic()) > 0:
             select.select([self.pump.fileno()], [], [], left)
-            more = True
-            while more:
-                finished, more = self.pump.run()
-                self.finished += finished
+            while True:  # and again while a run asks for it
+                asked = self.more
+                assert self.pump.run() is None
+                if self.more == asked:
+                    break
 
     def run_until(self, cond: object, timeout: float = 10.0) -> None:
         end = time.monotonic() + timeout
@@ -188,8 +193,8 @@ def test_one_direction_reads_at_most_burst_buffers_per_run() -> None:
     try:
         r.client.sendall(b"y" * 40_000)
         time.sleep(0.05)
-        finished, more = r.pump.run()
-        assert more and not finished and r.pump.counts(r.cid)[0] == 2 * 4096
+        r.pump.run()
+        assert r.more == 1 and not r.finished and r.pump.counts(r.cid)[0] == 2 * 4096
         assert recv_exactly(r.backend, 40_000, r) == b"y" * 40_000
     finally:
         r.close()
@@ -222,7 +227,9 @@ def test_ids_are_reused_only_after_close_and_bad_calls_are_refused(rig: Rig) -> 
     for s in (a, b, third_a, third_b):
         s.close()
     with pytest.raises(ValueError):
-        pump_mod.Pump(0)  # type: ignore[misc]
+        pump_mod.Pump(0, 1, print, print)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        pump_mod.Pump(1024, 1, None, print)  # type: ignore[misc]
 
 
 def test_close_closes_the_sockets(rig: Rig) -> None:

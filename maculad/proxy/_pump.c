@@ -16,10 +16,12 @@ the socket (a new edge comes with new data), unless the peer's FIN was already
 reported, so a socket is read until it says EAGAIN only when it was filled.
 A direction whose source sent EOF is shut down for writing once its bytes are
 out (half-close); a connection is finished when both directions are, or at the
-first error of either socket (its errno is reported; the caller closes). A
+first error of either socket (its errno is reported; the caller closes): a
+`run` that finished connections calls `on_finished` with their (id, errno). A
 direction reads at most `burst` buffers per `run`: a connection that had more
-is run again by the next `run`, which says so (`more`), so the loop between
-two `run`s serves everything else.
+is run again by the next `run`, asked for with `on_more`, so the loop between
+two `run`s serves everything else. `run` itself returns nothing and makes no
+object when nothing finished: the loop can call it directly.
 
 Byte counts per direction (what the relay exports and the idle sweep watches)
 are plain counters read by `counts`. A connection's slot is its id until
@@ -80,7 +82,9 @@ typedef struct {
     Py_ssize_t *free_ids;
     Py_ssize_t nfree;
     Py_ssize_t *again, nagain, capagain;
-    PyObject *finished; /* list of (id, errno) built by one run */
+    PyObject *finished;    /* list of (id, errno) built by one run, NULL while empty */
+    PyObject *on_finished; /* called with that list at the end of the run */
+    PyObject *on_more;     /* called when a connection wants another run */
 } Pump;
 
 static int finish(Pump *self, Pair *p, int err)
@@ -88,6 +92,8 @@ static int finish(Pump *self, Pair *p, int err)
     if (p->done)
         return 0;
     p->done = 1;
+    if (self->finished == NULL && (self->finished = PyList_New(0)) == NULL)
+        return -1;
     PyObject *t = Py_BuildValue("(ni)", p->id, err);
     if (t == NULL)
         return -1;
@@ -248,13 +254,18 @@ static void release(Pump *self, Pair *p)
 
 static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"bufsize", "burst", NULL};
+    static char *kwlist[] = {"bufsize", "burst", "on_finished", "on_more", NULL};
     Py_ssize_t bufsize;
-    int burst = 16;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|i", kwlist, &bufsize, &burst))
+    int burst;
+    PyObject *on_finished, *on_more;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "niOO", kwlist, &bufsize, &burst, &on_finished, &on_more))
         return -1;
     if (bufsize < 1 || burst < 1) {
         PyErr_SetString(PyExc_ValueError, "bufsize and burst must be positive");
+        return -1;
+    }
+    if (!PyCallable_Check(on_finished) || !PyCallable_Check(on_more)) {
+        PyErr_SetString(PyExc_TypeError, "on_finished and on_more must be callable");
         return -1;
     }
     if (self->epfd >= 0) {
@@ -268,9 +279,10 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
     }
     self->bufsize = (size_t)bufsize;
     self->burst = burst;
-    self->finished = PyList_New(0);
-    if (self->finished == NULL)
-        return -1;
+    Py_INCREF(on_finished);
+    self->on_finished = on_finished;
+    Py_INCREF(on_more);
+    self->on_more = on_more;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epfd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -305,14 +317,31 @@ static void close_all(Pump *self)
     }
 }
 
+static int Pump_traverse(Pump *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->finished);
+    Py_VISIT(self->on_finished);
+    Py_VISIT(self->on_more);
+    return 0;
+}
+
+static int Pump_clear(Pump *self)
+{
+    Py_CLEAR(self->finished);
+    Py_CLEAR(self->on_finished);
+    Py_CLEAR(self->on_more);
+    return 0;
+}
+
 static void Pump_dealloc(Pump *self)
 {
+    PyObject_GC_UnTrack(self);
     close_all(self);
     PyMem_Free(self->slots);
     PyMem_Free(self->free_ids);
     PyMem_Free(self->again);
     PyMem_Free(self->buf);
-    Py_XDECREF(self->finished);
+    Pump_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -448,12 +477,21 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
     if (failed)
         return NULL;
     PyObject *finished = self->finished;
-    PyObject *fresh = PyList_New(0);
-    if (fresh == NULL)
-        return NULL;
-    self->finished = fresh;
-    PyObject *r = Py_BuildValue("(NO)", finished, self->nagain ? Py_True : Py_False);
-    return r;
+    if (finished != NULL) {
+        self->finished = NULL;
+        PyObject *r = self->on_finished ? PyObject_CallOneArg(self->on_finished, finished) : NULL;
+        Py_DECREF(finished);
+        if (r == NULL && PyErr_Occurred())
+            return NULL;
+        Py_XDECREF(r);
+    }
+    if (self->nagain && self->on_more != NULL) {
+        PyObject *r = PyObject_CallNoArgs(self->on_more);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *Pump_counts(Pump *self, PyObject *arg)
@@ -499,6 +537,7 @@ static PyObject *Pump_close(Pump *self, PyObject *arg)
 static PyObject *Pump_shutdown(Pump *self, PyObject *unused)
 {
     close_all(self);
+    Pump_clear(self);
     Py_RETURN_NONE;
 }
 
@@ -512,8 +551,8 @@ static PyMethodDef Pump_methods[] = {
     {"add", (PyCFunction)Pump_add, METH_VARARGS,
      "add(client_fd, backend_fd) -> id: relay between two connected non-blocking sockets the pump now owns."},
     {"run", (PyCFunction)Pump_run, METH_NOARGS,
-     "run() -> (finished, more): move what is ready; finished: [(id, errno)], errno 0 for both ways at EOF; "
-     "more: some connection had more than `burst` buffers and wants another run."},
+     "run(): move what is ready; then on_finished([(id, errno)]) for the connections it finished (errno 0: "
+     "both ways at EOF), and on_more() when one had more than `burst` buffers and wants another run."},
     {"counts", (PyCFunction)Pump_counts, METH_O, "counts(id) -> (bytes from the client, bytes from the backend)."},
     {"pending", (PyCFunction)Pump_pending, METH_O, "pending(id) -> bytes read but not yet written, both ways."},
     {"close", (PyCFunction)Pump_close, METH_O, "close(id) -> final counts: close both sockets, free the id."},
@@ -528,9 +567,11 @@ static PySequenceMethods Pump_as_sequence = {
 static PyTypeObject PumpType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "maculad.proxy._pump.Pump",
-    .tp_doc = "Pump(bufsize, burst=16): relays piped connections in C (see the module docstring).",
+    .tp_doc = "Pump(bufsize, burst, on_finished, on_more): relays piped connections in C (see the module docstring).",
     .tp_basicsize = sizeof(Pump),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Pump_traverse,
+    .tp_clear = (inquiry)Pump_clear,
     .tp_new = Pump_new,
     .tp_init = (initproc)Pump_init,
     .tp_dealloc = (destructor)Pump_dealloc,

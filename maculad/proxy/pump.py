@@ -4,8 +4,9 @@ A relayed connection starts on the Python path (tcp.py), which counts every
 chunk. Once it has relayed `PIPE_AFTER` chunks it is piped: its two sockets
 leave their transports for the relay's `Pumps`, and from then on the bytes move
 in C. The loop watches the pump's epoll descriptor (`add_reader`) and calls
-`run` when any piped socket is ready: one Python call for every socket ready
-at that moment, none per chunk. Nothing runs in another thread, so a piped
+`run`, a C method, itself when any piped socket is ready: no Python frame for
+all the sockets ready at that moment unless one finished, none per chunk.
+Nothing runs in another thread, so a piped
 connection costs what nginx's one worker pays per read, and the loop between
 two runs serves DNS and everything else.
 
@@ -56,15 +57,15 @@ class Pumps:
 
     def take(self, loop: asyncio.AbstractEventLoop, client_fd: int, backend_fd: int,
              ended: Callable[[int], None]) -> int:
-        """Relay between two connected non-blocking sockets, which the pump now owns (and closes, also when
-        this raises); `ended(errno)` is called once when it finishes them. Returns the connection's id."""
+        """Relay between two connected sockets, which the pump now owns (and closes, also when this
+        raises); `ended(errno)` is called once when it finishes them. Returns the connection's id."""
         try:
             pump = self._pump
             if pump is None:
                 if Pump is None:
                     raise OSError("the relay's pump is not built here")
-                pump = Pump(self._bufsize, BURST)
-                loop.add_reader(pump.fileno(), self._ready)
+                pump = Pump(self._bufsize, BURST, self._finished, self._more)
+                loop.add_reader(pump.fileno(), pump.run)  # the loop calls the C method itself
                 self._pump, self._loop = pump, loop
             elif loop is not self._loop:
                 raise RuntimeError("one relay's connections share one loop")
@@ -76,19 +77,21 @@ class Pumps:
         self._ended[cid] = ended
         return cid
 
-    def _ready(self) -> None:
-        pump = self._pump
-        if pump is None:
-            return
-        self._again = False
-        finished, more = pump.run()
+    def _finished(self, finished: list[tuple[int, int]]) -> None:
         for cid, err in finished:
             ended = self._ended.get(cid)
             if ended is not None:
                 ended(err)
-        if more and not self._again and self._loop is not None:
+
+    def _more(self) -> None:
+        if not self._again and self._loop is not None:
             self._again = True
-            self._loop.call_soon(self._ready)
+            self._loop.call_soon(self._run_again)
+
+    def _run_again(self) -> None:
+        self._again = False
+        if self._pump is not None:
+            self._pump.run()
 
     def counts(self, cid: int) -> tuple[int, int] | None:
         """Bytes the connection's client and backend have sent since it was piped; None once it is closed."""

@@ -9,12 +9,12 @@ buffered meanwhile (uvloop starts reading right after `connection_made`
 whatever the protocol asked, so a first chunk that arrives anyway is kept and
 reading is paused again; that is at most one chunk).
 
-The pipe: a plain connection (not TLS terminated here) that has relayed
-`PIPE_AFTER` chunks between chunks of a connection open both ways, with
-nothing queued in either transport, is piped (`ClientProtocol.pipe`): its two
+The pipe: a plain connection (not TLS terminated here) is piped
+(`ClientProtocol.pipe`) once it has relayed `PIPE_AFTER` chunks, at a chunk
+when it is open both ways and neither transport holds unsent bytes: its two
 sockets go to the relay's C pump (pump.py, `_pump.c`), the transports let go
 of their descriptors, and from then on the pump moves and counts its bytes on
-the loop's own thread, with one Python call per batch of ready sockets instead
+the loop's own thread, with no Python frame per batch of ready sockets instead
 of one per chunk (that per-chunk machinery was most of the relay's own CPU per
 request). The counts (`sample`), the unsent bytes and every close go through
 the pump; timeouts, drain and the listener's bounds treat a piped connection
