@@ -99,6 +99,46 @@ async def test_drain_grace_closes_leftover_connections(tmp_path: Path) -> None:
         w.close()
 
 
+async def test_piped_connections_are_closed_by_the_drain_and_the_pump_by_the_stop(tmp_path: Path) -> None:
+    """A connection the pump relays (past its first chunks) drains like any other: closed after the grace
+    of its removed listener; one still open when the relay stops is closed by the stop, and so is the pump."""
+    from maculad.proxy import tcp as tcp_mod
+
+    front, other = dead_port(), dead_port()
+    cfg = proxy_config(drain_grace=0.3)
+    async with TcpEcho(b"A") as a, TcpEcho(b"B") as b:
+        async with running_relay(
+            tmp_path, lambda c: route("a", c, tcp=[(front, a.backend)]),
+            lambda c: route("b", c, tcp=[(other, b.backend)]), config=cfg,
+        ) as h:
+            opened = []
+            for name, port in (("a", front), ("b", other)):
+                r, w, _ = await _open(h.ip(name), port)
+                for i in range(2 * tcp_mod.PIPE_AFTER):
+                    assert await _echo(r, w, b"%d" % i) == b"%d" % i
+                opened.append((r, w))
+            assert sorted(c.piped for c in h.connections()) == [True, True]
+            pumps = h.relay._ctx.pumps
+            assert len(pumps) == 2
+            await h.update(route("b", h.config, tcp=[(other, b.backend)]))  # "a" goes: its listener drains
+            r, w = opened[0]
+            try:
+                assert await asyncio.wait_for(r.read(), 10) == b""  # closed by the relay after the grace
+            except ConnectionResetError:
+                pass
+            await wait_for(lambda: not a.conns, what="backend side closed too")
+            assert len(pumps) == 1
+            w.close()
+        r, w = opened[1]  # the relay has stopped: its last connection and the pump with it
+        try:
+            assert await asyncio.wait_for(r.read(), 10) == b""
+        except ConnectionResetError:
+            pass
+        await wait_for(lambda: not b.conns, what="the backend of the last connection closed")
+        assert len(pumps) == 0 and pumps._pump is None
+        w.close()
+
+
 async def test_changed_backend_affects_new_connections_only(tmp_path: Path) -> None:
     front = dead_port()
     async with TcpEcho(b"one") as one, TcpEcho(b"two") as two, running_relay(

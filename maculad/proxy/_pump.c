@@ -476,17 +476,22 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
     }
     if (failed)
         return NULL;
+    /* the callbacks may close connections or shut the pump down (which drops them): hold them meanwhile */
     PyObject *finished = self->finished;
-    if (finished != NULL) {
+    if (finished != NULL && self->on_finished != NULL) {
         self->finished = NULL;
-        PyObject *r = self->on_finished ? PyObject_CallOneArg(self->on_finished, finished) : NULL;
+        PyObject *cb = Py_NewRef(self->on_finished);
+        PyObject *r = PyObject_CallOneArg(cb, finished);
+        Py_DECREF(cb);
         Py_DECREF(finished);
-        if (r == NULL && PyErr_Occurred())
+        if (r == NULL)
             return NULL;
-        Py_XDECREF(r);
+        Py_DECREF(r);
     }
     if (self->nagain && self->on_more != NULL) {
-        PyObject *r = PyObject_CallNoArgs(self->on_more);
+        PyObject *cb = Py_NewRef(self->on_more);
+        PyObject *r = PyObject_CallNoArgs(cb);
+        Py_DECREF(cb);
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
