@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian/Ubuntu machine, then run them.
-#   Debian packages: Python venv, a C compiler and Python's headers (the relay's pump), Docker engine, dig, dnsperf, dnsmasq, nginx (stream), wrk, busybox-static,
+#   Debian packages: Python venv, gcc and Python's headers (the relay's pump), Docker engine, dig, dnsperf,
+#                    dnsmasq, nginx (stream), wrk, busybox-static,
 #                    PowerDNS (pdns-server + pdns-backend-sqlite3; the tests run their own pdns_server)
 #                    chromium + chromium-driver (the status page's browser tests), libnss3-tools (certutil: NSS trust)
 #   Services:        dockerd (started in the background when none answers)

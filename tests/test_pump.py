@@ -4,13 +4,18 @@ the burst limit, ids, and bad calls refused. (tests/test_proxy_tcp.py runs the r
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import select
+import shutil
 import socket
 import struct
+import subprocess
+import sysconfig
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +29,16 @@ pytestmark = pytest.mark.skipif(not pump_mod.AVAILABLE and os.environ.get("CI") 
 def test_the_pump_is_built_on_linux() -> None:
     """The install builds it (setup.py); a relay without it runs, slower: CI must not miss that."""
     assert pump_mod.AVAILABLE, "maculad.proxy._pump is missing: install with `pip install -e .` (needs gcc)"
+
+
+def test_the_pump_compiles_without_warnings() -> None:
+    cc = shutil.which("gcc")
+    assert cc, "gcc is needed to build the pump"
+    src = Path(__file__).resolve().parent.parent / "maculad" / "proxy" / "_pump.c"
+    r = subprocess.run([cc, "-fsyntax-only", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra",
+                        "-Wno-unused-parameter", "-Werror", "-I", sysconfig.get_paths()["include"], str(src)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -241,8 +256,6 @@ def test_close_closes_the_sockets(rig: Rig) -> None:
 async def test_pumps_runs_on_the_loop_reports_the_end_and_survives_its_shutdown() -> None:
     """The relay's side (pump.py): the loop runs the pump when a socket is ready, `ended` is called once
     with 0 when both ways reach EOF, and after `shutdown` a late close or count is a no-op, not an error."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     pumps = pump_mod.Pumps()
     ends: list[int] = []
