@@ -121,6 +121,24 @@ static int queue_again(Pump *self, Pair *p)
     return 0;
 }
 
+/* Write what the kernel takes of buf[:len] to fd: how much (0 when it takes nothing), or -1 on an error
+   (errno). A write the kernel cuts short or refuses clears *writable: the next EPOLLOUT edge sets it. */
+static ssize_t send_some(int fd, const char *buf, size_t len, int *writable)
+{
+    ssize_t w;
+    do {
+        w = send(fd, buf, len, MSG_NOSIGNAL);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        w = 0;
+    }
+    if ((size_t)w < len)
+        *writable = 0;
+    return w;
+}
+
 /* Move what can move from side i to side 1 - i. -1 only on a Python error (memory). */
 static int move(Pump *self, Pair *p, int i)
 {
@@ -134,21 +152,12 @@ static int move(Pump *self, Pair *p, int i)
         if (d->len > d->off) {
             if (!p->out[dst])
                 return 0;
-            ssize_t w = send(p->fd[dst], d->pending + d->off, d->len - d->off, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                    p->out[dst] = 0;
-                    return 0;
-                }
+            ssize_t w = send_some(p->fd[dst], d->pending + d->off, d->len - d->off, &p->out[dst]);
+            if (w < 0)
                 return finish(self, p, errno);
-            }
             d->off += (size_t)w;
-            if (d->off < d->len) {
-                p->out[dst] = 0; /* a short write: the kernel's buffer is full */
+            if (d->off < d->len)
                 return 0;
-            }
             PyMem_Free(d->pending);
             d->pending = NULL;
             d->off = d->len = 0;
@@ -186,15 +195,9 @@ static int move(Pump *self, Pair *p, int i)
             p->in[src] = 0; /* drained: new bytes come with a new edge */
         size_t sent = 0;
         if (p->out[dst]) {
-            ssize_t w;
-            do {
-                w = send(p->fd[dst], self->buf, (size_t)n, MSG_NOSIGNAL);
-            } while (w < 0 && errno == EINTR);
-            if (w < 0) {
-                if (errno != EAGAIN && errno != EWOULDBLOCK)
-                    return finish(self, p, errno);
-                w = 0;
-            }
+            ssize_t w = send_some(p->fd[dst], self->buf, (size_t)n, &p->out[dst]);
+            if (w < 0)
+                return finish(self, p, errno);
             sent = (size_t)w;
         }
         if (sent < (size_t)n) {
@@ -226,8 +229,13 @@ static int pump_pair(Pump *self, Pair *p)
     return 0;
 }
 
-static Pair *lookup(Pump *self, Py_ssize_t id)
+/* The connection a Python id names (NULL with KeyError/TypeError set); its id in *idp. */
+static Pair *lookup(Pump *self, PyObject *arg, Py_ssize_t *idp)
 {
+    Py_ssize_t id = PyLong_AsSsize_t(arg);
+    if (id == -1 && PyErr_Occurred())
+        return NULL;
+    *idp = id;
     if (id < 0 || id >= self->nslots || self->slots[id] == NULL) {
         PyErr_Format(PyExc_KeyError, "no connection %zd in this pump", id);
         return NULL;
@@ -501,10 +509,8 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
 
 static PyObject *Pump_counts(Pump *self, PyObject *arg)
 {
-    Py_ssize_t id = PyLong_AsSsize_t(arg);
-    if (id == -1 && PyErr_Occurred())
-        return NULL;
-    Pair *p = lookup(self, id);
+    Py_ssize_t id;
+    Pair *p = lookup(self, arg, &id);
     if (p == NULL)
         return NULL;
     return Py_BuildValue("(KK)", p->dir[0].bytes, p->dir[1].bytes);
@@ -512,10 +518,8 @@ static PyObject *Pump_counts(Pump *self, PyObject *arg)
 
 static PyObject *Pump_pending(Pump *self, PyObject *arg)
 {
-    Py_ssize_t id = PyLong_AsSsize_t(arg);
-    if (id == -1 && PyErr_Occurred())
-        return NULL;
-    Pair *p = lookup(self, id);
+    Py_ssize_t id;
+    Pair *p = lookup(self, arg, &id);
     if (p == NULL)
         return NULL;
     return PyLong_FromSize_t((p->dir[0].len - p->dir[0].off) + (p->dir[1].len - p->dir[1].off));
@@ -523,10 +527,8 @@ static PyObject *Pump_pending(Pump *self, PyObject *arg)
 
 static PyObject *Pump_close(Pump *self, PyObject *arg)
 {
-    Py_ssize_t id = PyLong_AsSsize_t(arg);
-    if (id == -1 && PyErr_Occurred())
-        return NULL;
-    Pair *p = lookup(self, id);
+    Py_ssize_t id;
+    Pair *p = lookup(self, arg, &id);
     if (p == NULL)
         return NULL;
     PyObject *r = Py_BuildValue("(KK)", p->dir[0].bytes, p->dir[1].bytes);
