@@ -19,7 +19,9 @@ of one per chunk (that per-chunk machinery was most of the relay's own CPU per
 request). The counts (`sample`), the unsent bytes and every close go through
 the pump; timeouts, drain and the listener's bounds treat a piped connection
 like any other. A short connection (a request or two) never gets there and so
-pays nothing for it; where the pump is not built, no connection pipes.
+pays nothing for it; one whose transports hold unsent bytes (a stream faster
+than its reader) tries again every `PIPE_AFTER` chunks and meanwhile stays on
+the Python path; where the pump is not built, no connection pipes.
 
 Flow control: both transports have a bounded write buffer (`HIGH_WATER`);
 when one fills, its protocol's `pause_writing` pauses *reading* on the other
