@@ -19,7 +19,16 @@ from maculad.horizons.plan import horizon_listeners
 from maculad.proxy.spec import ListenerSpec, Target
 from maculad.core.net import Backend
 from maculad.routes.table import RouteTable
-from tests.support.proxy import TcpEcho, free_port, proxy_config, route, running_relay, self_signed, wait_for
+from tests.support.proxy import (
+    TcpEcho,
+    backend_of,
+    free_port,
+    proxy_config,
+    route,
+    running_relay,
+    self_signed,
+    wait_for,
+)
 
 G = "127.0.0.77"
 
@@ -148,7 +157,7 @@ async def test_tls_routed_by_sni_to_a_backend_with_its_own_certificate(tmp_path:
         w.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
-    backend = Backend("127.0.0.1", server.sockets[0].getsockname()[1])
+    backend = backend_of(server)
     try:
         async with running_relay(tmp_path, lambda c: route("console", c, https=backend),
                                  lambda c: route("plain", c, http=backend),

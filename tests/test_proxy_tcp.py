@@ -24,6 +24,7 @@ from maculad.proxy import tcp as tcp_mod
 from maculad.core.net import Backend
 from maculad.routes.model import ServiceHold
 from tests.support.proxy import (
+    backend_of,
     TcpEcho,
     aiohttp_backend,
     dead_port,
@@ -124,7 +125,7 @@ async def scenario_half_close(tmp_path: Path) -> None:
             writer.close()
 
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    be = Backend("127.0.0.1", server.sockets[0].getsockname()[1])
+    be = backend_of(server)
     try:
         async with running_relay(tmp_path, lambda c: route("hc", c, tcp=[(dead_port(), be)])) as h:
             port = h.route_port()
@@ -210,7 +211,7 @@ async def scenario_slow_reader(tmp_path: Path) -> None:
         return hoses[-1]
 
     server = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
-    be = Backend("127.0.0.1", server.sockets[0].getsockname()[1])
+    be = backend_of(server)
     try:
         async with running_relay(tmp_path, lambda c: route("slow", c, http=be)) as h:
             ip, port = h.ip("slow"), h.config.http_port
@@ -293,7 +294,7 @@ async def scenario_piped_client_reset(tmp_path: Path) -> None:
         return hoses[-1]
 
     server = await loop.create_server(make, "127.0.0.1", 0)
-    be = Backend("127.0.0.1", server.sockets[0].getsockname()[1])
+    be = backend_of(server)
     try:
         async with running_relay(tmp_path, lambda c: route("fh", c, tcp=[(dead_port(), be)])) as h:
             port = h.route_port()

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from maculad.proxy import pump as pump_mod
+from tests.conftest import IN_CI
 from tests.support.proxy import pattern
 
-pytestmark = pytest.mark.skipif(not pump_mod.AVAILABLE and os.environ.get("CI") != "true",
+pytestmark = pytest.mark.skipif(not pump_mod.AVAILABLE and not IN_CI,  # under CI=true: fail, never skip
                                 reason="the pump is built on Linux only")
 
 

@@ -49,6 +49,11 @@ def dead_port() -> int:
     return free_port()
 
 
+def backend_of(server: asyncio.AbstractServer) -> Backend:
+    """The address a test's own asyncio server listens on, as a route's backend."""
+    return Backend("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
 def proxy_config(**overrides: Any) -> ProxyConfig:
     base: dict[str, Any] = {
         "pool": ipaddress.IPv4Network("127.0.10.0/24"),
